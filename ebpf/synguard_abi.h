@@ -1,0 +1,95 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * synguard ABI: the one header shared by the XDP program (synguard.bpf.c) and
+ * mirrored, name for name, by synguard/abi.py. tests/test_abi.py parses this
+ * file and the compiled program's map types and fails on any drift.
+ *
+ * Contract:
+ *  - enum sg_counter indexes the per-CPU array sg_counters; user space sums CPUs.
+ *    Append new counters before SG_CNT_MAX; never renumber (metrics and
+ *    dashboards key on the names, pinned maps on the numbers).
+ *  - struct sg_config is written whole by the control plane (one writer); each
+ *    field is independent, so a reader seeing half an update is harmless.
+ *  - Map sizes are compile-time limits, overridable with -D cflags.
+ *  - Addresses are stored as 16-byte IPv6; IPv4 is mapped to ::ffff:a.b.c.d.
+ */
+#ifndef SYNGUARD_ABI_H
+#define SYNGUARD_ABI_H
+
+#define SG_ABI_VERSION 1
+
+/* Compile-time limits (override with -DNAME=value). */
+#ifndef SG_ALLOWLIST_SIZE
+#define SG_ALLOWLIST_SIZE 262144 /* verified sources kept (LRU) */
+#endif
+#ifndef SG_CIDR_SIZE
+#define SG_CIDR_SIZE 4096 /* entries per static allow/deny trie */
+#endif
+#ifndef SG_SLOT_SHIFT
+#define SG_SLOT_SHIFT 4 /* cookie time slot = now_s >> 4 (16 s); current + previous accepted */
+#endif
+#define SG_PORTS 65536 /* sg_ports is indexed by the host-order TCP port */
+#define SG_IPV6_EXT_MAX 4 /* IPv6 extension headers skipped before giving up */
+#define SG_VLAN_MAX 2 /* 802.1Q / 802.1ad tags parsed */
+
+/* Per-CPU counters. Names are the metric names' stems (see synguard/abi.py). */
+enum sg_counter {
+	SG_CNT_PACKETS = 0,       /* every frame the program saw */
+	SG_CNT_TCP = 1,           /* IPv4/IPv6 TCP segments parsed */
+	SG_CNT_SYN_RECEIVED = 2,  /* SYN without ACK */
+	SG_CNT_SYN_PROTECTED = 3, /* SYN to a protected port while protecting */
+	SG_CNT_CHALLENGE_SENT = 4, /* SYN answered with a cookie SYN-ACK (XDP_TX) */
+	SG_CNT_COOKIE_VALIDATED = 5, /* RST carried a valid cookie: source allowlisted */
+	SG_CNT_COOKIE_INVALID = 6,   /* bare RST from an unverified source, bad cookie: dropped */
+	SG_CNT_SYN_PASSED = 7,       /* SYN handed to the kernel (any reason) */
+	SG_CNT_SYN_ALLOWLISTED = 8,  /* SYN passed because its source is verified */
+	SG_CNT_SYN_ALLOW_CIDR = 9,   /* SYN passed because of the static allow list */
+	SG_CNT_SYN_DROPPED_DENY = 10, /* SYN dropped by the static deny list */
+	SG_CNT_MALFORMED = 11,       /* truncated or inconsistent headers: passed */
+	SG_CNT_FRAGMENT = 12,        /* IP fragments: passed, never challenged */
+	SG_CNT_COOKIE_COLLISION = 13, /* cookie == ISN + 1 would be acceptable: SYN passed */
+	SG_CNT_IPV6_EXT_LIMIT = 14,  /* more IPv6 extension headers than parsed: passed */
+	SG_CNT_MAX = 15,
+};
+
+enum sg_mode {
+	SG_MODE_OBSERVE = 0, /* count only, every frame passes */
+	SG_MODE_PROTECT = 1, /* deny list, allow list, challenge on protected ports */
+};
+
+/* Runtime settings: sg_config[0]. */
+struct sg_config {
+	__u32 mode;          /* enum sg_mode */
+	__u32 all_ports;     /* 1: every port is protected (empty port list) */
+	__u32 allow_ttl_s;   /* lifetime of a verified source, seconds */
+	__u32 secret_gen;    /* generation of the current secret: sg_secrets[gen & 1] */
+	__u32 now_s;         /* control-plane clock, CLOCK_MONOTONIC seconds, set every tick */
+	__u32 allow_cidrs;   /* entries in sg_allow_cidrs (0: skip the lookup) */
+	__u32 deny_cidrs;    /* entries in sg_deny_cidrs (0: skip the lookup) */
+	__u32 reserved;
+};
+
+/* SipHash-2-4 key, k0/k1 = the 16 secret bytes read as two little-endian u64. */
+struct sg_secret {
+	__u64 k0;
+	__u64 k1;
+};
+
+/* Key of sg_allowlist. */
+struct sg_addr {
+	__u32 addr[4]; /* network byte order; IPv4 as ::ffff:a.b.c.d */
+};
+
+/* Value of sg_allowlist. */
+struct sg_allow_entry {
+	__u32 expires_s;  /* sg_config.now_s at which the entry stops counting */
+	__u32 validated;  /* cookies validated for this source (saturating) */
+};
+
+/* Key of sg_allow_cidrs / sg_deny_cidrs (LPM trie). */
+struct sg_cidr_key {
+	__u32 prefixlen; /* over the 128-bit mapped address: IPv4 /n is 96 + n */
+	__u8 addr[16];
+};
+
+#endif /* SYNGUARD_ABI_H */

@@ -1,0 +1,75 @@
+"""Python mirror of ebpf/synguard_abi.h.
+
+One name per concept: SG_CNT_CHALLENGE_SENT (C) -> Counter.CHALLENGE_SENT here ->
+synguard_challenges_sent_total (metric) -> "challenges sent" (CLI).
+tests/test_abi.py parses the header and the compiled maps and fails on drift.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+ABI_VERSION = 1
+
+# Compile-time limits (the header's defaults; the loader may override with -D).
+ALLOWLIST_SIZE = 262144
+CIDR_SIZE = 4096
+SLOT_SHIFT = 4
+PORTS = 65536
+IPV6_EXT_MAX = 4
+VLAN_MAX = 2
+
+
+class Counter(enum.IntEnum):
+    """enum sg_counter: per-CPU counters, summed over CPUs in user space."""
+
+    PACKETS = 0
+    TCP = 1
+    SYN_RECEIVED = 2
+    SYN_PROTECTED = 3
+    CHALLENGE_SENT = 4
+    COOKIE_VALIDATED = 5
+    COOKIE_INVALID = 6
+    SYN_PASSED = 7
+    SYN_ALLOWLISTED = 8
+    SYN_ALLOW_CIDR = 9
+    SYN_DROPPED_DENY = 10
+    MALFORMED = 11
+    FRAGMENT = 12
+    COOKIE_COLLISION = 13
+    IPV6_EXT_LIMIT = 14
+
+    @property
+    def label(self) -> str:
+        """The CLI's words for this counter: CHALLENGE_SENT -> "challenge sent"."""
+        return self.name.lower().replace("_", " ")
+
+
+COUNTER_MAX = 15
+
+
+class Mode(enum.IntEnum):
+    """enum sg_mode."""
+
+    OBSERVE = 0
+    PROTECT = 1
+
+
+# struct field names, in order, as BCC's generated Leaf/Key classes expose them.
+CONFIG_FIELDS = (
+    "mode",
+    "all_ports",
+    "allow_ttl_s",
+    "secret_gen",
+    "now_s",
+    "allow_cidrs",
+    "deny_cidrs",
+    "reserved",
+)
+SECRET_FIELDS = ("k0", "k1")
+ALLOW_ENTRY_FIELDS = ("expires_s", "validated")
+CIDR_KEY_FIELDS = ("prefixlen", "addr")
+ADDR_FIELDS = ("addr",)
+
+EBPF_DIR_DEFAULT = Path(__file__).resolve().parent.parent / "ebpf"

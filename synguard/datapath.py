@@ -1,0 +1,409 @@
+"""Loader and map access for the XDP program in ebpf/.
+
+DataPath compiles ebpf/synguard.bpf.c with BCC, attaches it to interfaces
+(native XDP with a fallback to generic), replaces or detaches only its own
+program, and reads/writes the maps through BCC's generated Key/Leaf classes.
+Errors the operator can fix are raised as DataPathError with a one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import ipaddress
+import os
+import platform
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from synguard import abi
+from synguard.abi import Counter, Mode
+
+PROG_NAME = "xdp_synguard"
+
+# linux/if_link.h
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_MODES = ("auto", "native", "generic")
+
+# linux/capability.h
+_CAP_SYS_ADMIN = 21
+_CAP_NET_ADMIN = 12
+_CAP_PERFMON = 38
+_CAP_BPF = 39
+
+
+class DataPathError(RuntimeError):
+    """A failure with a one-line explanation for the operator."""
+
+
+def ebpf_dir() -> Path:
+    return Path(os.environ.get("SYNGUARD_EBPF_DIR", abi.EBPF_DIR_DEFAULT))
+
+
+def check_privileges() -> None:
+    """Raise unless we can load BPF and change links (root, or CAP_BPF + CAP_NET_ADMIN)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        cap_eff = int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), 16)
+    except (OSError, StopIteration, ValueError):
+        cap_eff = -1 if os.geteuid() == 0 else 0
+    has = lambda cap: bool(cap_eff >> cap & 1)  # noqa: E731
+    if not (has(_CAP_BPF) or has(_CAP_SYS_ADMIN)) or not has(_CAP_NET_ADMIN):
+        raise DataPathError("synguard needs root, or CAP_BPF + CAP_NET_ADMIN (+ CAP_PERFMON): run it as root")
+
+
+def check_kernel_headers() -> None:
+    build = Path("/lib/modules") / platform.release() / "build"
+    if not (build / "include").is_dir():
+        raise DataPathError(
+            f"kernel headers missing: {build} not found; run `make setup` "
+            f"(installs Debian's linux-headers and links them there)"
+        )
+
+
+def ifindex(ifname: str) -> int:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise DataPathError(f"interface {ifname!r} does not exist (in this network namespace)") from None
+
+
+@contextlib.contextmanager
+def _capture_fd2(path: Path):
+    """Send fd 2 (where clang and the verifier write) to a file for the block."""
+    saved = os.dup(2)
+    with open(path, "w") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+# ---- BPF_PROG_TEST_RUN through libbpf ----------------------------------------
+
+
+class _TestRunOpts(ct.Structure):
+    """struct bpf_test_run_opts (libbpf 1.x)."""
+
+    _fields_ = [
+        ("sz", ct.c_size_t),
+        ("data_in", ct.c_void_p),
+        ("data_out", ct.c_void_p),
+        ("data_size_in", ct.c_uint32),
+        ("data_size_out", ct.c_uint32),
+        ("ctx_in", ct.c_void_p),
+        ("ctx_out", ct.c_void_p),
+        ("ctx_size_in", ct.c_uint32),
+        ("ctx_size_out", ct.c_uint32),
+        ("retval", ct.c_uint32),
+        ("repeat", ct.c_int),
+        ("duration", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("cpu", ct.c_uint32),
+        ("batch_size", ct.c_uint32),
+    ]
+
+
+_libbpf = None
+
+
+def _lib():
+    global _libbpf
+    if _libbpf is None:
+        _libbpf = ct.CDLL("libbpf.so.1", use_errno=True)
+        _libbpf.bpf_prog_test_run_opts.argtypes = [ct.c_int, ct.POINTER(_TestRunOpts)]
+        _libbpf.bpf_obj_get_info_by_fd.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
+    return _libbpf
+
+
+@dataclass(frozen=True)
+class TestRunResult:
+    retval: int  # XDP verdict
+    data: bytes  # the frame after the program
+    duration_ns: int  # kernel-measured average per repetition
+
+    __test__ = False  # not a pytest class
+
+
+def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> TestRunResult:
+    """Run an XDP program on one frame in the kernel (BPF_PROG_TEST_RUN)."""
+    data_in = ct.create_string_buffer(bytes(frame), len(frame))
+    out_size = len(frame) + 256
+    data_out = ct.create_string_buffer(out_size)
+    opts = _TestRunOpts(sz=ct.sizeof(_TestRunOpts))
+    opts.data_in = ct.cast(data_in, ct.c_void_p)
+    opts.data_size_in = len(frame)
+    opts.data_out = ct.cast(data_out, ct.c_void_p)
+    opts.data_size_out = out_size
+    opts.repeat = repeat
+    if _lib().bpf_prog_test_run_opts(prog_fd, ct.byref(opts)) != 0:
+        err = ct.get_errno()
+        raise OSError(err, f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
+    return TestRunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
+
+
+def prog_id(prog_fd: int) -> int:
+    """The kernel's id of a loaded program (struct bpf_prog_info: type, id, ...)."""
+    info = (ct.c_uint32 * 2)()
+    size = ct.c_uint32(ct.sizeof(info))
+    if _lib().bpf_obj_get_info_by_fd(prog_fd, info, ct.byref(size)) != 0:
+        err = ct.get_errno()
+        raise OSError(err, f"bpf_obj_get_info_by_fd: {os.strerror(err)}")
+    return info[1]
+
+
+def attached_prog(ifname: str) -> tuple[int, str] | None:
+    """(prog id, prog name) of the XDP program on ifname, or None."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        link = ipr.get_links(ifindex(ifname))[0]
+    xdp = link.get_attr("IFLA_XDP")
+    if not xdp:
+        return None
+    pid = xdp.get_attr("IFLA_XDP_PROG_ID")
+    if not pid:
+        return None
+    return pid, _prog_name_by_id(pid)
+
+
+def _prog_name_by_id(pid: int) -> str:
+    # bpftool is not a dependency; /proc/self/fdinfo of a GET_FD_BY_ID fd has no
+    # name either, so ask libbpf for struct bpf_prog_info.name (offset 64, 16 bytes).
+    lib = _lib()
+    lib.bpf_prog_get_fd_by_id.argtypes = [ct.c_uint32]
+    fd = lib.bpf_prog_get_fd_by_id(pid)
+    if fd < 0:
+        return "?"
+    try:
+        info = ct.create_string_buffer(80)
+        size = ct.c_uint32(80)
+        if lib.bpf_obj_get_info_by_fd(fd, info, ct.byref(size)) != 0:
+            return "?"
+        return info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+# ---- The data path -------------------------------------------------------------
+
+
+def _mapped(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """16-byte key form: IPv4 as ::ffff:a.b.c.d."""
+    if addr.version == 4:
+        return bytes(10) + b"\xff\xff" + addr.packed
+    return addr.packed
+
+
+def cidr_key(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, bytes]:
+    """(prefixlen over the 128-bit mapped address, address bytes)."""
+    prefix = net.prefixlen + (96 if net.version == 4 else 0)
+    return prefix, _mapped(net.network_address)
+
+
+class DataPath:
+    """The compiled program, its maps and its attachments."""
+
+    def __init__(self, *, cflags: tuple[str, ...] = (), log_dir: Path | None = None):
+        from bcc import BPF  # Debian's python3-bpfcc
+
+        check_privileges()
+        check_kernel_headers()
+        self.src_file = ebpf_dir() / "synguard.bpf.c"
+        if not self.src_file.is_file():
+            raise DataPathError(f"XDP source not found at {self.src_file} (set SYNGUARD_EBPF_DIR)")
+        self.cflags = [f"-I{ebpf_dir()}", "-Wno-unused-command-line-argument", *cflags]
+        log_dir = Path(log_dir or tempfile.gettempdir())
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / "synguard.verifier.log"
+        try:
+            with _capture_fd2(self.log_path):
+                self.bpf = BPF(src_file=str(self.src_file).encode(), cflags=self.cflags)
+                self.fn = self.bpf.load_func(PROG_NAME.encode(), BPF.XDP)
+        except Exception as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataPathError(
+                f"loading {self.src_file.name} failed ({first}); compiler/verifier log kept in {self.log_path}"
+            ) from None
+        self._BPF = BPF
+        self.prog_fd = self.fn.fd
+        self.prog_id = prog_id(self.prog_fd)
+        self.attached: dict[str, str] = {}  # ifname -> "native" | "generic"
+        self._ports: set[int] = set()
+        self._config = {name: 0 for name in abi.CONFIG_FIELDS}
+
+    # -- source -------------------------------------------------------------
+
+    def source_text(self) -> str:
+        """The C as compiled (for --ebpf): cflags, then the ABI header and the program."""
+        header = (ebpf_dir() / "synguard_abi.h").read_text()
+        return f"// cflags: {' '.join(self.cflags)}\n// ---- synguard_abi.h\n{header}\n// ---- {self.src_file.name}\n{self.src_file.read_text()}"
+
+    # -- maps -----------------------------------------------------------------
+
+    def map(self, name: str):
+        return self.bpf[name.encode()]
+
+    def counters(self) -> dict[Counter, int]:
+        table = self.map("sg_counters")
+        out = {}
+        for c in Counter:
+            out[c] = int(sum(table[table.Key(int(c))]))
+        return out
+
+    def config(self) -> dict[str, int]:
+        leaf = self.map("sg_config")[ct.c_int(0)]
+        return {name: int(getattr(leaf, name)) for name in abi.CONFIG_FIELDS}
+
+    def _write_config(self, **fields: int) -> None:
+        self._config.update(fields)
+        table = self.map("sg_config")
+        leaf = table.Leaf()
+        for name in abi.CONFIG_FIELDS:
+            setattr(leaf, name, self._config[name] & 0xFFFFFFFF)
+        table[ct.c_int(0)] = leaf
+
+    def set_mode(self, mode: Mode) -> None:
+        self._write_config(mode=int(mode))
+
+    def tick(self, now_s: int | None = None) -> None:
+        """Advance the program's clock (sg_config.now_s): call at least every second."""
+        self._write_config(now_s=int(time.monotonic()) if now_s is None else now_s)
+
+    def set_ports(self, ports: list[int] | set[int]) -> None:
+        """Protected ports; an empty list protects every port."""
+        ports = set(ports)
+        bad = [p for p in ports if not 1 <= p <= 65535]
+        if bad:
+            raise ValueError(f"ports out of range 1-65535: {bad}")
+        table = self.map("sg_ports")
+        for port in self._ports - ports:
+            table[ct.c_int(port)] = ct.c_uint8(0)
+        for port in ports - self._ports:
+            table[ct.c_int(port)] = ct.c_uint8(1)
+        self._ports = ports
+        self._write_config(all_ports=0 if ports else 1)
+
+    def set_allow_ttl(self, seconds: int) -> None:
+        self._write_config(allow_ttl_s=int(seconds))
+
+    def set_secret(self, gen: int, secret: bytes) -> None:
+        """Install the secret of generation gen and make it current.
+
+        The slot written (gen & 1) held generation gen - 2, already invalid, so
+        cookies of the previous generation keep validating across a rotation.
+        """
+        from synguard.cookie import secret_words
+
+        table = self.map("sg_secrets")
+        leaf = table.Leaf()
+        leaf.k0, leaf.k1 = secret_words(secret)
+        table[ct.c_int(gen & 1)] = leaf
+        self._write_config(secret_gen=gen)
+
+    def _set_cidrs(self, trie_name: str, count_field: str, nets) -> None:
+        table = self.map(trie_name)
+        table.clear()
+        for net in nets:
+            net = ipaddress.ip_network(net, strict=False)
+            key = table.Key()
+            key.prefixlen, addr = cidr_key(net)
+            ct.memmove(key.addr, addr, 16)
+            table[key] = ct.c_uint8(1)
+        self._write_config(**{count_field: len(table)})
+
+    def set_allow_cidrs(self, nets) -> None:
+        self._set_cidrs("sg_allow_cidrs", "allow_cidrs", nets)
+
+    def set_deny_cidrs(self, nets) -> None:
+        self._set_cidrs("sg_deny_cidrs", "deny_cidrs", nets)
+
+    def allowlist(self) -> dict[ipaddress.IPv4Address | ipaddress.IPv6Address, tuple[int, int]]:
+        """Verified sources: address -> (expires_s, validated)."""
+        out = {}
+        for key, leaf in self.map("sg_allowlist").items():
+            raw = bytes(bytearray(ct.string_at(ct.addressof(key.addr), 16)))
+            addr = ipaddress.IPv6Address(raw)
+            out[addr.ipv4_mapped or addr] = (int(leaf.expires_s), int(leaf.validated))
+        return out
+
+    def allowlist_clear(self) -> None:
+        self.map("sg_allowlist").clear()
+
+    # -- running --------------------------------------------------------------
+
+    def test_run(self, frame: bytes, repeat: int = 1) -> TestRunResult:
+        return prog_test_run(self.prog_fd, frame, repeat)
+
+    def attach(self, ifname: str, xdp_mode: str = "auto") -> str:
+        """Attach to ifname; returns "native" or "generic". Replaces only our own program."""
+        if xdp_mode not in XDP_MODES:
+            raise DataPathError(f"xdp mode must be one of {', '.join(XDP_MODES)}, not {xdp_mode!r}")
+        ifindex(ifname)
+        current = attached_prog(ifname)
+        flags = 0
+        if current is None:
+            flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
+        elif current[1] != PROG_NAME:
+            raise DataPathError(
+                f"{ifname} already runs XDP program id {current[0]} ({current[1]}); "
+                f"synguard replaces only its own program: detach that one first"
+            )
+        modes = {"auto": ("native", "generic"), "native": ("native",), "generic": ("generic",)}[xdp_mode]
+        errors = []
+        for mode in modes:
+            mode_flag = XDP_FLAGS_DRV_MODE if mode == "native" else XDP_FLAGS_SKB_MODE
+            if current is not None:
+                # A leftover synguard program may sit in the other mode: clear both.
+                self._detach_raw(ifname)
+                current = None
+                flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
+            try:
+                with _capture_fd2(self.log_path.with_suffix(".attach.log")):
+                    self._BPF.attach_xdp(ifname.encode(), self.fn, flags | mode_flag)
+            except Exception as e:  # BCC raises a bare Exception
+                errors.append(f"{mode}: {e}")
+                continue
+            self.attached[ifname] = mode
+            return mode
+        raise DataPathError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
+
+    def _detach_raw(self, ifname: str) -> None:
+        for flag in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
+            with contextlib.suppress(Exception), _capture_fd2(self.log_path.with_suffix(".attach.log")):
+                self._BPF.remove_xdp(ifname.encode(), flag)
+
+    def detach(self, ifname: str) -> bool:
+        """Detach from ifname if our program is still the one attached there."""
+        mode = self.attached.pop(ifname, None)
+        if mode is None:
+            return False
+        try:
+            current = attached_prog(ifname)
+        except DataPathError:
+            return False  # interface gone: nothing left to detach
+        if current is None or current[0] != self.prog_id:
+            return False  # someone else's program now: leave it alone
+        flag = XDP_FLAGS_DRV_MODE if mode == "native" else XDP_FLAGS_SKB_MODE
+        with _capture_fd2(self.log_path.with_suffix(".attach.log")):
+            self._BPF.remove_xdp(ifname.encode(), flag)
+        return True
+
+    def detach_all(self) -> None:
+        for ifname in list(self.attached):
+            with contextlib.suppress(Exception):
+                self.detach(ifname)
+
+    def close(self) -> None:
+        """Idempotent: detach everywhere, then free the program and maps."""
+        self.detach_all()
+        bpf, self.bpf = getattr(self, "bpf", None), None
+        if bpf is not None:
+            bpf.cleanup()
