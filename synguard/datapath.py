@@ -311,13 +311,13 @@ class DataPath:
     def _set_cidrs(self, trie_name: str, count_field: str, nets) -> None:
         table = self.map(trie_name)
         table.clear()
+        nets = {ipaddress.ip_network(net, strict=False) for net in nets}
         for net in nets:
-            net = ipaddress.ip_network(net, strict=False)
             key = table.Key()
             key.prefixlen, addr = cidr_key(net)
             ct.memmove(key.addr, addr, 16)
             table[key] = ct.c_uint8(1)
-        self._write_config(**{count_field: len(table)})
+        self._write_config(**{count_field: len(nets)})
 
     def set_allow_cidrs(self, nets) -> None:
         self._set_cidrs("sg_allow_cidrs", "allow_cidrs", nets)
