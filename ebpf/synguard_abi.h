@@ -28,6 +28,11 @@
 #ifndef SG_SLOT_SHIFT
 #define SG_SLOT_SHIFT 4 /* cookie time slot = now_s >> 4 (16 s); current + previous accepted */
 #endif
+#ifndef SG_ALLOW_FILTER_BITS
+#define SG_ALLOW_FILTER_BITS 20 /* log2 bits of the negative cache in front of sg_allowlist */
+#endif
+#define SG_ALLOW_FILTER_WORDS (1 << (SG_ALLOW_FILTER_BITS - 6)) /* u64 words */
+#define SG_ALLOW_FILTER_MULT 0x9E3779B1U /* bit = ((a0^a1^a2^a3) * MULT) >> (32 - BITS) */
 #define SG_PORTS 65536 /* sg_ports is indexed by the host-order TCP port */
 #define SG_IPV6_EXT_MAX 4 /* IPv6 extension headers skipped before giving up */
 #define SG_VLAN_MAX 2 /* 802.1Q / 802.1ad tags parsed */

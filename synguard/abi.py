@@ -16,6 +16,9 @@ ABI_VERSION = 1
 ALLOWLIST_SIZE = 262144
 CIDR_SIZE = 4096
 SLOT_SHIFT = 4
+ALLOW_FILTER_BITS = 20
+ALLOW_FILTER_WORDS = 1 << (ALLOW_FILTER_BITS - 6)
+ALLOW_FILTER_MULT = 0x9E3779B1
 PORTS = 65536
 IPV6_EXT_MAX = 4
 VLAN_MAX = 2
@@ -71,5 +74,17 @@ SECRET_FIELDS = ("k0", "k1")
 ALLOW_ENTRY_FIELDS = ("expires_s", "validated")
 CIDR_KEY_FIELDS = ("prefixlen", "addr")
 ADDR_FIELDS = ("addr",)
+
+
+
+def allow_filter_bit(addr16: bytes) -> int:
+    """Bit of sg_allow_filter for a 16-byte (IPv4-mapped) address, as the program computes it.
+
+    The program XORs the four u32 words as loaded (little-endian host)."""
+    import struct
+
+    a0, a1, a2, a3 = struct.unpack("<4I", addr16)
+    return (((a0 ^ a1 ^ a2 ^ a3) * ALLOW_FILTER_MULT) & 0xFFFFFFFF) >> (32 - ALLOW_FILTER_BITS)
+
 
 EBPF_DIR_DEFAULT = Path(__file__).resolve().parent.parent / "ebpf"

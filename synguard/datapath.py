@@ -336,6 +336,27 @@ class DataPath:
 
     def allowlist_clear(self) -> None:
         self.map("sg_allowlist").clear()
+        self.allow_filter_rebuild()
+
+    def allow_filter_rebuild(self) -> int:
+        """Rewrite sg_allow_filter from sg_allowlist's live entries; returns bits set.
+
+        Drops the bits of evicted and expired sources. A validation racing with
+        this may lose its bit: that source is challenged once more, never dropped."""
+        now = self._config["now_s"]
+        words: dict[int, int] = {}
+        for key, leaf in self.map("sg_allowlist").items():
+            if (int(leaf.expires_s) - now) & 0x80000000 or int(leaf.expires_s) == now:
+                continue
+            bit = abi.allow_filter_bit(bytes(bytearray(ct.string_at(ct.addressof(key.addr), 16))))
+            words[bit >> 6] = words.get(bit >> 6, 0) | 1 << (bit & 63)
+        table = self.map("sg_allow_filter")
+        old = {int(k.value) for k, v in table.items() if v.value}
+        for word in old - set(words):
+            table[ct.c_int(word)] = ct.c_uint64(0)
+        for word, value in words.items():
+            table[ct.c_int(word)] = ct.c_uint64(value)
+        return sum(bin(v).count("1") for v in words.values())
 
     # -- running --------------------------------------------------------------
 
