@@ -1,0 +1,93 @@
+"""ebpf/synguard_abi.h and synguard/abi.py must agree, name for name.
+
+Parses the header's enums and #defines, and compares the compiled program's
+map key/value types (BCC's generated ctypes classes) with the Python mirror.
+"""
+
+import ctypes as ct
+import re
+
+import pytest
+
+from synguard import abi
+from synguard.datapath import ebpf_dir
+
+HEADER = (ebpf_dir() / "synguard_abi.h").read_text()
+
+
+def _enum(name):
+    body = re.search(r"enum %s \{(.*?)\};" % name, HEADER, re.S).group(1)
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"(\w+)\s*=\s*(\d+)", body)}
+
+
+def _define(name):
+    return int(re.search(r"#define %s (\w+)" % name, HEADER).group(1).rstrip("UuLl"), 0)
+
+
+def _struct_fields(name):
+    body = re.search(r"struct %s \{(.*?)\};" % name, HEADER, re.S).group(1)
+    return tuple(re.findall(r"__[us]\d+\s+(\w+)(?:\[\d+\])?;", body))
+
+
+def test_counters_match():
+    c_enum = _enum("sg_counter")
+    assert c_enum.pop("SG_CNT_MAX") == abi.COUNTER_MAX == len(abi.Counter)
+    assert c_enum == {f"SG_CNT_{c.name}": int(c) for c in abi.Counter}
+
+
+def test_modes_match():
+    assert _enum("sg_mode") == {f"SG_MODE_{m.name}": int(m) for m in abi.Mode}
+
+
+@pytest.mark.parametrize("name", ["ABI_VERSION", "ALLOWLIST_SIZE", "CIDR_SIZE", "SLOT_SHIFT", "PORTS",
+                                  "IPV6_EXT_MAX", "VLAN_MAX", "ALLOW_FILTER_BITS", "ALLOW_FILTER_MULT"])
+def test_defines_match(name):
+    assert _define(f"SG_{name}") == getattr(abi, name)
+
+
+@pytest.mark.parametrize("struct, fields", [
+    ("sg_config", abi.CONFIG_FIELDS), ("sg_secret", abi.SECRET_FIELDS),
+    ("sg_allow_entry", abi.ALLOW_ENTRY_FIELDS), ("sg_cidr_key", abi.CIDR_KEY_FIELDS), ("sg_addr", abi.ADDR_FIELDS),
+])
+def test_struct_fields_match_header(struct, fields):
+    assert _struct_fields(struct) == fields
+
+
+@pytest.mark.parametrize("map_name, kind, fields, size", [
+    ("sg_config", "Leaf", abi.CONFIG_FIELDS, 32),
+    ("sg_secrets", "Leaf", abi.SECRET_FIELDS, 16),
+    ("sg_allowlist", "Key", abi.ADDR_FIELDS, 16),
+    ("sg_allowlist", "Leaf", abi.ALLOW_ENTRY_FIELDS, 8),
+    ("sg_allow_cidrs", "Key", abi.CIDR_KEY_FIELDS, 20),
+    ("sg_deny_cidrs", "Key", abi.CIDR_KEY_FIELDS, 20),
+])
+def test_compiled_map_types_match(datapath, map_name, kind, fields, size):
+    cls = getattr(datapath.map(map_name), kind)
+    assert tuple(f[0] for f in cls._fields_) == fields
+    assert ct.sizeof(cls) == size
+
+
+def test_counter_map_size(datapath):
+    assert len(datapath.map("sg_counters")) == abi.COUNTER_MAX
+
+
+def test_allow_filter_bit_matches_kernel(dp):
+    """After a validation, exactly the bit abi.allow_filter_bit predicts is set."""
+    import ipaddress
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from conftest import GEN, NOW_S, SECRET
+    from frames import SERVER4, rst
+
+    from synguard import cookie
+
+    src = "203.0.113.77"
+    c = cookie.cookie(SECRET, src, SERVER4, 1234, 80, cookie.slot_of(NOW_S), GEN)
+    assert dp.test_run(bytes(rst(c, sport=1234, src=src))).retval == 1
+    bit = abi.allow_filter_bit(ipaddress.IPv6Address("::ffff:" + src).packed)
+    table = dp.map("sg_allow_filter")
+    set_bits = {int(k.value) * 64 + b for k, v in table.items() for b in range(64) if v.value >> b & 1}
+    assert set_bits == {bit}
+    dp.allowlist_clear()
+    assert not any(v.value for v in table.values())

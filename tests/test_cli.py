@@ -1,0 +1,139 @@
+"""CLI smoke runs under timeout: argument errors, operator errors, and a real
+`synguard run` in a network namespace that attaches, defends, and detaches."""
+
+from __future__ import annotations
+
+import os
+import platform
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SYNGUARD = [sys.executable, "-m", "synguard.cli"]
+
+
+def synguard(*args, timeout=60, env=None):
+    return subprocess.run([*SYNGUARD, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_version():
+    r = synguard("--version")
+    assert r.returncode == 0 and r.stdout.startswith("synguard ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run"], "at least one -i IFACE is required"),
+    (["run", "-i", "lo", "--ports", "80,99999"], "invalid port '99999'"),
+    (["run", "-i", "lo", "--ports", "http"], "invalid port 'http'"),
+    (["run", "-i", "lo", "--mode", "block"], "invalid choice: 'block'"),
+    (["run", "-i", "lo", "--allow-ttl", "5x"], "invalid duration"),
+    (["run", "-i", "lo", "--allow-ttl", "0"], "must be positive"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments(args, message):
+    r = synguard(*args)
+    assert r.returncode == 2
+    assert message in r.stderr
+
+
+def test_missing_interface_is_one_clear_line():
+    r = synguard("run", "-i", "nosuchif0")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert lines == ["synguard: interface 'nosuchif0' does not exist (in this network namespace)"]
+
+
+def test_ebpf_flag_prints_the_c():
+    r = synguard("run", "--ebpf")
+    assert r.returncode == 0
+    assert "int xdp_synguard(struct xdp_md *ctx)" in r.stdout and "enum sg_counter" in r.stdout
+
+
+def test_verifier_rejection_keeps_the_log(tmp_path):
+    broken = tmp_path / "ebpf"
+    broken.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "ebpf" / "synguard_abi.h", broken)
+    # Reads a byte without a bounds check: the verifier must refuse it.
+    (broken / "synguard.bpf.c").write_text(
+        "#include <uapi/linux/bpf.h>\n"
+        "int xdp_synguard(struct xdp_md *ctx) { return *(unsigned char *)(long)ctx->data; }\n")
+    r = synguard("run", "-i", "lo", env={"SYNGUARD_EBPF_DIR": str(broken), "TMPDIR": str(tmp_path)})
+    assert r.returncode == 1
+    assert "verifier log kept in" in r.stderr
+    log = tmp_path / "synguard.verifier.log"
+    assert "invalid access to packet" in log.read_text()
+
+
+def test_missing_headers_message(monkeypatch):
+    from synguard import datapath
+
+    monkeypatch.setattr(platform, "release", lambda: "0.0.0-no-such-kernel")
+    with pytest.raises(datapath.DataPathError, match="kernel headers missing.*make setup"):
+        datapath.check_kernel_headers()
+
+
+@pytest.fixture
+def lab():
+    from synguard.lab import Lab
+
+    with Lab("sgcli") as lab:
+        yield lab
+
+
+def _wait_for(proc, needle, timeout):
+    """Read proc's stderr until a line contains needle; returns the lines read."""
+    lines, end = [], time.monotonic() + timeout
+    while time.monotonic() < end:
+        r, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if r:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if needle in line:
+                return lines
+    raise AssertionError(f"{needle!r} not seen in {timeout}s: {''.join(lines)}")
+
+
+@pytest.mark.netns
+def test_run_defends_and_detaches_on_sigterm(lab):
+    from synguard.datapath import attached_prog
+
+    lab.tcp_server(8080)
+    proc = lab.popen(lab.server_ns, [*SYNGUARD, "run", "-i", lab.server_client_if, "-i", lab.server_attacker_if,
+                                     "--mode", "protect", "--ports", "8080", "--interval", "1"],
+                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        _wait_for(proc, "mode protect", 60)
+        with lab.netns(lab.server_ns):
+            assert attached_prog(lab.server_client_if)[1] == "xdp_synguard"
+        assert all(t is not None for t in lab.connect_times(3, 8080))
+        lines = _wait_for(proc, "challenge sent", 10)
+        assert "challenge sent 1" in lines[-1] and "cookie validated 1" in lines[-1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert "SIGTERM: detaching" in proc.stderr.read()
+        with lab.netns(lab.server_ns):
+            assert attached_prog(lab.server_client_if) is None
+            assert attached_prog(lab.server_attacker_if) is None
+    finally:
+        lab.stop(proc)
+
+
+@pytest.mark.netns
+def test_run_refuses_to_replace_a_foreign_program(lab):
+    from synguard.datapath import attached_prog
+
+    lab.attach_xdp_pass(lab.server_ns, lab.server_client_if)
+    r = lab.run(lab.server_ns, [*SYNGUARD, "run", "-i", lab.server_client_if], check=False, timeout=60)
+    assert r.returncode == 1
+    assert "already runs XDP program" in r.stderr and "xdp_pass" in r.stderr
+    with lab.netns(lab.server_ns):
+        assert attached_prog(lab.server_client_if)[1] == "xdp_pass"  # left alone
