@@ -44,8 +44,10 @@
 
 /* ---- Maps: all of them, each bounded. ---------------------------------- */
 
-/* Event counters, per CPU, indexed by enum sg_counter. */
-BPF_PERCPU_ARRAY(sg_counters, __u64, SG_CNT_MAX);
+/* Event counters, per CPU and per interface slot, indexed by enum sg_counter. */
+BPF_PERCPU_ARRAY(sg_counters, struct sg_counter_block, SG_IFACE_SLOTS);
+/* Interface slot of an ifindex (0: not mapped), set by the control plane on attach. */
+BPF_ARRAY(sg_ifaces, __u32, SG_IFINDEX_MAX);
 /* Runtime settings, one entry, written by the control plane. */
 BPF_ARRAY(sg_config, struct sg_config, 1);
 /* SipHash keys: [gen & 1] is current, the other the previous one. */
@@ -54,6 +56,8 @@ BPF_ARRAY(sg_secrets, struct sg_secret, 2);
 BPF_ARRAY(sg_ports, __u8, SG_PORTS);
 /* Sources that answered a challenge, until expires_s. */
 BPF_TABLE("lru_hash", struct sg_addr, struct sg_allow_entry, sg_allowlist, SG_ALLOWLIST_SIZE);
+/* Sampled SYN counts per source address, for top-K (synguard top). */
+BPF_TABLE("lru_hash", struct sg_addr, struct sg_src_stat, sg_src_syns, SG_SRC_SIZE);
 /* Negative cache in front of sg_allowlist: a clear bit means "not verified",
  * so an unverified (e.g. spoofed) source costs one inlined array load instead
  * of an LRU hash lookup (~25 ns measured, a quarter of the challenge path).
@@ -69,12 +73,23 @@ BPF_LPM_TRIE(sg_deny_cidrs, struct sg_cidr_key, __u8, SG_CIDR_SIZE);
 
 /* ---- Counting ------------------------------------------------------------ */
 
-static __always_inline void count(__u32 idx)
+/* The packet's counter block: one lookup per packet, then plain increments. */
+static __always_inline struct sg_counter_block *counters_for(struct xdp_md *ctx)
 {
-	__u64 *value = sg_counters.lookup(&idx);
+	__u32 ifindex = ctx->ingress_ifindex, slot = 0;
+	__u32 *mapped = sg_ifaces.lookup(&ifindex);
 
-	if (value)
-		*value += 1;
+	if (mapped && *mapped < SG_IFACE_SLOTS)
+		slot = *mapped;
+	return sg_counters.lookup(&slot);
+}
+
+/* Bumps a counter; returns its new per-CPU value. */
+static __always_inline __u64 count(struct sg_counter_block *blk, __u32 idx)
+{
+	if (idx >= SG_CNT_MAX)
+		return 0;
+	return ++blk->cnt[idx];
 }
 
 /* ---- Parsing: one helper per header, explicit bounds, byte order noted. -- */
@@ -85,6 +100,7 @@ struct sg_vlanhdr {
 };
 
 struct sg_pkt {
+	struct sg_counter_block *cnt; /* this CPU's counters for the ingress interface */
 	void *l3;             /* IPv4 or IPv6 header */
 	struct tcphdr *tcp;
 	__u32 l3_off;         /* bytes from data to l3 (Ethernet + VLAN tags) */
@@ -407,6 +423,20 @@ static __always_inline void allowlist_add(const struct sg_addr *a, __u32 now_s, 
 	sg_allowlist.update((struct sg_addr *)a, &fresh);
 }
 
+static __always_inline void src_sample(const struct sg_addr *a, __u32 now_s, __u16 dport)
+{
+	struct sg_src_stat *st = sg_src_syns.lookup((struct sg_addr *)a);
+	struct sg_src_stat fresh = { .syns = SG_SRC_SAMPLE, .last_seen_s = now_s, .last_dport = dport };
+
+	if (st) {
+		__sync_fetch_and_add(&st->syns, SG_SRC_SAMPLE);
+		st->last_seen_s = now_s;
+		st->last_dport = dport;
+		return;
+	}
+	sg_src_syns.update((struct sg_addr *)a, &fresh);
+}
+
 /* ---- Checksums (computed in full: SYNs on veth carry partial sums) -------- */
 
 static __always_inline __u16 sg_fold(__u32 sum)
@@ -526,24 +556,27 @@ static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config
 	__u32 gen, slot, cookie, idx;
 	__u64 h;
 
-	count(SG_CNT_SYN_RECEIVED);
-	if (cfg->mode != SG_MODE_PROTECT)
-		goto pass;
 	tuple_load(pkt, &t);
 	addr_from_tuple(&t, &src);
+	/* Every SG_SRC_SAMPLE-th SYN per CPU feeds the per-source table: a hash
+	 * update on every SYN would cost more than the whole challenge. */
+	if ((count(pkt->cnt, SG_CNT_SYN_RECEIVED) & (SG_SRC_SAMPLE - 1)) == 0)
+		src_sample(&src, cfg->now_s, bpf_ntohs(t.dport));
+	if (cfg->mode != SG_MODE_PROTECT)
+		goto pass;
 	if (cfg->deny_cidrs && cidr_denied(&src)) {
-		count(SG_CNT_SYN_DROPPED_DENY);
+		count(pkt->cnt, SG_CNT_SYN_DROPPED_DENY);
 		return XDP_DROP;
 	}
 	if (!port_protected(cfg, t.dport))
 		goto pass;
-	count(SG_CNT_SYN_PROTECTED);
+	count(pkt->cnt, SG_CNT_SYN_PROTECTED);
 	if (cfg->allow_cidrs && cidr_allowed(&src)) {
-		count(SG_CNT_SYN_ALLOW_CIDR);
+		count(pkt->cnt, SG_CNT_SYN_ALLOW_CIDR);
 		goto pass;
 	}
 	if (allowlist_check(&src, cfg->now_s)) {
-		count(SG_CNT_SYN_ALLOWLISTED);
+		count(pkt->cnt, SG_CNT_SYN_ALLOWLISTED);
 		goto pass;
 	}
 
@@ -558,13 +591,13 @@ static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config
 	/* A SYN-ACK acking ISN + 1 would be accepted (client sends ACK, not RST):
 	 * never emit one; the kernel handles this SYN. */
 	if (cookie == bpf_ntohl(pkt->tcp->seq) + 1) {
-		count(SG_CNT_COOKIE_COLLISION);
+		count(pkt->cnt, SG_CNT_COOKIE_COLLISION);
 		goto pass;
 	}
-	count(SG_CNT_CHALLENGE_SENT);
+	count(pkt->cnt, SG_CNT_CHALLENGE_SENT);
 	return challenge_send(ctx, pkt->l3_off, &t, cookie, h >> 32);
 pass:
-	count(SG_CNT_SYN_PASSED);
+	count(pkt->cnt, SG_CNT_SYN_PASSED);
 	return XDP_PASS;
 }
 
@@ -592,13 +625,13 @@ static __always_inline int handle_rst(const struct sg_config *cfg, struct sg_pkt
 		return XDP_ABORTED;
 	if (cookie_from_hash(cookie_hash(&t, key, slot), idx, slot) == seq) {
 		allowlist_add(&src, cfg->now_s, cfg->allow_ttl_s);
-		count(SG_CNT_COOKIE_VALIDATED);
+		count(pkt->cnt, SG_CNT_COOKIE_VALIDATED);
 		return XDP_DROP;
 	}
 	/* A verified source may send bare RSTs on its real connections. */
 	if (allowlist_check(&src, cfg->now_s))
 		return XDP_PASS;
-	count(SG_CNT_COOKIE_INVALID);
+	count(pkt->cnt, SG_CNT_COOKIE_INVALID);
 	return XDP_DROP;
 }
 
@@ -611,23 +644,26 @@ int xdp_synguard(struct xdp_md *ctx)
 	__u32 zero = 0;
 	__u8 flags;
 
-	count(SG_CNT_PACKETS);
+	pkt.cnt = counters_for(ctx);
+	if (!pkt.cnt)
+		return XDP_ABORTED; /* impossible: slot < SG_IFACE_SLOTS */
+	count(pkt.cnt, SG_CNT_PACKETS);
 	switch (sg_parse(ctx, &pkt)) {
 	case SG_PARSE_TCP:
 		break;
 	case SG_PARSE_MALFORMED:
-		count(SG_CNT_MALFORMED);
+		count(pkt.cnt, SG_CNT_MALFORMED);
 		return XDP_PASS; /* the kernel drops what it cannot use */
 	case SG_PARSE_FRAGMENT:
-		count(SG_CNT_FRAGMENT);
+		count(pkt.cnt, SG_CNT_FRAGMENT);
 		return XDP_PASS;
 	case SG_PARSE_EXT_LIMIT:
-		count(SG_CNT_IPV6_EXT_LIMIT);
+		count(pkt.cnt, SG_CNT_IPV6_EXT_LIMIT);
 		return XDP_PASS;
 	default:
 		return XDP_PASS;
 	}
-	count(SG_CNT_TCP);
+	count(pkt.cnt, SG_CNT_TCP);
 
 	/* Only a SYN (no ACK, no RST) or a bare RST (no SYN, no ACK) is ours. */
 	flags = ((__u8 *)pkt.tcp)[13] & (SG_TCP_SYN | SG_TCP_ACK | SG_TCP_RST);

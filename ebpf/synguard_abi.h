@@ -5,7 +5,8 @@
  * file and the compiled program's map types and fails on any drift.
  *
  * Contract:
- *  - enum sg_counter indexes the per-CPU array sg_counters; user space sums CPUs.
+ *  - enum sg_counter indexes struct sg_counter_block, one per CPU and per
+ *    interface slot (sg_ifaces maps ifindex -> slot); user space sums CPUs.
  *    Append new counters before SG_CNT_MAX; never renumber (metrics and
  *    dashboards key on the names, pinned maps on the numbers).
  *  - struct sg_config is written whole by the control plane (one writer); each
@@ -25,6 +26,12 @@
 #ifndef SG_CIDR_SIZE
 #define SG_CIDR_SIZE 4096 /* entries per static allow/deny trie */
 #endif
+#ifndef SG_SRC_SIZE
+#define SG_SRC_SIZE 65536 /* sources kept in sg_src_syns (LRU) */
+#endif
+#ifndef SG_SRC_SAMPLE
+#define SG_SRC_SAMPLE 16 /* sg_src_syns sees one SYN in 16 per CPU, counted as 16 */
+#endif
 #ifndef SG_SLOT_SHIFT
 #define SG_SLOT_SHIFT 4 /* cookie time slot = now_s >> 4 (16 s); current + previous accepted */
 #endif
@@ -33,7 +40,9 @@
 #endif
 #define SG_ALLOW_FILTER_WORDS (1 << (SG_ALLOW_FILTER_BITS - 6)) /* u64 words */
 #define SG_ALLOW_FILTER_MULT 0x9E3779B1U /* bit = ((a0^a1^a2^a3) * MULT) >> (32 - BITS) */
-#define SG_PORTS 65536 /* sg_ports is indexed by the host-order TCP port */
+#define SG_PORTS 65536
+#define SG_IFACE_SLOTS 16 /* counter blocks: slot 0 = unmapped ifindex, 1.. = attached interfaces */
+#define SG_IFINDEX_MAX 4096 /* sg_ifaces covers ifindex 0..4095; larger ones count in slot 0 */ /* sg_ports is indexed by the host-order TCP port */
 #define SG_IPV6_EXT_MAX 4 /* IPv6 extension headers skipped before giving up */
 #define SG_VLAN_MAX 2 /* 802.1Q / 802.1ad tags parsed */
 
@@ -60,6 +69,11 @@ enum sg_counter {
 enum sg_mode {
 	SG_MODE_OBSERVE = 0, /* count only, every frame passes */
 	SG_MODE_PROTECT = 1, /* deny list, allow list, challenge on protected ports */
+};
+
+/* Value of sg_counters (per CPU, per interface slot): counters indexed by the enum. */
+struct sg_counter_block {
+	__u64 cnt[SG_CNT_MAX];
 };
 
 /* Runtime settings: sg_config[0]. */
@@ -89,6 +103,14 @@ struct sg_addr {
 struct sg_allow_entry {
 	__u32 expires_s;  /* sg_config.now_s at which the entry stops counting */
 	__u32 validated;  /* cookies validated for this source (saturating) */
+};
+
+/* Value of sg_src_syns: sampled SYNs per source (for `synguard top`). */
+struct sg_src_stat {
+	__u64 syns;       /* estimated SYNs: samples x SG_SRC_SAMPLE */
+	__u32 last_seen_s; /* sg_config.now_s of the last sample */
+	__u16 last_dport; /* host byte order */
+	__u16 reserved;
 };
 
 /* Key of sg_allow_cidrs / sg_deny_cidrs (LPM trie). */

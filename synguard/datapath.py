@@ -237,6 +237,7 @@ class DataPath:
         self.prog_id = prog_id(self.prog_fd)
         self.attached: dict[str, str] = {}  # ifname -> "native" | "generic"
         self._ports: set[int] = set()
+        self._slots: dict[str, int] = {}  # ifname -> counter slot
         self._config = {name: 0 for name in abi.CONFIG_FIELDS}
 
     # -- source -------------------------------------------------------------
@@ -251,12 +252,40 @@ class DataPath:
     def map(self, name: str):
         return self.bpf[name.encode()]
 
-    def counters(self) -> dict[Counter, int]:
+    def counters_by_slot(self) -> list[dict[Counter, int]]:
+        """Counters of every interface slot, summed over CPUs (slot 0: unmapped)."""
         table = self.map("sg_counters")
-        out = {}
-        for c in Counter:
-            out[c] = int(sum(table[table.Key(int(c))]))
+        out = []
+        for slot in range(abi.IFACE_SLOTS):
+            per_cpu = table[table.Key(slot)]
+            out.append({c: int(sum(block.cnt[c] for block in per_cpu)) for c in Counter})
         return out
+
+    def counters(self, interface: str | None = None) -> dict[Counter, int]:
+        """Counters of one attached interface, or of all slots together."""
+        slots = self.counters_by_slot()
+        if interface is not None:
+            return slots[self._slots[interface]]
+        return {c: sum(s[c] for s in slots) for c in Counter}
+
+    def counters_by_interface(self) -> dict[str, dict[Counter, int]]:
+        slots = self.counters_by_slot()
+        out = {ifname: slots[slot] for ifname, slot in self._slots.items()}
+        if any(slots[0].values()):
+            out["other"] = slots[0]  # ifindex not mapped (test runs, ifindex >= SG_IFINDEX_MAX)
+        return out
+
+    def _map_interface(self, ifname: str) -> None:
+        """Give ifname its own counter slot (sg_ifaces[ifindex] = slot)."""
+        if ifname in self._slots:
+            return
+        used = set(self._slots.values())
+        free = [s for s in range(1, abi.IFACE_SLOTS) if s not in used]
+        idx = ifindex(ifname)
+        if not free or idx >= abi.IFINDEX_MAX:
+            return  # counted in slot 0 ("other")
+        self._slots[ifname] = free[0]
+        self.map("sg_ifaces")[ct.c_int(idx)] = ct.c_uint32(free[0])
 
     def config(self) -> dict[str, int]:
         leaf = self.map("sg_config")[ct.c_int(0)]
@@ -393,6 +422,7 @@ class DataPath:
                 errors.append(f"{mode}: {e}")
                 continue
             self.attached[ifname] = mode
+            self._map_interface(ifname)
             return mode
         raise DataPathError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
 

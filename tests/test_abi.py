@@ -40,14 +40,14 @@ def test_modes_match():
 
 
 @pytest.mark.parametrize("name", ["ABI_VERSION", "ALLOWLIST_SIZE", "CIDR_SIZE", "SLOT_SHIFT", "PORTS",
-                                  "IPV6_EXT_MAX", "VLAN_MAX", "ALLOW_FILTER_BITS", "ALLOW_FILTER_MULT"])
+                                  "IPV6_EXT_MAX", "VLAN_MAX", "IFACE_SLOTS", "IFINDEX_MAX", "SRC_SIZE", "SRC_SAMPLE", "ALLOW_FILTER_BITS", "ALLOW_FILTER_MULT"])
 def test_defines_match(name):
     assert _define(f"SG_{name}") == getattr(abi, name)
 
 
 @pytest.mark.parametrize("struct, fields", [
     ("sg_config", abi.CONFIG_FIELDS), ("sg_secret", abi.SECRET_FIELDS),
-    ("sg_allow_entry", abi.ALLOW_ENTRY_FIELDS), ("sg_cidr_key", abi.CIDR_KEY_FIELDS), ("sg_addr", abi.ADDR_FIELDS),
+    ("sg_allow_entry", abi.ALLOW_ENTRY_FIELDS), ("sg_src_stat", abi.SRC_STAT_FIELDS), ("sg_cidr_key", abi.CIDR_KEY_FIELDS), ("sg_addr", abi.ADDR_FIELDS),
 ])
 def test_struct_fields_match_header(struct, fields):
     assert _struct_fields(struct) == fields
@@ -58,6 +58,8 @@ def test_struct_fields_match_header(struct, fields):
     ("sg_secrets", "Leaf", abi.SECRET_FIELDS, 16),
     ("sg_allowlist", "Key", abi.ADDR_FIELDS, 16),
     ("sg_allowlist", "Leaf", abi.ALLOW_ENTRY_FIELDS, 8),
+    ("sg_src_syns", "Key", abi.ADDR_FIELDS, 16),
+    ("sg_src_syns", "Leaf", abi.SRC_STAT_FIELDS, 16),
     ("sg_allow_cidrs", "Key", abi.CIDR_KEY_FIELDS, 20),
     ("sg_deny_cidrs", "Key", abi.CIDR_KEY_FIELDS, 20),
 ])
@@ -67,8 +69,10 @@ def test_compiled_map_types_match(datapath, map_name, kind, fields, size):
     assert ct.sizeof(cls) == size
 
 
-def test_counter_map_size(datapath):
-    assert len(datapath.map("sg_counters")) == abi.COUNTER_MAX
+def test_counter_map_shape(datapath):
+    table = datapath.map("sg_counters")
+    assert len(table) == abi.IFACE_SLOTS
+    assert ct.sizeof(table.sLeaf) == 8 * abi.COUNTER_MAX  # sLeaf: one CPU's block
 
 
 def test_allow_filter_bit_matches_kernel(dp):
