@@ -86,6 +86,37 @@ def _capture_fd2(path: Path):
         os.close(saved)
 
 
+# ---- network namespaces: attachments remember theirs ----------------------------
+
+_CLONE_NEWNET = 0x40000000
+_libc = ct.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ct.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def current_netns_fd() -> int:
+    """An fd of the calling thread's network namespace (caller closes it)."""
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
+@contextlib.contextmanager
+def in_netns(fd: int):
+    """Run the body with the current thread in the namespace of fd, then return."""
+    old = current_netns_fd()
+    try:
+        _setns(fd)
+        try:
+            yield
+        finally:
+            _setns(old)
+    finally:
+        os.close(old)
+
+
 # ---- BPF_PROG_TEST_RUN through libbpf ----------------------------------------
 
 
@@ -238,6 +269,7 @@ class DataPath:
         self.attached: dict[str, str] = {}  # ifname -> "native" | "generic"
         self._ports: set[int] = set()
         self._slots: dict[str, int] = {}  # ifname -> counter slot
+        self._netns: dict[str, int] = {}  # ifname -> fd of the namespace it was attached in
         self._config = {name: 0 for name in abi.CONFIG_FIELDS}
 
     # -- source -------------------------------------------------------------
@@ -270,7 +302,7 @@ class DataPath:
 
     def counters_by_interface(self) -> dict[str, dict[Counter, int]]:
         slots = self.counters_by_slot()
-        out = {ifname: slots[slot] for ifname, slot in self._slots.items()}
+        out = {ifname: slots[slot] for ifname, slot in self._slots.items() if ifname in self.attached}
         if any(slots[0].values()):
             out["other"] = slots[0]  # ifindex not mapped (test runs, ifindex >= SG_IFINDEX_MAX)
         return out
@@ -422,6 +454,7 @@ class DataPath:
                 errors.append(f"{mode}: {e}")
                 continue
             self.attached[ifname] = mode
+            self._netns[ifname] = current_netns_fd()
             self._map_interface(ifname)
             return mode
         raise DataPathError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
@@ -432,10 +465,18 @@ class DataPath:
                 self._BPF.remove_xdp(ifname.encode(), flag)
 
     def detach(self, ifname: str) -> bool:
-        """Detach from ifname if our program is still the one attached there."""
+        """Detach from ifname (in the namespace it was attached in) if our program is still there."""
         mode = self.attached.pop(ifname, None)
         if mode is None:
             return False
+        fd = self._netns.pop(ifname)  # the counter slot stays: a re-attach continues its counters
+        try:
+            with in_netns(fd):
+                return self._detach_here(ifname, mode)
+        finally:
+            os.close(fd)
+
+    def _detach_here(self, ifname: str, mode: str) -> bool:
         try:
             current = attached_prog(ifname)
         except DataPathError:
