@@ -7,6 +7,7 @@ Every error an operator can fix ends in one line on stderr and exit status 1
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -41,50 +42,77 @@ def _seconds(text: str) -> int:
     return value
 
 
+DEFAULT_SOCKET = "/run/synguard/control.sock"
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: a positive integer")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: an integer 1-65535")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synguard", description="SYN-flood detector and SYN-cookie defense (XDP).")
     p.add_argument("--version", action="version", version=f"synguard {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="attach to interfaces and defend (foreground)")
-    run.add_argument("-i", "--interface", action="append", default=[], dest="interfaces", metavar="IFACE",
+    run = sub.add_parser("run", help="attach to interfaces and defend (foreground daemon)")
+    run.add_argument("-c", "--config", metavar="FILE", help="YAML config (flags below override it)")
+    run.add_argument("-i", "--interface", action="append", default=None, dest="interfaces", metavar="IFACE",
                      help="interface to protect (repeat for several)")
-    run.add_argument("--mode", choices=("observe", "protect"), default="observe",
+    run.add_argument("--mode", choices=("observe", "protect", "auto"), default=None,
                      help="observe: count only; protect: challenge unverified sources (default: observe)")
-    run.add_argument("--ports", type=_ports, default=[], metavar="LIST",
+    run.add_argument("--ports", type=_ports, default=None, metavar="LIST",
                      help="protected TCP ports, e.g. 80,443 (default: every port)")
-    run.add_argument("--allow-ttl", type=_seconds, default=3600, metavar="DURATION",
+    run.add_argument("--allow-ttl", type=_seconds, default=None, metavar="DURATION",
                      help="how long a verified source stays verified (default: 1h)")
-    run.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto",
+    run.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default=None,
                      help="XDP attach mode; auto tries native, then generic (default: auto)")
+    run.add_argument("--metrics-listen", default=None, metavar="HOST:PORT", help="Prometheus endpoint ('' = off)")
+    run.add_argument("--control-socket", default=None, metavar="PATH", help=f"control socket (default {DEFAULT_SOCKET})")
+    run.add_argument("--log-format", choices=("human", "json"), default=None, help="log lines (default: human)")
+    run.add_argument("--json", action="store_const", const="json", dest="log_format", help="same as --log-format json")
     run.add_argument("--interval", type=_seconds, default=5, metavar="DURATION",
                      help="seconds between counter lines (default: 5)")
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the C as compiled, exit
 
+    check = sub.add_parser("check-config", help="validate a config file (exit 0 if valid)")
+    check.add_argument("file")
+
+    def client(name, help_):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+        c.add_argument("-H", "--no-header", action="store_true", help="no header line")
+        c.add_argument("-n", "--numeric", action="store_true", help="exact numbers (no k/M rounding)")
+        c.add_argument("--socket", default=DEFAULT_SOCKET, help=f"daemon control socket (default {DEFAULT_SOCKET})")
+        return c
+
+    status = client("status", "daemon status: mode, interfaces, counters with rates, queues")
+    status.add_argument("--watch", type=float, default=None, metavar="SECS", help="refresh every SECS")
+    listeners = client("listeners", "half-open and accept queues per listener (no daemon needed)")
+    listeners.add_argument("--port", type=_port, default=None, help="only this local port")
+    top = client("top", "top SYN sources seen by the XDP program")
+    top.add_argument("-N", "--count", type=_positive_int, default=10, dest="count", help="rows (default 10)")
+
     bench = sub.add_parser("bench", help="XDP cost per path vs. an empty program (BPF_PROG_TEST_RUN)")
-    bench.add_argument("--repeat", type=int, default=200_000)
-    bench.add_argument("--rounds", type=int, default=7)
+    bench.add_argument("--repeat", type=_positive_int, default=200_000)
+    bench.add_argument("--rounds", type=_positive_int, default=7)
 
     demo = sub.add_parser("demo", help="network-namespace lab under a live spoofed SYN flood")
-    demo.add_argument("--flood", type=int, default=2_000_000, metavar="N", help="spoofed SYNs to send, at most (default 2000000)")
+    demo.add_argument("--flood", type=_positive_int, default=2_000_000, metavar="N",
+                      help="spoofed SYNs to send, at most (default 2000000)")
     demo.add_argument("--seconds", type=float, default=8.0, help="flood duration bound (default 8)")
-    demo.add_argument("--connects", type=int, default=40, help="legit connects during the flood (default 40)")
+    demo.add_argument("--connects", type=_positive_int, default=40, help="legit connects during the flood (default 40)")
     return p
 
 
 # ---- run ------------------------------------------------------------------------
-
-
-class Stop:
-    """Set by SIGINT/SIGTERM in the main thread; the loop exits and cleans up once."""
-
-    def __init__(self):
-        self.event = threading.Event()
-        self.signal = None
-
-    def __call__(self, signum, frame):
-        self.signal = signal.Signals(signum).name
-        self.event.set()
 
 
 def counters_line(now: dict, before: dict | None, seconds: float) -> str:
@@ -100,53 +128,85 @@ def counters_line(now: dict, before: dict | None, seconds: float) -> str:
 
 
 def cmd_run(args) -> int:
-    from synguard.abi import Mode
-    from synguard.datapath import DataPath, DataPathError, ebpf_dir
+    from synguard import config as configmod
+    from synguard.daemon import Daemon, setup_logging
+    from synguard.datapath import ebpf_dir
 
     if args.ebpf:
         print((ebpf_dir() / "synguard_abi.h").read_text())
         print((ebpf_dir() / "synguard.bpf.c").read_text())
         return 0
-    if not args.interfaces:
-        print("synguard run: error: at least one -i IFACE is required", file=sys.stderr)
-        return 2
-    stop = Stop()
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    dp = None
     try:
-        dp = DataPath()
-        dp.set_secret(1, os.urandom(16))
-        dp.tick()
-        dp.set_allow_ttl(args.allow_ttl)
-        dp.set_ports(args.ports)
-        mode = Mode.PROTECT if args.mode == "protect" else Mode.OBSERVE
-        for ifname in args.interfaces:
-            how = dp.attach(ifname, args.xdp_mode)
-            log.info("attached to %s (%s XDP)", ifname, how)
-        dp.set_mode(mode)
-        ports = ",".join(map(str, args.ports)) or "all"
-        log.info("mode %s, protected ports %s, verified sources kept %ss", args.mode, ports, args.allow_ttl)
-        before, t_before = dp.counters(), time.monotonic()
-        last_filter = time.monotonic()
-        while not stop.event.wait(1.0):
-            dp.tick()
-            now = time.monotonic()
-            if now - last_filter >= 60:
-                dp.allow_filter_rebuild()
-                last_filter = now
-            if now - t_before >= args.interval:
-                counters = dp.counters()
-                log.info("%s", counters_line(counters, before, now - t_before))
-                before, t_before = counters, now
-        log.info("%s: detaching and exiting", stop.signal)
-        return 0
-    except DataPathError as e:
-        log.error("%s", e)
+        cfg = configmod.load(args.config) if args.config else configmod.Config()
+        overrides = {k: v for k, v in dict(interfaces=args.interfaces, mode=args.mode, ports=args.ports,
+                                              allow_ttl=args.allow_ttl, xdp_mode=args.xdp_mode).items()
+                     if v is not None}
+        cfg = configmod.override(cfg, **overrides)
+        extra = {}
+        if args.metrics_listen is not None:
+            extra["metrics_listen"] = args.metrics_listen
+        if args.control_socket is not None:
+            extra["control_socket"] = args.control_socket
+        if args.log_format is not None:
+            extra["log_format"] = args.log_format
+        cfg = configmod.override(cfg, **extra) if extra else cfg
+    except configmod.ConfigError as e:
+        print(str(e), file=sys.stderr)
         return 1
-    finally:
-        if dp is not None:
-            dp.close()
+    if not cfg.interfaces:
+        print("synguard run: error: no interface: give -i IFACE or `interfaces:` in the config", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log.format)
+    daemon = Daemon(cfg, args.config)
+    daemon.log_interval = args.interval
+    return daemon.run(overrides)
+
+
+def cmd_check_config(args) -> int:
+    from synguard import config as configmod
+
+    try:
+        cfg = configmod.load(args.file)
+    except configmod.ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK (mode {cfg.mode}, {len(cfg.interfaces)} interface(s), "
+          f"ports {','.join(map(str, cfg.protect.ports)) or 'all'})")
+    return 0
+
+
+def cmd_client(args) -> int:
+    from synguard import view
+
+    if args.command == "listeners":
+        from synguard import kernel
+
+        rows = kernel.listeners(args.port)
+        if args.json:
+            print(json.dumps(kernel.to_json(rows), indent=2))
+        else:
+            print(kernel.format_listeners(rows, header=not args.no_header), end="")
+        return 0
+    try:
+        while True:
+            if args.command == "status":
+                reply = view.request(args.socket, {"cmd": "status"})
+                text = json.dumps(reply, indent=2) if args.json else view.format_status(reply, numeric=args.numeric)
+            else:
+                reply = view.request(args.socket, {"cmd": "top", "n": args.count})
+                text = (json.dumps(reply["sources"], indent=2) if args.json else
+                        view.format_top(reply["sources"], header=not args.no_header, numeric=args.numeric))
+            if getattr(args, "watch", None):
+                print("\033[H\033[J" + text, flush=True)
+                time.sleep(args.watch)
+                continue
+            print(text)
+            return 0
+    except view.DaemonUnavailable as e:
+        print(f"synguard {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "check-config":
+        return cmd_check_config(args)
+    if args.command in ("status", "listeners", "top"):
+        return cmd_client(args)
     if args.command == "bench":
         from synguard.datapath import DataPathError
 

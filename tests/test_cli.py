@@ -29,7 +29,7 @@ def test_version():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run"], "at least one -i IFACE is required"),
+    (["run"], "no interface: give -i IFACE"),
     (["run", "-i", "lo", "--ports", "80,99999"], "invalid port '99999'"),
     (["run", "-i", "lo", "--ports", "http"], "invalid port 'http'"),
     (["run", "-i", "lo", "--mode", "block"], "invalid choice: 'block'"),
@@ -43,8 +43,8 @@ def test_bad_arguments(args, message):
     assert message in r.stderr
 
 
-def test_missing_interface_is_one_clear_line():
-    r = synguard("run", "-i", "nosuchif0")
+def test_missing_interface_is_one_clear_line(tmp_path):
+    r = synguard("run", "-i", "nosuchif0", "--control-socket", str(tmp_path / "ctl.sock"), "--metrics-listen", "")
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert lines == ["synguard: interface 'nosuchif0' does not exist (in this network namespace)"]
@@ -64,7 +64,8 @@ def test_verifier_rejection_keeps_the_log(tmp_path):
     (broken / "synguard.bpf.c").write_text(
         "#include <uapi/linux/bpf.h>\n"
         "int xdp_synguard(struct xdp_md *ctx) { return *(unsigned char *)(long)ctx->data; }\n")
-    r = synguard("run", "-i", "lo", env={"SYNGUARD_EBPF_DIR": str(broken), "TMPDIR": str(tmp_path)})
+    r = synguard("run", "-i", "lo", "--control-socket", str(tmp_path / "ctl.sock"),
+                 env={"SYNGUARD_EBPF_DIR": str(broken), "TMPDIR": str(tmp_path)})
     assert r.returncode == 1
     assert "verifier log kept in" in r.stderr
     log = tmp_path / "synguard.verifier.log"
@@ -108,14 +109,15 @@ def test_run_defends_and_detaches_on_sigterm(lab):
 
     lab.tcp_server(8080)
     proc = lab.popen(lab.server_ns, [*SYNGUARD, "run", "-i", lab.server_client_if, "-i", lab.server_attacker_if,
-                                     "--mode", "protect", "--ports", "8080", "--interval", "1"],
+                                     "--mode", "protect", "--ports", "8080", "--interval", "1",
+                                     "--control-socket", f"/tmp/{lab.id}.sock"],
                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         _wait_for(proc, "mode protect", 60)
         with lab.netns(lab.server_ns):
             assert attached_prog(lab.server_client_if)[1] == "xdp_synguard"
         assert all(t is not None for t in lab.connect_times(3, 8080))
-        lines = _wait_for(proc, "challenge sent", 10)
+        lines = _wait_for(proc, "cookie validated 1", 15)
         assert "challenge sent 1" in lines[-1] and "cookie validated 1" in lines[-1]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
@@ -132,7 +134,8 @@ def test_run_refuses_to_replace_a_foreign_program(lab):
     from synguard.datapath import attached_prog
 
     lab.attach_xdp_pass(lab.server_ns, lab.server_client_if)
-    r = lab.run(lab.server_ns, [*SYNGUARD, "run", "-i", lab.server_client_if], check=False, timeout=60)
+    r = lab.run(lab.server_ns, [*SYNGUARD, "run", "-i", lab.server_client_if, "--control-socket",
+                                f"/tmp/{lab.id}.sock"], check=False, timeout=60)
     assert r.returncode == 1
     assert "already runs XDP program" in r.stderr and "xdp_pass" in r.stderr
     with lab.netns(lab.server_ns):

@@ -1,0 +1,400 @@
+"""The synguard daemon: data path + config + secrets + metrics + control socket.
+
+Main thread: signals and the 1-s tick loop (clock, secret rotation, filter
+upkeep, counter log line, reloads). Side threads: the Prometheus HTTP server and
+the control socket, both read-only over the maps. Shutdown is idempotent and
+detaches only our own program.
+
+Secrets: a 128-bit master (random at start, or secret.file shared by a fleet)
+derives the secret of each epoch = floor(wall clock / rotate_every) with keyed
+BLAKE2b, so every node sharing the file switches at the same instant without
+talking to the others; the previous generation stays valid in the kernel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from synguard import __version__, abi, config as configmod
+from synguard.abi import Counter, Mode
+from synguard.datapath import DataPath, DataPathError
+
+log = logging.getLogger("synguard")
+
+
+# ---- logging -------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record):
+        doc = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+               "event": getattr(record, "event", "log"), "msg": record.getMessage()}
+        doc.update(getattr(record, "fields", {}))
+        return json.dumps(doc, sort_keys=False)
+
+
+def setup_logging(fmt: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("synguard: %(message)s"))
+    root = logging.getLogger("synguard")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def event(name: str, msg: str, level=logging.INFO, **fields) -> None:
+    log.log(level, msg, extra={"event": name, "fields": fields})
+
+
+# ---- systemd notify (the protocol is one datagram; no library needed for it) --------
+
+
+def sd_notify(state: str) -> bool:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+        return True
+    except OSError:
+        return False
+
+
+# ---- secrets -----------------------------------------------------------------------
+
+
+def derive_secret(master: bytes, epoch: int) -> bytes:
+    return hashlib.blake2b(epoch.to_bytes(8, "little"), key=master, digest_size=16, person=b"synguard-cookie").digest()
+
+
+# ---- control socket ------------------------------------------------------------------
+
+
+class _ControlHandler(socketserver.StreamRequestHandler):
+    def handle(self):
+        try:
+            line = self.rfile.readline(65536)
+            request = json.loads(line or b"{}")
+            reply = self.server.daemon.control(request)
+        except Exception as e:  # a bad request must never hurt the daemon
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+class _ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+# ---- the daemon -------------------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(self, cfg: configmod.Config, config_path: str | None = None):
+        self.config = cfg
+        self.config_path = config_path
+        self.datapath: DataPath | None = None
+        self.started = time.time()
+        self.master = b""
+        self.epoch = -1
+        self.secret_since = time.time()
+        self.secret_rotations = 0
+        self.reloads = {"success": 0, "failure": 0}
+        self.last_reload_ok = True
+        self.allowlist_capacity = abi.ALLOWLIST_SIZE
+        self.history: deque[tuple[float, dict]] = deque(maxlen=64)  # (time, counters) per tick
+        self._stop = threading.Event()
+        self._stop_signal = None
+        self._hup = threading.Event()
+        self._closed = False
+        self._http = None
+        self._control = None
+        self._lock = threading.Lock()
+
+    # -- state --------------------------------------------------------------------
+
+    @property
+    def protecting(self) -> bool:
+        return self.config.mode == "protect"
+
+    def allowlist_size(self) -> int:
+        return len(self.datapath.allowlist())
+
+    # -- config application ---------------------------------------------------------
+
+    def _load_master(self, cfg) -> bytes:
+        if cfg.secret.file:
+            return configmod.secret_file_check(cfg.secret.file)
+        return self.master or os.urandom(16)
+
+    def _apply(self, cfg, *, first: bool) -> None:
+        """Apply cfg to the running data path (no program reload, allowlist kept)."""
+        dp = self.datapath
+        master = self._load_master(cfg)
+        if master != self.master or cfg.secret.rotate_every != self.config.secret.rotate_every or first:
+            self.master = master
+            self.epoch = -1  # force a (re)derivation with the new master/period
+        self.config = cfg
+        self._rotate_if_due()
+        dp.tick(int(time.time()))
+        dp.set_allow_ttl(cfg.protect.allow_ttl)
+        dp.set_ports(cfg.protect.ports)
+        dp.set_allow_cidrs(cfg.allow)
+        dp.set_deny_cidrs(cfg.deny)
+        wanted = list(cfg.interfaces)
+        for ifname in list(dp.attached):
+            if ifname not in wanted:
+                dp.detach(ifname)
+                event("detached", f"detached from {ifname}", interface=ifname)
+        for ifname in wanted:
+            if ifname not in dp.attached:
+                how = dp.attach(ifname, cfg.xdp_mode)
+                event("attached", f"attached to {ifname} ({how} XDP)", interface=ifname, xdp_mode=how)
+        if cfg.mode == "auto":
+            event("mode", "mode auto: automatic detection is not built yet; behaving as observe", level=logging.WARNING)
+        dp.set_mode(Mode.PROTECT if cfg.mode == "protect" else Mode.OBSERVE)
+        ports = ",".join(map(str, cfg.protect.ports)) or "all"
+        event("config", f"mode {cfg.mode}, protected ports {ports}, verified sources kept {cfg.protect.allow_ttl}s, "
+              f"allow {len(cfg.allow)} / deny {len(cfg.deny)} CIDRs", mode=cfg.mode, ports=list(cfg.protect.ports))
+
+    def _rotate_if_due(self) -> None:
+        epoch = int(time.time()) // self.config.secret.rotate_every
+        if epoch == self.epoch:
+            return
+        first = self.epoch < 0
+        dp = self.datapath
+        # Keep the previous epoch's secret valid (installed first as the "previous" generation).
+        dp.set_secret(epoch - 1, derive_secret(self.master, epoch - 1))
+        dp.set_secret(epoch, derive_secret(self.master, epoch))
+        self.epoch = epoch
+        self.secret_since = epoch * self.config.secret.rotate_every
+        if not first:
+            self.secret_rotations += 1
+            event("secret_rotated", f"cookie secret rotated (generation {epoch})", generation=epoch)
+
+    def reload(self) -> bool:
+        if not self.config_path:
+            event("reload", "SIGHUP: no config file to reload (started without -c)", level=logging.WARNING)
+            return False
+        try:
+            cfg = configmod.load(self.config_path)
+            cfg = configmod.override(cfg, **self.overrides)
+            for key in ("metrics", "control"):
+                if getattr(cfg, key) != getattr(self.config, key):
+                    event("reload", f"{key} settings change only on restart; keeping the running ones",
+                          level=logging.WARNING)
+                    cfg = _replace(cfg, **{key: getattr(self.config, key)})
+            old = self.config
+            try:
+                self._apply(cfg, first=False)
+            except (DataPathError, configmod.ConfigError, OSError, ValueError) as e:
+                self._apply(old, first=False)  # back to the last good config
+                raise configmod.ConfigError([str(e)], source=self.config_path) from None
+        except configmod.ConfigError as e:
+            self.reloads["failure"] += 1
+            self.last_reload_ok = False
+            for line in str(e).splitlines():
+                event("reload_failed", line, level=logging.ERROR)
+            event("reload_failed", "config NOT reloaded: the running config stays in force", level=logging.ERROR)
+            return False
+        self.reloads["success"] += 1
+        self.last_reload_ok = True
+        event("reloaded", f"config reloaded from {self.config_path}")
+        return True
+
+    # -- control socket requests --------------------------------------------------------
+
+    def control(self, request: dict) -> dict:
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return self.status()
+        if cmd == "top":
+            return {"sources": self.top(int(request.get("n", 10)))}
+        if cmd == "ping":
+            return {"ok": True, "version": __version__}
+        return {"error": f"unknown command {cmd!r}"}
+
+    def rates(self) -> dict[str, float]:
+        with self._lock:
+            if len(self.history) < 2:
+                return {c.name.lower(): 0.0 for c in Counter}
+            (t0, c0), (t1, c1) = self.history[max(0, len(self.history) - 11)], self.history[-1]
+        dt = max(t1 - t0, 1e-9)
+        return {c.name.lower(): (c1[c] - c0[c]) / dt for c in Counter}
+
+    def status(self) -> dict:
+        from synguard import kernel
+
+        dp = self.datapath
+        counters = dp.counters()
+        rows = kernel.listeners()
+        worst = max(rows, key=lambda r: (r.synq_pct, r.syn_recv), default=None)
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "mode": self.config.mode,
+            "protecting": self.protecting,
+            "ports": list(self.config.protect.ports),
+            "interfaces": [{"name": n, "xdp_mode": m, "counters": {c.name.lower(): v for c, v in
+                                                                     dp.counters(n).items()}}
+                           for n, m in dp.attached.items()],
+            "counters": {c.name.lower(): v for c, v in counters.items()},
+            "rates": self.rates(),
+            "allowlist": {"size": self.allowlist_size(), "capacity": self.allowlist_capacity,
+                          "ttl_s": self.config.protect.allow_ttl},
+            "secret": {"generation": self.epoch, "age_s": round(time.time() - self.secret_since, 1),
+                       "rotate_every_s": self.config.secret.rotate_every,
+                       "source": "file" if self.config.secret.file else "random"},
+            "kernel": {"counters": kernel.tcp_counters(), "sysctls": kernel.sysctls()},
+            "worst_listener": None if worst is None else kernel.to_json([worst])[0],
+            "listeners": len(rows),
+            "config": {"path": self.config_path, "last_reload_ok": self.last_reload_ok, **self.reloads},
+        }
+
+    def top(self, n: int = 10) -> list[dict]:
+        import ipaddress
+        import ctypes as ct
+
+        table = self.datapath.map("sg_src_syns")
+        rows = []
+        for key, leaf in table.items():
+            raw = bytes(bytearray(ct.string_at(ct.addressof(key.addr), 16)))
+            addr = ipaddress.IPv6Address(raw)
+            rows.append({"source": str(addr.ipv4_mapped or addr), "syns": int(leaf.syns),
+                         "last_seen_s": int(leaf.last_seen_s), "last_dport": int(leaf.last_dport)})
+        rows.sort(key=lambda r: r["syns"], reverse=True)
+        return rows[:n]
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame):
+        if signum == signal.SIGHUP:
+            self._hup.set()
+        else:
+            self._stop_signal = signal.Signals(signum).name
+            self._stop.set()
+
+    def _start_metrics(self) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from synguard.metrics import SynguardCollector
+
+        m = self.config.metrics
+        if not m.listen:
+            return
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SynguardCollector(self))
+        try:
+            self._http = start_http_server(m.port, addr=m.host, registry=self.registry)
+        except OSError as e:
+            raise DataPathError(f"metrics: cannot listen on {m.listen}: {e.strerror}") from None
+        event("metrics", f"metrics on http://{m.listen}/metrics", listen=m.listen)
+
+    def _start_control(self) -> None:
+        path = Path(self.config.control.socket)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() or path.is_socket():
+                # A live daemon answers; a stale socket from a crash does not.
+                with socket.socket(socket.AF_UNIX) as s:
+                    try:
+                        s.connect(str(path))
+                        raise DataPathError(f"another synguard is running (control socket {path} answers)")
+                    except (ConnectionRefusedError, FileNotFoundError):
+                        path.unlink(missing_ok=True)
+            server = _ControlServer(str(path), _ControlHandler)
+            os.chmod(path, 0o660)
+        except OSError as e:
+            raise DataPathError(f"control socket {path}: {e.strerror or e}") from None
+        server.daemon = self
+        threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
+        self._control = server
+
+    def run(self, overrides: dict | None = None) -> int:
+        self.overrides = overrides or {}
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        try:
+            self.datapath = DataPath()
+            self._start_control()
+            self._apply(self.config, first=True)
+            self._start_metrics()
+        except (DataPathError, configmod.ConfigError) as e:
+            for line in str(e).splitlines():
+                log.error("%s", line)
+            self.close()
+            return 1
+        sd_notify("READY=1\nSTATUS=" + self._status_line())
+        watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
+        last_log = last_filter = last_dog = time.monotonic()
+        try:
+            while not self._stop.wait(1.0):
+                now = time.monotonic()
+                self.datapath.tick(int(time.time()))
+                self._rotate_if_due()
+                counters = self.datapath.counters()
+                with self._lock:
+                    self.history.append((now, counters))
+                if self._hup.is_set():
+                    self._hup.clear()
+                    self.reload()
+                if now - last_filter >= 60:
+                    self.datapath.allow_filter_rebuild()
+                    last_filter = now
+                if now - last_log >= self.log_interval:
+                    from synguard.cli import counters_line
+
+                    log.info("%s", counters_line(counters, None, 0), extra={"event": "counters", "fields": {
+                        "counters": {c.name.lower(): v for c, v in counters.items()}}})
+                    last_log = now
+                if watchdog_s and now - last_dog >= watchdog_s / 2:
+                    sd_notify("WATCHDOG=1\nSTATUS=" + self._status_line())
+                    last_dog = now
+            event("stopping", f"{self._stop_signal}: detaching and exiting")
+            return 0
+        finally:
+            sd_notify("STOPPING=1")
+            self.close()
+
+    log_interval = 5
+
+    def _status_line(self) -> str:
+        r = self.rates()
+        return (f"mode {self.config.mode}; SYN {r['syn_received']:.0f}/s, challenges "
+                f"{r['challenge_sent']:.0f}/s, validated {r['cookie_validated']:.0f}/s")
+
+    def close(self) -> None:
+        """Idempotent: stop servers, detach our program, remove the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._control is not None:
+            self._control.shutdown()
+            self._control.server_close()
+            Path(self.config.control.socket).unlink(missing_ok=True)
+        if self._http is not None:
+            server = self._http[0] if isinstance(self._http, tuple) else None
+            if server is not None:
+                server.shutdown()
+        if self.datapath is not None:
+            self.datapath.close()
+
+
+def _replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)

@@ -1,0 +1,120 @@
+"""Prometheus exposition: a custom Collector that reads the maps at scrape time.
+
+Raw `_total` counters only (rates are PromQL's job), base units, every label set
+pre-initialised so a series exists before its first event. Names follow the
+counters: Counter.CHALLENGE_SENT -> synguard_challenges_sent_total.
+Kernel TcpExt counters are left to node_exporter (node_netstat_TcpExt_*).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from synguard import __version__
+from synguard.abi import Counter
+
+if TYPE_CHECKING:
+    from synguard.daemon import Daemon
+
+# Counter -> (metric name without _total, help). SYN drops are one metric with a reason label.
+COUNTER_METRICS = {
+    Counter.PACKETS: ("synguard_packets", "Frames seen by the XDP program."),
+    Counter.TCP: ("synguard_tcp_segments", "IPv4/IPv6 TCP segments parsed."),
+    Counter.SYN_RECEIVED: ("synguard_syn_received", "SYNs (without ACK) received."),
+    Counter.SYN_PROTECTED: ("synguard_syn_protected", "SYNs to a protected port while protecting."),
+    Counter.CHALLENGE_SENT: ("synguard_challenges_sent", "SYNs answered with a cookie SYN-ACK from XDP."),
+    Counter.COOKIE_VALIDATED: ("synguard_cookies_validated", "Challenge answers (RST) with a valid cookie: source verified."),
+    Counter.COOKIE_INVALID: ("synguard_cookies_invalid", "Bare RSTs from unverified sources with a wrong cookie, dropped."),
+    Counter.SYN_PASSED: ("synguard_syn_passed", "SYNs handed to the kernel."),
+    Counter.SYN_ALLOWLISTED: ("synguard_syn_allowlisted", "SYNs passed because their source is verified."),
+    Counter.SYN_ALLOW_CIDR: ("synguard_syn_allow_cidr", "SYNs passed by the static allow list."),
+    Counter.MALFORMED: ("synguard_malformed", "Frames with truncated or inconsistent headers (passed)."),
+    Counter.FRAGMENT: ("synguard_fragments", "IP fragments (passed, never challenged)."),
+    Counter.COOKIE_COLLISION: ("synguard_cookie_collisions", "SYNs passed because the cookie equalled ISN+1."),
+    Counter.IPV6_EXT_LIMIT: ("synguard_ipv6_ext_limit", "IPv6 packets with more extension headers than parsed (passed)."),
+}
+DROP_REASONS = {Counter.SYN_DROPPED_DENY: "deny"}
+MODES = ("observe", "protect", "auto")
+
+
+class SynguardCollector(Collector):
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
+
+    def describe(self):
+        return []  # no describe-time map reads; registry accepts an empty describe
+
+    def collect(self):
+        from synguard import kernel
+
+        d = self.daemon
+        yield InfoMetricFamily("synguard_build", "synguard build information.", value={"version": __version__})
+
+        by_if = d.datapath.counters_by_interface()
+        for counter, (name, doc) in COUNTER_METRICS.items():
+            m = CounterMetricFamily(name, doc, labels=["interface"])
+            for ifname, values in by_if.items():
+                m.add_metric([ifname], values[counter])
+            yield m
+        drops = CounterMetricFamily("synguard_syn_dropped", "SYNs dropped by XDP, by reason.",
+                                    labels=["interface", "reason"])
+        for ifname, values in by_if.items():
+            for counter, reason in DROP_REASONS.items():
+                drops.add_metric([ifname, reason], values[counter])
+        yield drops
+
+        mode = GaugeMetricFamily("synguard_mode", "1 for the configured mode, 0 for the others.", labels=["mode"])
+        for m in MODES:
+            mode.add_metric([m], 1.0 if d.config.mode == m else 0.0)
+        yield mode
+        active = GaugeMetricFamily("synguard_protecting", "1 while the XDP program challenges (protect), else 0.")
+        active.add_metric([], 1.0 if d.protecting else 0.0)
+        yield active
+
+        attached = GaugeMetricFamily("synguard_interface_attached", "1 per interface the program is attached to.",
+                                     labels=["interface", "xdp_mode"])
+        for ifname, how in d.datapath.attached.items():
+            attached.add_metric([ifname, how], 1.0)
+        yield attached
+
+        size = GaugeMetricFamily("synguard_allowlist_entries", "Verified sources currently in the allowlist map.")
+        size.add_metric([], d.allowlist_size())
+        yield size
+        cap = GaugeMetricFamily("synguard_allowlist_capacity", "Size of the allowlist map (LRU beyond it).")
+        cap.add_metric([], d.allowlist_capacity)
+        yield cap
+
+        age = GaugeMetricFamily("synguard_secret_age_seconds", "Seconds since the cookie secret last changed.")
+        age.add_metric([], time.time() - d.secret_since)
+        yield age
+        rot = CounterMetricFamily("synguard_secret_rotations", "Cookie secret rotations since start.")
+        rot.add_metric([], d.secret_rotations)
+        yield rot
+
+        reloads = CounterMetricFamily("synguard_config_reloads", "SIGHUP reloads, by result.", labels=["result"])
+        for result in ("success", "failure"):
+            reloads.add_metric([result], d.reloads[result])
+        yield reloads
+        ok = GaugeMetricFamily("synguard_config_last_reload_successful", "1 if the last reload applied, else 0.")
+        ok.add_metric([], 1.0 if d.last_reload_ok else 0.0)
+        yield ok
+
+        rows = kernel.listeners()
+        g_recv = GaugeMetricFamily("synguard_listen_syn_recv", "Half-open (SYN_RECV) requests per listener.",
+                                   labels=["address", "port"])
+        g_acc = GaugeMetricFamily("synguard_listen_accept_queue", "Accept queue length per listener.",
+                                  labels=["address", "port"])
+        g_back = GaugeMetricFamily("synguard_listen_backlog", "Listen backlog (capacity of each queue) per listener.",
+                                   labels=["address", "port"])
+        for row in rows:
+            labels = [row.address, str(row.port)]
+            g_recv.add_metric(labels, row.syn_recv)
+            g_acc.add_metric(labels, row.accept_queue)
+            g_back.add_metric(labels, row.backlog)
+        yield g_recv
+        yield g_acc
+        yield g_back

@@ -1,0 +1,114 @@
+"""CLI side of the control socket: requests and the human-readable views."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+# Counter names in the order `synguard status` shows them, with the CLI's words.
+STATUS_COUNTERS = (
+    ("syn_received", "SYNs received"),
+    ("challenge_sent", "challenges sent"),
+    ("cookie_validated", "cookies validated"),
+    ("cookie_invalid", "cookies invalid"),
+    ("syn_passed", "SYNs passed"),
+    ("syn_allowlisted", "  from verified sources"),
+    ("syn_dropped_deny", "SYNs dropped (deny)"),
+    ("malformed", "malformed frames"),
+)
+KERNEL_COUNTERS = ("TcpExt.SyncookiesSent", "TcpExt.SyncookiesRecv", "TcpExt.SyncookiesFailed",
+                   "TcpExt.ListenOverflows", "TcpExt.ListenDrops", "TcpExt.TCPReqQFullDoCookies",
+                   "TcpExt.TCPReqQFullDrop")
+
+
+class DaemonUnavailable(RuntimeError):
+    pass
+
+
+def request(path: str, doc: dict, timeout: float = 5.0) -> dict:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(json.dumps(doc).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise DaemonUnavailable(f"the daemon is not running (no answer on {path}); start it with "
+                                f"`synguard run` or `systemctl start synguard`") from None
+    except PermissionError:
+        raise DaemonUnavailable(f"permission denied on {path}: run as root") from None
+    except OSError as e:
+        raise DaemonUnavailable(f"control socket {path}: {e}") from None
+    reply = json.loads(data or b"{}")
+    if "error" in reply:
+        raise DaemonUnavailable(f"daemon error: {reply['error']}")
+    return reply
+
+
+def human(value: float, numeric: bool = False) -> str:
+    if numeric or abs(value) < 10_000:
+        return f"{value:.0f}" if isinstance(value, float) else str(value)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.1f}{unit}"
+    return str(value)
+
+
+def duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def format_status(st: dict, numeric: bool = False) -> str:
+    """A fail2ban-style tree of the daemon's state."""
+    n = lambda v: human(v, numeric)  # noqa: E731
+    mode = st["mode"] + (" (challenging unverified sources)" if st["protecting"] else " (counting only)")
+    out = [f"synguard {st['version']}  pid {st['pid']}  up {duration(st['uptime_s'])}",
+           f"|- mode:        {mode}",
+           f"|- ports:       {','.join(map(str, st['ports'])) or 'all'}",
+           "|- interfaces:"]
+    for i, iface in enumerate(st["interfaces"]):
+        branch = "`-" if i == len(st["interfaces"]) - 1 else "|-"
+        out.append(f"|  {branch} {iface['name']:<12} {iface['xdp_mode']} XDP")
+    out.append(f"|- counters:{'':15}{'total':>10} {'per s':>10}")
+    for key, words in STATUS_COUNTERS:
+        out.append(f"|  |- {words:<22} {n(st['counters'][key]):>10} {n(st['rates'][key]):>10}")
+    al = st["allowlist"]
+    out.append(f"|- allowlist:   {n(al['size'])} verified sources (capacity {al['capacity']}), "
+               f"kept {duration(al['ttl_s'])}")
+    sec = st["secret"]
+    out.append(f"|- secret:      generation {sec['generation']}, age {duration(sec['age_s'])}, "
+               f"rotates every {duration(sec['rotate_every_s'])} ({sec['source']})")
+    k = st["kernel"]["counters"]
+    sysctl = st["kernel"]["sysctls"]
+    out.append("|- kernel:      " + ", ".join(f"{name.split('.', 1)[1]} {n(k.get(name, 0))}"
+                                             for name in KERNEL_COUNTERS[:5]))
+    out.append("|  `- sysctls:  " + ", ".join(f"{name.rsplit('.', 1)[-1]}={v}" for name, v in sysctl.items()))
+    w = st.get("worst_listener")
+    if w:
+        addr = f"[{w['address']}]" if ":" in w["address"] else w["address"]
+        out.append(f"`- worst listener: {addr}:{w['port']}  SynRecv {w['syn_recv']}/{w['backlog']} "
+                   f"({w['synq_pct']:.1f}%)  AcceptQ {w['accept_queue']}  of {st['listeners']} listeners")
+    else:
+        out.append("`- worst listener: (no TCP listeners)")
+    return "\n".join(out)
+
+
+def format_top(rows: list[dict], header: bool = True, numeric: bool = False) -> str:
+    lines = [f"{'Source':<40} {'SYNs(est)':>10} {'LastPort':>8} {'LastSeen':>10}"] if header else []
+    for r in rows:
+        lines.append(f"{r['source']:<40} {human(r['syns'], numeric):>10} {r['last_dport']:>8} {r['last_seen_s']:>10}")
+    if not rows and header:
+        lines.append("(no SYNs sampled yet: one SYN in 16 per CPU is recorded)")
+    return "\n".join(lines)
