@@ -216,6 +216,29 @@ def run(n_listeners: int, half_open: int, repeat: int, use_pyroute2: bool,
                 statistics.median(a + b for a, b in zip(ss_l, ss_s)), 4)
             res["ss_lines"] = {"ltn": lines[0], "syn_recv": lines[1]}
 
+            # A whole /metrics scrape (our collector: maps + listeners) with this load.
+            from prometheus_client import CollectorRegistry, generate_latest
+
+            from synguard import config as configmod
+            from synguard.daemon import Daemon
+            from synguard.datapath import DataPath
+            from synguard.metrics import SynguardCollector
+
+            d = Daemon(configmod.Config())
+            d.datapath = DataPath()
+            try:
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(SynguardCollector(d))
+                scrapes = []
+                for _ in range(repeat):
+                    t = time.perf_counter()
+                    body = generate_latest(registry)
+                    scrapes.append(time.perf_counter() - t)
+                res["scrape_seconds_median"] = round(statistics.median(scrapes), 4)
+                res["scrape_bytes"] = len(body)
+            finally:
+                d.datapath.close()
+
             if use_pyroute2:
                 pr = _pyroute2_syn_recv()
                 if pr is not None:
@@ -251,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if "pyroute2_get_sock_stats_seconds" in res:
         print(f"pyroute2 get_sock_stats(SYN_RECV) {res['pyroute2_get_sock_stats_seconds']:.3f} s "
               f"for {res['pyroute2_messages']} messages")
+    print(f"/metrics scrape        median {res['scrape_seconds_median']:.4f} s ({res['scrape_bytes']} bytes)")
     print(f"fill: {res['syns_sent']} SYNs sent in {res['fill_seconds']} s")
     print(json.dumps(res))
     return 0

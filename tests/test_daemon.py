@@ -19,6 +19,7 @@ PORT = 8080
 METRICS = "127.0.0.1:9046"
 
 pytestmark = pytest.mark.netns
+sys.path.insert(0, __import__("os").path.dirname(__file__))
 
 
 @pytest.fixture(autouse=True)
@@ -36,14 +37,17 @@ def hard_timeout():
 class Running:
     """A `synguard run` process in the lab's server namespace."""
 
-    def __init__(self, lab, tmp_path, config_text: str):
+    def __init__(self, lab, tmp_path, config_text: str, args=(), env=None):
+        import os
+
         self.lab = lab
         self.config = tmp_path / "synguard.yaml"
         self.config.write_text(config_text)
         self.socket = f"/tmp/{lab.id}.sock"
         self.proc = lab.popen(lab.server_ns, [*SYNGUARD, "run", "-c", str(self.config), "--control-socket",
-                                              self.socket, "--metrics-listen", METRICS, "--interval", "1"],
-                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                                              self.socket, "--metrics-listen", METRICS, "--interval", "1", *args],
+                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                              env={**os.environ, **(env or {})})
         self.log: list[str] = []
         self.wait_log("metrics on", 60)
 
@@ -190,3 +194,68 @@ def test_sigterm_detaches_and_cli_reports_no_daemon(lab, tmp_path):
         assert attached_prog(lab.server_client_if) is None
     r = d.cli("status")
     assert r.returncode == 1 and "the daemon is not running" in r.stderr
+
+
+def test_systemd_notify_and_json_logs(lab, tmp_path):
+    import socket as so
+
+    notify = tmp_path / "notify.sock"
+    sink = so.socket(so.AF_UNIX, so.SOCK_DGRAM)
+    sink.bind(str(notify))
+    sink.settimeout(30)
+    d = Running(lab, tmp_path, config_text(lab), args=("--log-format", "json"),
+                env={"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "2000000"})
+    try:
+        messages = [sink.recv(4096).decode() for _ in range(2)]
+        assert messages[0].startswith("READY=1\nSTATUS=mode protect")
+        assert messages[1].startswith("WATCHDOG=1")
+        d.wait_log('"event": "counters"', 10)
+        for line in d.log:
+            doc = json.loads(line)
+            assert {"ts", "level", "event", "msg"} <= doc.keys()
+        assert any(json.loads(line)["event"] == "attached" for line in d.log)
+    finally:
+        lab.stop(d.proc)
+        sink.close()
+
+
+def test_rotation_during_active_challenges_rejects_no_valid_cookie(dp, monkeypatch):
+    """200 clients challenged just before an epoch boundary answer just after it."""
+    from scapy.layers.inet import TCP
+    from scapy.layers.l2 import Ether
+
+    from synguard import config as configmod
+    from synguard.abi import Counter
+    from synguard.daemon import Daemon
+    from frames import rst, syn4
+
+    cfg = configmod.override(configmod.Config(), mode="protect", ports=[80])
+    d = Daemon(cfg)
+    d.datapath = dp
+    d.master = bytes(range(16))
+    every = cfg.secret.rotate_every
+    boundary = 1_800_000_000 // every * every + every
+    monkeypatch.setattr(time, "time", lambda: boundary - 0.4)
+    d._rotate_if_due()
+    dp.tick(int(boundary - 0.4))
+    answers = []
+    for i in range(200):
+        out = dp.test_run(bytes(syn4(src=f"203.0.113.{i % 250}", sport=20000 + i)))
+        assert out.retval == 3
+        answers.append(rst(Ether(out.data)[TCP].ack, src=f"203.0.113.{i % 250}", sport=20000 + i))
+    monkeypatch.setattr(time, "time", lambda: boundary + 0.6)
+    d._rotate_if_due()
+    dp.tick(int(boundary + 0.6))
+    assert d.secret_rotations == 1
+    before = dp.counters()
+    assert all(dp.test_run(bytes(a)).retval == 1 for a in answers)
+    after = dp.counters()
+    assert after[Counter.COOKIE_VALIDATED] - before[Counter.COOKIE_VALIDATED] == 200
+    assert after[Counter.COOKIE_INVALID] == before[Counter.COOKIE_INVALID]
+    # Two rotations later the same answers are refused.
+    dp.allowlist_clear()
+    monkeypatch.setattr(time, "time", lambda: boundary + every + 0.6)
+    d._rotate_if_due()
+    dp.tick(int(boundary + 1))
+    assert dp.test_run(bytes(answers[0])).retval == 1
+    assert dp.counters()[Counter.COOKIE_INVALID] == after[Counter.COOKIE_INVALID] + 1
