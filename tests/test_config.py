@@ -453,13 +453,25 @@ def test_permission_denied(tmp_path, monkeypatch):
     assert str(ei.value) == f"{p}: permission denied (running as uid {os.geteuid()})"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads mode-000 files")
 def test_permission_denied_for_real(tmp_path):
-    p = tmp_path / "c.yaml"
+    """Root reads mode-000 files, so load it as nobody (setpriv, util-linux)."""
+    import subprocess
+    import sys
+
+    d = tmp_path / "world"
+    d.mkdir()
+    p = d / "c.yaml"
     p.write_text("mode: observe\n")
     p.chmod(0)
-    with pytest.raises(ConfigError, match="permission denied"):
-        config.load(p)
+    for parent in [d, *d.parents]:
+        if parent == tmp_path.parents[-1]:
+            break
+        parent.chmod(parent.stat().st_mode | 0o005)  # let nobody reach the file, not read it
+    code = "import sys; from synguard import config\ntry:\n config.load(sys.argv[1])\nexcept config.ConfigError as e:\n print(e)"
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code,
+                        str(p)], capture_output=True, text=True, timeout=60,
+                       cwd=str(__import__("pathlib").Path(config.__file__).parents[1]))
+    assert "permission denied (running as uid 65534)" in r.stdout, r.stderr
 
 
 def test_not_utf8(tmp_path):
