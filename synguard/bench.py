@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 
 from synguard import cookie
-from synguard.abi import Counter, Mode
+from synguard.abi import Mode
 from synguard.datapath import DataPath, ebpf_dir, prog_test_run
 
 VERDICTS = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX"}

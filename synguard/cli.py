@@ -9,10 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
 import sys
-import threading
 import time
 
 from synguard import __version__

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
 import itertools
 import json
 import os
@@ -64,19 +62,11 @@ ATTACKER_IF = "a0"
 
 NETNS_DIR = Path("/run/netns")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CLONE_NEWNET = 0x40000000
 XDP_FLAGS_DRV_MODE = 1 << 2
 
 XDP_PASS_SRC = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }\n"
 
 _seq = itertools.count()
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"setns: {os.strerror(e)}")
 
 
 @contextlib.contextmanager
@@ -87,20 +77,14 @@ def netns(name: str):
     to that namespace after the body ends. Only this thread moves; note that
     /proc/self/net follows the main thread, so use /proc/thread-self/net.
     """
-    old = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    from synguard.datapath import in_netns
+
+    fd = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        new = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(new)
-        finally:
-            os.close(new)
-        try:
+        with in_netns(fd):
             yield
-        finally:
-            # If this fails the thread is stranded in the lab ns: fail loudly.
-            _setns(old)
     finally:
-        os.close(old)
+        os.close(fd)
 
 
 _xdp_lock = threading.Lock()

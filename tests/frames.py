@@ -43,9 +43,31 @@ def expected_cookie(secret, gen, slot, src, dst, sport, dport):
     return cookie.cookie(secret, src, dst, sport, dport, slot, gen)
 
 
+def parseable(data: bytes):
+    """Ether(data), with garbage TCP options replaced by NOPs if scapy cannot parse them.
+
+    The program never reads TCP options, so a mutated SYN with broken options is
+    still a SYN; scapy turns its whole TCP header into Raw, which this undoes."""
+    from scapy.packet import Raw
+
+    frame = Ether(data)
+    if TCP in frame or Raw not in frame:
+        return frame
+    tcp = frame[Raw].load
+    off = bytes(frame).find(tcp)
+    if len(tcp) < 20 or off < 0:
+        return frame
+    hdr = (tcp[12] >> 4) * 4
+    fixed = data[:off + 20] + b"\x01" * max(0, min(hdr, len(tcp)) - 20) + data[off + max(hdr, 20):]
+    again = Ether(fixed)
+    return again if TCP in again else frame
+
+
 def check_challenge(out: bytes, syn, secret: bytes, gen: int, slot: int) -> int:
     """Assert out is the specified cookie SYN-ACK for syn; returns the cookie."""
     reply = Ether(out)
+    if isinstance(syn, (bytes, bytearray)):
+        syn = parseable(bytes(syn))
     l3_name = IPv6 if IPv6 in syn else IP
     ip_in = syn[l3_name]
     tcp_in = syn[TCP]

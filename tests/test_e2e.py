@@ -24,11 +24,9 @@ every flood is bounded in packets and seconds.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import select
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,6 +34,8 @@ import time
 from ipaddress import ip_address
 
 import pytest
+
+from helpers import hard_timeout
 
 from synguard import lab as labmod
 from synguard.abi import Counter, Mode
@@ -53,22 +53,6 @@ CLIENT4 = ip_address(labmod.CLIENT_IP4)
 CLIENT6 = ip_address(labmod.CLIENT_IP6)
 
 
-def hard_timeout(seconds: float):
-    """Fail the test with TimeoutError after `seconds` (main thread only)."""
-    def deco(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            def on_alarm(signum, frame):
-                raise TimeoutError(f"{fn.__name__}: hard timeout {seconds}s")
-            old = signal.signal(signal.SIGALRM, on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, seconds)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, old)
-        return wrapper
-    return deco
 
 
 # --- fixtures -------------------------------------------------------------------

@@ -9,11 +9,7 @@ namespace (`with lab.netns(lab.server_ns): kernel.listeners()`).
 from __future__ import annotations
 
 import errno
-import functools
 import json
-import os
-import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -22,45 +18,16 @@ import time
 
 import pytest
 
+from helpers import hard_timeout, needs_lab
+
 from synguard import kernel
 from synguard import lab as labmod
 from synguard.kernel import Listener
 from synguard.kernel_bench import HOLDER_CODE
 
 
-def hard_timeout(seconds: float):
-    """Fail the test with TimeoutError after `seconds` (main thread only)."""
-    def deco(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            def on_alarm(signum, frame):
-                raise TimeoutError(f"{fn.__name__}: hard timeout {seconds}s")
-            old = signal.signal(signal.SIGALRM, on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, seconds)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, old)
-        return wrapper
-    return deco
 
 
-def _have_lab() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    for tool in ("ip", "ss", "tc"):
-        if not shutil.which(tool):
-            return f"needs {tool}"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "needs BCC (python3-bpfcc)"
-    return None
-
-
-_why_not = _have_lab()
-needs_lab = pytest.mark.skipif(_why_not is not None, reason=str(_why_not))
 
 
 # --- pure: presentation -----------------------------------------------------------

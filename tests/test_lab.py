@@ -8,11 +8,8 @@ instead of hanging the run; the lab tears itself down on that exception too.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import os
-import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -20,44 +17,15 @@ import time
 
 import pytest
 
+from helpers import hard_timeout, needs_lab
+
 from synguard import flood as fl
 from synguard import lab as labmod
 from synguard.lab import Lab
 
 
-def hard_timeout(seconds: float):
-    """Fail the test with TimeoutError after `seconds` (main thread only)."""
-    def deco(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            def on_alarm(signum, frame):
-                raise TimeoutError(f"{fn.__name__}: hard timeout {seconds}s")
-            old = signal.signal(signal.SIGALRM, on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, seconds)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, old)
-        return wrapper
-    return deco
 
 
-def _have_lab() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    for tool in ("ip", "ss"):
-        if not shutil.which(tool):
-            return f"needs {tool}"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "needs BCC (python3-bpfcc)"
-    return None
-
-
-_why_not = _have_lab()
-needs_lab = pytest.mark.skipif(_why_not is not None, reason=str(_why_not))
 
 
 def _netns_list() -> set[str]:

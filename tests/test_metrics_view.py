@@ -12,7 +12,6 @@ from synguard.daemon import Daemon
 from synguard.metrics import COUNTER_METRICS, SynguardCollector
 
 from frames import rst, syn4
-from conftest import GEN, NOW_S, SECRET
 
 
 @pytest.fixture

@@ -254,7 +254,7 @@ def test_garbage_frames(dp, data):
     assert result.retval in VERDICTS
     assert deltas.get(C.PACKETS) == 1
     if result.retval == XDP_TX:
-        check_challenge(result.data, Ether(data), SECRET, GEN, SLOT)
+        check_challenge(result.data, data, SECRET, GEN, SLOT)
     elif result.retval == XDP_PASS:
         assert result.data == data
 
@@ -272,6 +272,6 @@ def test_mutated_frames(dp, base, flips):
     result, deltas = run_case(dp, data)
     assert result.retval in VERDICTS
     if result.retval == XDP_TX:
-        check_challenge(result.data, Ether(data), SECRET, GEN, SLOT)
+        check_challenge(result.data, data, SECRET, GEN, SLOT)
     elif result.retval == XDP_PASS:
         assert result.data == data

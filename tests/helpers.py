@@ -1,0 +1,44 @@
+"""Helpers shared by the test modules."""
+
+import functools
+import os
+import shutil
+import signal
+
+import pytest
+
+
+def hard_timeout(seconds: float):
+    """Fail the test with TimeoutError after `seconds` (main thread only)."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            def on_alarm(signum, frame):
+                raise TimeoutError(f"{fn.__name__}: hard timeout {seconds}s")
+            old = signal.signal(signal.SIGALRM, on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, seconds)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, old)
+        return wrapper
+    return deco
+
+
+def _have_lab() -> str | None:
+    """Why the netns lab cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("ip", "ss", "tc"):
+        if not shutil.which(tool):
+            return f"needs {tool} (iproute2)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "needs BCC (python3-bpfcc)"
+    return None
+
+
+_why_not = _have_lab()
+needs_lab = pytest.mark.skipif(_why_not is not None, reason=str(_why_not))
