@@ -19,7 +19,7 @@
  *  - XDP_ABORTED only when a helper fails on a frame we already validated.
  *
  * Cookie (synguard/cookie.py is the bit-exact Python reference):
- *   h = SipHash-2-4(secret[gen & 1], saddr | daddr | sport | dport | slot_le32)
+ *   h = SipHash-2-4(secret[gen & 1], daddr | saddr | dport | sport | slot_le32)
  *   cookie = (h & ~3) | (gen & 1) << 1 | (slot & 1)
  * Addresses and ports are hashed in network byte order, the slot as a
  * little-endian u32; IPv4 hashes 16 bytes, IPv6 40. The two low bits tell the
@@ -44,7 +44,7 @@
 
 /* ---- Maps: all of them, each bounded. ---------------------------------- */
 
-/* Event counters, per CPU and per interface slot, indexed by enum sg_counter. */
+/* Event counters, per-port SYNs and HLL registers, per CPU and per interface slot. */
 BPF_PERCPU_ARRAY(sg_counters, struct sg_counter_block, SG_IFACE_SLOTS);
 /* Interface slot of an ifindex (0: not mapped), set by the control plane on attach. */
 BPF_ARRAY(sg_ifaces, __u32, SG_IFINDEX_MAX);
@@ -52,8 +52,8 @@ BPF_ARRAY(sg_ifaces, __u32, SG_IFINDEX_MAX);
 BPF_ARRAY(sg_config, struct sg_config, 1);
 /* SipHash keys: [gen & 1] is current, the other the previous one. */
 BPF_ARRAY(sg_secrets, struct sg_secret, 2);
-/* Protected destination ports: 1 at the host-order port index. */
-BPF_ARRAY(sg_ports, __u8, SG_PORTS);
+/* Per destination port (host order): protected?, watch slot, auto-mode deadline. */
+BPF_ARRAY(sg_ports, struct sg_port, SG_PORTS);
 /* Sources that answered a challenge, until expires_s. */
 BPF_TABLE("lru_hash", struct sg_addr, struct sg_allow_entry, sg_allowlist, SG_ALLOWLIST_SIZE);
 /* Sampled SYN counts per source address, for top-K (synguard top). */
@@ -265,22 +265,36 @@ static __always_inline int sg_parse(struct xdp_md *ctx, struct sg_pkt *pkt)
 		v2 += v1; v1 = SG_ROTL(v1, 17); v1 ^= v2; v2 = SG_ROTL(v2, 32); \
 	} while (0)
 
-/* m[n] are little-endian message words; the message is exactly 8 * n bytes. */
-static __always_inline __u64 sg_siphash(const struct sg_secret *key, const __u64 *m, const int n)
-{
-	__u64 v0 = key->k0 ^ 0x736f6d6570736575ULL;
-	__u64 v1 = key->k1 ^ 0x646f72616e646f6dULL;
-	__u64 v2 = key->k0 ^ 0x6c7967656e657261ULL;
-	__u64 v3 = key->k1 ^ 0x7465646279746573ULL;
-	__u64 b = ((__u64)(n * 8)) << 56;
+struct sg_sip {
+	__u64 v0, v1, v2, v3;
+};
 
-#pragma unroll
-	for (int i = 0; i < n; i++) {
-		v3 ^= m[i];
-		SG_SIPROUND;
-		SG_SIPROUND;
-		v0 ^= m[i];
-	}
+static __always_inline void sip_init(struct sg_sip *s, const struct sg_secret *key)
+{
+	s->v0 = key->k0 ^ 0x736f6d6570736575ULL;
+	s->v1 = key->k1 ^ 0x646f72616e646f6dULL;
+	s->v2 = key->k0 ^ 0x6c7967656e657261ULL;
+	s->v3 = key->k1 ^ 0x7465646279746573ULL;
+}
+
+/* Absorb one little-endian 8-byte message word (2 compression rounds). */
+static __always_inline void sip_word(struct sg_sip *s, __u64 m)
+{
+	__u64 v0 = s->v0, v1 = s->v1, v2 = s->v2, v3 = s->v3;
+
+	v3 ^= m;
+	SG_SIPROUND;
+	SG_SIPROUND;
+	v0 ^= m;
+	s->v0 = v0; s->v1 = v1; s->v2 = v2; s->v3 = v3;
+}
+
+/* Finish a message of exactly len bytes (a multiple of 8): 4 final rounds. */
+static __always_inline __u64 sip_final(struct sg_sip *s, __u64 len)
+{
+	__u64 v0 = s->v0, v1 = s->v1, v2 = s->v2, v3 = s->v3;
+	__u64 b = len << 56;
+
 	v3 ^= b;
 	SG_SIPROUND;
 	SG_SIPROUND;
@@ -293,10 +307,46 @@ static __always_inline __u64 sg_siphash(const struct sg_secret *key, const __u64
 	return v0 ^ v1 ^ v2 ^ v3;
 }
 
+/* SipHash state after absorbing an IPv6 destination, cached per CPU. The
+ * message starts with the destination (one of the server's few addresses), so
+ * 4 of IPv6's 14 rounds are shared by every SYN to it. Tagged with the key,
+ * so a new secret can never meet a stale state. */
+struct sg_sip_cache_entry {
+	__u64 daddr[2];
+	__u64 k0, k1;
+	__u64 filled; /* 0 in a fresh entry: an all-zero key and address must not match it */
+	struct sg_sip state;
+};
+BPF_PERCPU_ARRAY(sg_sip_cache, struct sg_sip_cache_entry, SG_SIP_CACHE);
+
+static __always_inline void sip_after_daddr6(struct sg_sip *s, const struct sg_secret *key, const __u64 *daddr)
+{
+	__u32 idx = (__u32)(((daddr[0] ^ daddr[1]) * 0x9E3779B97F4A7C15ULL) >> 60) & (SG_SIP_CACHE - 1);
+	struct sg_sip_cache_entry *e = sg_sip_cache.lookup(&idx);
+
+	if (e && e->filled && e->daddr[0] == daddr[0] && e->daddr[1] == daddr[1] && e->k0 == key->k0 &&
+	    e->k1 == key->k1) {
+		*s = e->state;
+		return;
+	}
+	sip_init(s, key);
+	sip_word(s, daddr[0]);
+	sip_word(s, daddr[1]);
+	if (e) {
+		e->daddr[0] = daddr[0];
+		e->daddr[1] = daddr[1];
+		e->k0 = key->k0;
+		e->k1 = key->k1;
+		e->filled = 1;
+		e->state = *s;
+	}
+}
+
 /* The 4-tuple of a client->server segment, as hashed. */
 struct sg_tuple {
-	__u32 saddr[4]; /* network byte order; IPv4 uses [0] only */
-	__u32 daddr[4];
+	__u64 saddr[2]; /* as loaded from the frame (network byte order in memory);
+			 * IPv4 uses the low 32 bits of [0] */
+	__u64 daddr[2];
 	__u16 sport;    /* network byte order */
 	__u16 dport;
 	__u32 ipv6;
@@ -307,6 +357,7 @@ static __always_inline void tuple_load(const struct sg_pkt *pkt, struct sg_tuple
 	if (pkt->ipv6) {
 		struct ipv6hdr *ip6h = pkt->l3;
 
+		/* Two 8-byte loads per address: these are SipHash's message words. */
 		__builtin_memcpy(t->saddr, &ip6h->saddr, 16);
 		__builtin_memcpy(t->daddr, &ip6h->daddr, 16);
 		t->ipv6 = 1;
@@ -321,24 +372,25 @@ static __always_inline void tuple_load(const struct sg_pkt *pkt, struct sg_tuple
 }
 
 /* Full 64-bit SipHash of the tuple in a slot; the cookie is its low 32 bits
- * with the two selector bits, the upper 32 bits serve as our (unused) ISN. */
+ * with the two selector bits, the upper 32 bits serve as our (unused) ISN.
+ * Message: daddr | saddr | dport | sport | slot (see the file's contract). */
 static __always_inline __u64 cookie_hash(const struct sg_tuple *t, const struct sg_secret *key,
 					 __u32 slot)
 {
-	__u64 ports = (__u64)t->sport | (__u64)t->dport << 16 | (__u64)slot << 32;
+	__u64 ports = (__u64)t->dport | (__u64)t->sport << 16 | (__u64)slot << 32;
+	struct sg_sip s;
 
 	if (t->ipv6) {
-		__u64 m[5] = {
-			(__u64)t->saddr[0] | (__u64)t->saddr[1] << 32,
-			(__u64)t->saddr[2] | (__u64)t->saddr[3] << 32,
-			(__u64)t->daddr[0] | (__u64)t->daddr[1] << 32,
-			(__u64)t->daddr[2] | (__u64)t->daddr[3] << 32,
-			ports,
-		};
-		return sg_siphash(key, m, 5);
+		sip_after_daddr6(&s, key, t->daddr);
+		sip_word(&s, t->saddr[0]);
+		sip_word(&s, t->saddr[1]);
+		sip_word(&s, ports);
+		return sip_final(&s, 40);
 	}
-	__u64 m[2] = { (__u64)t->saddr[0] | (__u64)t->daddr[0] << 32, ports };
-	return sg_siphash(key, m, 2);
+	sip_init(&s, key);
+	sip_word(&s, (__u32)t->daddr[0] | t->saddr[0] << 32);
+	sip_word(&s, ports);
+	return sip_final(&s, 16);
 }
 
 static __always_inline __u32 cookie_from_hash(__u64 h, __u32 gen, __u32 slot)
@@ -356,7 +408,7 @@ static __always_inline void addr_from_tuple(const struct sg_tuple *t, struct sg_
 		a->addr[0] = 0;
 		a->addr[1] = 0;
 		a->addr[2] = bpf_htonl(0xffff);
-		a->addr[3] = t->saddr[0];
+		a->addr[3] = (__u32)t->saddr[0];
 	}
 }
 
@@ -497,8 +549,9 @@ static __always_inline int challenge_send(struct xdp_md *ctx, __u32 l3_off, cons
 		__builtin_memcpy(&ip6h->daddr, t->saddr, 16);
 		sum = 0;
 #pragma unroll
-		for (int i = 0; i < 4; i++)
-			sum += sg_sum32(t->saddr[i]) + sg_sum32(t->daddr[i]);
+		for (int i = 0; i < 2; i++)
+			sum += sg_sum32(t->saddr[i]) + sg_sum32(t->saddr[i] >> 32) +
+			       sg_sum32(t->daddr[i]) + sg_sum32(t->daddr[i] >> 32);
 	} else {
 		struct iphdr *iph = l3;
 
@@ -512,9 +565,9 @@ static __always_inline int challenge_send(struct xdp_md *ctx, __u32 l3_off, cons
 		iph->ttl = 64;
 		iph->protocol = IPPROTO_TCP;
 		iph->check = 0;
-		iph->saddr = t->daddr[0];
-		iph->daddr = t->saddr[0];
-		sum = sg_sum32(t->saddr[0]) + sg_sum32(t->daddr[0]);
+		iph->saddr = (__u32)t->daddr[0];
+		iph->daddr = (__u32)t->saddr[0];
+		sum = sg_sum32(t->saddr[0]) + sg_sum32(t->daddr[0]); /* IPv4: low 32 bits */
 		iph->check = sg_fold(sum + bpf_htons(0x4500) + bpf_htons(sizeof(*iph) + SG_CHALLENGE_TCP_LEN) +
 				     bpf_htons(0x4000) + bpf_htons(64 << 8 | IPPROTO_TCP));
 	}
@@ -536,15 +589,90 @@ static __always_inline int challenge_send(struct xdp_md *ctx, __u32 l3_off, cons
 
 /* ---- Classification ------------------------------------------------------ */
 
-static __always_inline int port_protected(const struct sg_config *cfg, __be16 dport)
+static __always_inline struct sg_port *port_lookup(__be16 dport)
 {
 	__u32 port = bpf_ntohs(dport); /* sg_ports is indexed in host order */
-	__u8 *on;
 
-	if (cfg->all_ports)
+	return sg_ports.lookup(&port);
+}
+
+/* Is this port challenged now? protect: listed (or all); auto: also armed. */
+static __always_inline int port_protected(const struct sg_config *cfg, const struct sg_port *p)
+{
+	if (!p || !(cfg->all_ports || p->protect))
+		return 0;
+	if (cfg->mode == SG_MODE_PROTECT)
 		return 1;
-	on = sg_ports.lookup(&port);
-	return on && *on;
+	return cfg->mode == SG_MODE_AUTO && (__s32)(p->auto_until_s - cfg->now_s) > 0;
+}
+
+/* splitmix64 finaliser: HyperLogLog needs well-mixed bits. */
+static __always_inline __u64 sg_mix64(__u64 z)
+{
+	z ^= z >> 30;
+	z *= 0xbf58476d1ce4e5b9ULL;
+	z ^= z >> 27;
+	z *= 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+/* Leading zeros of a non-zero u64 (BPF has no clz instruction). */
+static __always_inline __u32 sg_clz64(__u64 x)
+{
+	__u32 n = 0;
+
+	if (!(x >> 32)) { n += 32; x <<= 32; }
+	if (!(x >> 48)) { n += 16; x <<= 16; }
+	if (!(x >> 56)) { n += 8; x <<= 8; }
+	if (!(x >> 60)) { n += 4; x <<= 4; }
+	if (!(x >> 62)) { n += 2; x <<= 2; }
+	if (!(x >> 63)) { n += 1; }
+	return n;
+}
+
+static __always_inline void hll_add(struct sg_counter_block *cnt, const struct sg_addr *a, __u32 now_s)
+{
+	__u32 bank = now_s & 1;
+	struct sg_hll *hll = &cnt->hll[bank];
+	__u64 z = sg_mix64((__u64)(a->addr[0] ^ a->addr[2]) << 32 | (a->addr[1] ^ a->addr[3]));
+	__u32 idx = z >> (64 - SG_HLL_BITS);
+	__u64 rest = z << SG_HLL_BITS;
+	__u8 rho = rest ? sg_clz64(rest) + 1 : 64 - SG_HLL_BITS + 1;
+
+	if (cnt->hll_window[bank] != now_s) {
+		/* First SYN of a new second on this CPU: start the bank afresh. */
+		__u64 *w = (__u64 *)hll->reg;
+#pragma unroll
+		for (int i = 0; i < SG_HLL_REGS / 8; i++)
+			w[i] = 0;
+		cnt->hll_window[bank] = now_s;
+	}
+	if (rho > hll->reg[idx & (SG_HLL_REGS - 1)])
+		hll->reg[idx & (SG_HLL_REGS - 1)] = rho;
+}
+
+/* Per-port SYN count; in auto mode, the in-kernel fast trigger: a watched
+ * port crossing fast_trigger_syns in one second on one CPU is armed for
+ * fast_hold_s at once, before the control plane's next tick. */
+static __always_inline void port_count(const struct sg_config *cfg, struct sg_port *p,
+				       struct sg_counter_block *cnt)
+{
+	struct sg_port_syns *ps;
+
+	if (!p || !p->watch_slot)
+		return;
+	ps = &cnt->ports[p->watch_slot & (SG_PORT_SLOTS - 1)];
+	ps->syns += 1;
+	if (ps->window_s != cfg->now_s) {
+		ps->window_s = cfg->now_s;
+		ps->window_syns = 0;
+	}
+	ps->window_syns += 1;
+	if (cfg->mode == SG_MODE_AUTO && cfg->fast_trigger_syns && ps->window_syns == cfg->fast_trigger_syns &&
+	    (__s32)(p->auto_until_s - cfg->now_s) < (__s32)(cfg->fast_hold_s >> 1)) {
+		p->auto_until_s = cfg->now_s + cfg->fast_hold_s;
+		count(cnt, SG_CNT_FAST_TRIGGER);
+	}
 }
 
 static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config *cfg,
@@ -556,21 +684,26 @@ static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config
 	__u32 gen, slot, cookie, idx;
 	__u64 h;
 
+	struct sg_port *port;
+
 	tuple_load(pkt, &t);
 	addr_from_tuple(&t, &src);
-	/* Every SG_SRC_SAMPLE-th SYN per CPU feeds the per-source table: a hash
-	 * update on every SYN would cost more than the whole challenge. */
+	port = port_lookup(t.dport);
+	/* Detection signals: distinct sources (HLL), SYNs per watched port, and
+	 * every SG_SRC_SAMPLE-th SYN per CPU into the per-source table (a hash
+	 * update on every SYN would cost more than the whole challenge). */
+	hll_add(pkt->cnt, &src, cfg->now_s);
+	port_count(cfg, port, pkt->cnt);
 	if ((count(pkt->cnt, SG_CNT_SYN_RECEIVED) & (SG_SRC_SAMPLE - 1)) == 0)
 		src_sample(&src, cfg->now_s, bpf_ntohs(t.dport));
-	if (cfg->mode != SG_MODE_PROTECT)
+	if (cfg->mode == SG_MODE_OBSERVE)
 		goto pass;
 	if (cfg->deny_cidrs && cidr_denied(&src)) {
 		count(pkt->cnt, SG_CNT_SYN_DROPPED_DENY);
 		return XDP_DROP;
 	}
-	if (!port_protected(cfg, t.dport))
+	if (!port_protected(cfg, port))
 		goto pass;
-	count(pkt->cnt, SG_CNT_SYN_PROTECTED);
 	if (cfg->allow_cidrs && cidr_allowed(&src)) {
 		count(pkt->cnt, SG_CNT_SYN_ALLOW_CIDR);
 		goto pass;
@@ -610,7 +743,7 @@ static __always_inline int handle_rst(const struct sg_config *cfg, struct sg_pkt
 	struct sg_secret *key;
 	__u32 seq, slot, idx;
 
-	if (cfg->mode != SG_MODE_PROTECT || !port_protected(cfg, pkt->tcp->dest))
+	if (!port_protected(cfg, port_lookup(pkt->tcp->dest)))
 		return XDP_PASS;
 	tuple_load(pkt, &t);
 	addr_from_tuple(&t, &src);

@@ -40,7 +40,13 @@
 #endif
 #define SG_ALLOW_FILTER_WORDS (1 << (SG_ALLOW_FILTER_BITS - 6)) /* u64 words */
 #define SG_ALLOW_FILTER_MULT 0x9E3779B1U /* bit = ((a0^a1^a2^a3) * MULT) >> (32 - BITS) */
+#ifndef SG_SIP_CACHE
+#define SG_SIP_CACHE 16 /* per-CPU SipHash states after an IPv6 destination (power of 2) */
+#endif
 #define SG_PORTS 65536
+#define SG_PORT_SLOTS 64 /* watched ports with their own SYN counters; slot 0 = unwatched */
+#define SG_HLL_BITS 10 /* HyperLogLog: 1024 one-byte registers per bank */
+#define SG_HLL_REGS (1 << SG_HLL_BITS)
 #define SG_IFACE_SLOTS 16 /* counter blocks: slot 0 = unmapped ifindex, 1.. = attached interfaces */
 #define SG_IFINDEX_MAX 4096 /* sg_ifaces covers ifindex 0..4095; larger ones count in slot 0 */ /* sg_ports is indexed by the host-order TCP port */
 #define SG_IPV6_EXT_MAX 4 /* IPv6 extension headers skipped before giving up */
@@ -51,30 +57,27 @@ enum sg_counter {
 	SG_CNT_PACKETS = 0,       /* every frame the program saw */
 	SG_CNT_TCP = 1,           /* IPv4/IPv6 TCP segments parsed */
 	SG_CNT_SYN_RECEIVED = 2,  /* SYN without ACK */
-	SG_CNT_SYN_PROTECTED = 3, /* SYN to a protected port while protecting */
-	SG_CNT_CHALLENGE_SENT = 4, /* SYN answered with a cookie SYN-ACK (XDP_TX) */
-	SG_CNT_COOKIE_VALIDATED = 5, /* RST carried a valid cookie: source allowlisted */
-	SG_CNT_COOKIE_INVALID = 6,   /* bare RST from an unverified source, bad cookie: dropped */
-	SG_CNT_SYN_PASSED = 7,       /* SYN handed to the kernel (any reason) */
-	SG_CNT_SYN_ALLOWLISTED = 8,  /* SYN passed because its source is verified */
-	SG_CNT_SYN_ALLOW_CIDR = 9,   /* SYN passed because of the static allow list */
-	SG_CNT_SYN_DROPPED_DENY = 10, /* SYN dropped by the static deny list */
-	SG_CNT_MALFORMED = 11,       /* truncated or inconsistent headers: passed */
-	SG_CNT_FRAGMENT = 12,        /* IP fragments: passed, never challenged */
-	SG_CNT_COOKIE_COLLISION = 13, /* cookie == ISN + 1 would be acceptable: SYN passed */
-	SG_CNT_IPV6_EXT_LIMIT = 14,  /* more IPv6 extension headers than parsed: passed */
+	SG_CNT_CHALLENGE_SENT = 3, /* SYN answered with a cookie SYN-ACK (XDP_TX) */
+	SG_CNT_COOKIE_VALIDATED = 4, /* RST carried a valid cookie: source allowlisted */
+	SG_CNT_COOKIE_INVALID = 5,   /* bare RST from an unverified source, bad cookie: dropped */
+	SG_CNT_SYN_PASSED = 6,       /* SYN handed to the kernel (any reason) */
+	SG_CNT_SYN_ALLOWLISTED = 7,  /* SYN passed because its source is verified */
+	SG_CNT_SYN_ALLOW_CIDR = 8,   /* SYN passed because of the static allow list */
+	SG_CNT_SYN_DROPPED_DENY = 9, /* SYN dropped by the static deny list */
+	SG_CNT_MALFORMED = 10,       /* truncated or inconsistent headers: passed */
+	SG_CNT_FRAGMENT = 11,        /* IP fragments: passed, never challenged */
+	SG_CNT_COOKIE_COLLISION = 12, /* cookie == ISN + 1 would be acceptable: SYN passed */
+	SG_CNT_IPV6_EXT_LIMIT = 13,  /* more IPv6 extension headers than parsed: passed */
+	SG_CNT_FAST_TRIGGER = 14,    /* auto mode: a port crossed the per-second SYN ceiling */
 	SG_CNT_MAX = 15,
 };
 
 enum sg_mode {
 	SG_MODE_OBSERVE = 0, /* count only, every frame passes */
 	SG_MODE_PROTECT = 1, /* deny list, allow list, challenge on protected ports */
+	SG_MODE_AUTO = 2,    /* as protect, but only ports whose auto_until_s is in the future */
 };
 
-/* Value of sg_counters (per CPU, per interface slot): counters indexed by the enum. */
-struct sg_counter_block {
-	__u64 cnt[SG_CNT_MAX];
-};
 
 /* Runtime settings: sg_config[0]. */
 struct sg_config {
@@ -85,7 +88,44 @@ struct sg_config {
 	__u32 now_s;         /* control-plane clock, CLOCK_MONOTONIC seconds, set every tick */
 	__u32 allow_cidrs;   /* entries in sg_allow_cidrs (0: skip the lookup) */
 	__u32 deny_cidrs;    /* entries in sg_deny_cidrs (0: skip the lookup) */
+	__u32 fast_trigger_syns; /* auto mode: SYNs per second per CPU on one port that switch
+				  * protection on in-kernel (0: off) */
+	__u32 fast_hold_s;   /* how long the fast trigger protects a port */
 	__u32 reserved;
+};
+
+/* Value of sg_ports, indexed by the host-order port. */
+struct sg_port {
+	__u8 protect;        /* 1: listed in protect.ports */
+	__u8 watch_slot;     /* 0: unwatched, else index into sg_port_syns */
+	__u16 reserved;
+	__u32 auto_until_s;  /* auto mode: challenge while now_s < auto_until_s */
+};
+
+/* SYNs of one watched port (in struct sg_counter_block, per CPU). */
+struct sg_port_syns {
+	__u64 syns;          /* total */
+	__u32 window_s;      /* now_s of the current one-second window */
+	__u32 window_syns;   /* SYNs in that window (fast trigger) */
+};
+
+/* HyperLogLog registers of SYN source addresses. The program clears a bank
+ * when it first writes to it in a new second (hll_window tags the second);
+ * user space reads the bank of the previous second if its tag says so, and
+ * merges CPUs and interfaces by max. User space never writes the block.
+ * Register = leading zeros + 1 of the hash bits after the SG_HLL_BITS index
+ * bits (hash: splitmix64 of the folded address). */
+struct sg_hll {
+	__u8 reg[SG_HLL_REGS];
+};
+
+/* Value of sg_counters, one per CPU and per interface slot: everything the
+ * program counts for a packet, found with one lookup per packet. */
+struct sg_counter_block {
+	__u64 cnt[SG_CNT_MAX];                   /* indexed by enum sg_counter */
+	struct sg_port_syns ports[SG_PORT_SLOTS]; /* by watch slot; [0] unused */
+	__u32 hll_window[2];                     /* now_s each bank holds */
+	struct sg_hll hll[2];                    /* bank = now_s & 1 */
 };
 
 /* SipHash-2-4 key, k0/k1 = the 16 secret bytes read as two little-endian u64. */

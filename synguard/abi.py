@@ -22,6 +22,9 @@ ALLOW_FILTER_BITS = 20
 ALLOW_FILTER_WORDS = 1 << (ALLOW_FILTER_BITS - 6)
 ALLOW_FILTER_MULT = 0x9E3779B1
 PORTS = 65536
+PORT_SLOTS = 64
+HLL_BITS = 10
+HLL_REGS = 1 << HLL_BITS
 IFACE_SLOTS = 16
 IFINDEX_MAX = 4096
 IPV6_EXT_MAX = 4
@@ -34,18 +37,18 @@ class Counter(enum.IntEnum):
     PACKETS = 0
     TCP = 1
     SYN_RECEIVED = 2
-    SYN_PROTECTED = 3
-    CHALLENGE_SENT = 4
-    COOKIE_VALIDATED = 5
-    COOKIE_INVALID = 6
-    SYN_PASSED = 7
-    SYN_ALLOWLISTED = 8
-    SYN_ALLOW_CIDR = 9
-    SYN_DROPPED_DENY = 10
-    MALFORMED = 11
-    FRAGMENT = 12
-    COOKIE_COLLISION = 13
-    IPV6_EXT_LIMIT = 14
+    CHALLENGE_SENT = 3
+    COOKIE_VALIDATED = 4
+    COOKIE_INVALID = 5
+    SYN_PASSED = 6
+    SYN_ALLOWLISTED = 7
+    SYN_ALLOW_CIDR = 8
+    SYN_DROPPED_DENY = 9
+    MALFORMED = 10
+    FRAGMENT = 11
+    COOKIE_COLLISION = 12
+    IPV6_EXT_LIMIT = 13
+    FAST_TRIGGER = 14
 
     @property
     def label(self) -> str:
@@ -61,6 +64,7 @@ class Mode(enum.IntEnum):
 
     OBSERVE = 0
     PROTECT = 1
+    AUTO = 2
 
 
 # struct field names, in order, as BCC's generated Leaf/Key classes expose them.
@@ -72,8 +76,14 @@ CONFIG_FIELDS = (
     "now_s",
     "allow_cidrs",
     "deny_cidrs",
+    "fast_trigger_syns",
+    "fast_hold_s",
     "reserved",
 )
+PORT_FIELDS = ("protect", "watch_slot", "reserved", "auto_until_s")
+PORT_SYNS_FIELDS = ("syns", "window_s", "window_syns")
+HLL_FIELDS = ("reg",)
+COUNTER_BLOCK_FIELDS = ("cnt", "ports", "hll_window", "hll")
 SECRET_FIELDS = ("k0", "k1")
 ALLOW_ENTRY_FIELDS = ("expires_s", "validated")
 SRC_STAT_FIELDS = ("syns", "last_seen_s", "last_dport", "reserved")

@@ -136,6 +136,26 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class DetectionConfig:
+    """Attack detector knobs (synguard/detect.py explains the algorithm).
+
+    Rates are SYN/s, durations int seconds; defaults tuned on tests/test_detect.py."""
+
+    floor_pps: int = 2000  # volume floor: below it nothing is an attack
+    baseline_multiple: float = 3.0  # volume gate: rate >= max(floor_pps, multiple x baseline)
+    ewma_alpha: float = 0.05  # baseline EWMA weight per tick
+    cusum_drift: float = 0.5  # NP-CUSUM allowance per tick (normalised gap units)
+    cusum_threshold: float = 3.0  # NP-CUSUM alarm level
+    clear_ticks: int = 5  # consecutive quiet ticks that end an attack
+    hold: int = 60  # attacked ports stay protected this long after the end
+    spoofed_distinct_ratio: float = 0.9  # distinct sources / SYNs at or above: spoofed ...
+    spoofed_new_ratio: float = 0.5  # ... if new sources / distinct is at or above this too
+    single_source_share: float = 0.5  # top source's share of SYNs at or above: single-source
+    fast_trigger_pps: int = 100000  # in-kernel per-port ceiling (SYN/s); 0: off
+    source_deny: int = 600  # how long a single-source attacker is denied
+
+
+@dataclass(frozen=True)
 class Config:
     interfaces: tuple[str, ...] = ()  # empty: `synguard run` requires -i
     mode: str = "observe"
@@ -147,6 +167,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def to_dict(self) -> dict:
         """The config file's shape, JSON-ready (CIDRs as strings, durations in
@@ -460,6 +481,39 @@ def _port(v: _Value, path: str, errs: _Errors) -> Any:
     return p
 
 
+def _int_range(lo: int, hi: int, what: str) -> Checker:
+    """A decimal integer lo..hi."""
+    def check(v: _Value, path: str, errs: _Errors) -> Any:
+        n = _integer(v, path, errs, f"an integer {lo}-{hi}{what}")
+        if n is _BAD:
+            return _BAD
+        if not lo <= n <= hi:
+            errs.add(path, v.line, f"{n} out of range {lo}-{hi}{what}")
+            return _BAD
+        return n
+    return check
+
+
+def _number(lo: float, hi: float, lo_open: bool = False) -> Checker:
+    """A finite number (integer or float) in [lo, hi], or (lo, hi] if lo_open; kept as a float."""
+    shown = f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
+
+    def check(v: _Value, path: str, errs: _Errors) -> Any:
+        if not _expect(v, ("integer", "float"), path, errs, f"a number {shown}"):
+            return _BAD
+        if v.kind == "integer" and _integer(v, path, errs, "") is _BAD:
+            return _BAD
+        x = float(v.scalar())
+        if x != x or x in (float("inf"), float("-inf")):
+            errs.add(path, v.line, f"{v.scalar()} is not a finite number")
+            return _BAD
+        if x < lo or x > hi or (lo_open and x == lo):
+            errs.add(path, v.line, f"{v.scalar():g} out of range: must be {shown}")
+            return _BAD
+        return x
+    return check
+
+
 def _interface(v: _Value, path: str, errs: _Errors) -> Any:
     if not _expect(v, ("string",), path, errs, "an interface name"):
         return _BAD
@@ -608,6 +662,19 @@ def _allow_deny_disjoint(got: dict, raw: dict, path: str, errs: _Errors) -> None
             errs.add(f"deny[{i}]", iv.line, f"{net} is also in allow[{allowed[net]}]; keep it in one list")
 
 
+def _detection_consistent(got: dict, raw: dict, path: str, errs: _Errors) -> None:
+    """A per-port kernel ceiling under the volume floor would fire on traffic the detector calls normal."""
+    d = DetectionConfig()
+    floor = got.get("floor_pps", d.floor_pps)
+    fast = got.get("fast_trigger_pps", d.fast_trigger_pps)
+    if fast and fast < floor:
+        key = "fast_trigger_pps" if "fast_trigger_pps" in raw else "floor_pps"
+        if key in raw:
+            errs.add(f"{path}.{key}", raw[key].line,
+                     f"fast_trigger_pps ({fast}) is below floor_pps ({floor}): the kernel ceiling would fire on "
+                     "traffic the detector calls normal; raise it or set it to 0 (off)")
+
+
 # -- the schema: one entry per key ------------------------------------------------------
 
 _PROTECT_KEYS: dict[str, Checker] = {
@@ -620,6 +687,22 @@ _SECRET_KEYS: dict[str, Checker] = {
                               "rotating faster would invalidate cookies still in flight)"),
 }
 _CIDRS = _list_of(_cidr, "CIDRs", max_items=abi.CIDR_SIZE)
+PPS_MAX = 1_000_000_000  # far above any NIC's SYN rate
+U32_MAX = 2**32 - 1
+_DETECTION_KEYS: dict[str, Checker] = {
+    "floor_pps": _int_range(1, PPS_MAX, " SYN/s"),
+    "baseline_multiple": _number(1.0, 1000.0),
+    "ewma_alpha": _number(0.0, 1.0, lo_open=True),
+    "cusum_drift": _number(0.0, 1000.0),
+    "cusum_threshold": _number(0.0, 1e6, lo_open=True),
+    "clear_ticks": _int_range(1, 3600, " ticks"),
+    "hold": _duration(),
+    "spoofed_distinct_ratio": _number(0.0, 1.0, lo_open=True),
+    "spoofed_new_ratio": _number(0.0, 1.0),
+    "single_source_share": _number(0.0, 1.0, lo_open=True),
+    "fast_trigger_pps": _int_range(0, U32_MAX, " SYN/s (0: off)"),
+    "source_deny": _duration(),
+}
 
 _CONFIG_KEYS: dict[str, Checker] = {
     "interfaces": _list_of(_interface, "interface names"),
@@ -632,7 +715,7 @@ _CONFIG_KEYS: dict[str, Checker] = {
     "metrics": _section(MetricsConfig, {"listen": _listen}),
     "control": _section(ControlConfig, {"socket": _abs_path("the control socket", max_bytes=SUN_PATH_MAX)}),
     "log": _section(LogConfig, {"format": _choice(LOG_FORMATS)}),
-    # "detection": _section(DetectionConfig, {...}),  <- a later issue; unknown until then
+    "detection": _section(DetectionConfig, _DETECTION_KEYS, post=_detection_consistent),
 }
 _check_config = _section(Config, _CONFIG_KEYS, post=_allow_deny_disjoint)
 

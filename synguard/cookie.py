@@ -6,7 +6,8 @@ on a library that could share a bug with it. tests/test_cookie.py checks it
 against the paper's test vectors, then against the kernel.
 
 Message layout (ebpf/synguard.bpf.c, "Cookie"):
-    saddr | daddr | sport | dport   network byte order (4+4+2+2 or 16+16+2+2 bytes)
+    daddr | saddr | dport | sport   network byte order (4+4+2+2 or 16+16+2+2 bytes)
+    (destination first: the kernel caches the SipHash state after an IPv6 destination)
     slot                            little-endian u32
     cookie = (h & ~3) | (gen & 1) << 1 | (slot & 1), h = low 32 bits of SipHash
 """
@@ -82,7 +83,7 @@ def slot_of(now_s: int) -> int:
 def cookie_message(saddr: Address, daddr: Address, sport: int, dport: int, slot: int) -> bytes:
     if saddr.version != daddr.version:
         raise ValueError("saddr and daddr must be the same family")
-    return saddr.packed + daddr.packed + struct.pack("!HH", sport, dport) + struct.pack("<I", slot & 0xFFFFFFFF)
+    return daddr.packed + saddr.packed + struct.pack("!HH", dport, sport) + struct.pack("<I", slot & 0xFFFFFFFF)
 
 
 def cookie_hash(secret: bytes, saddr: Address, daddr: Address, sport: int, dport: int, slot: int) -> int:

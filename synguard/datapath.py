@@ -268,6 +268,8 @@ class DataPath:
         self.prog_id = prog_id(self.prog_fd)
         self.attached: dict[str, str] = {}  # ifname -> "native" | "generic"
         self._ports: set[int] = set()
+        self._port_state: dict[int, tuple[int, int, int]] = {}  # port -> (protect, watch slot, auto_until_s)
+        self._watch: dict[int, int] = {}  # watched port -> slot
         self._slots: dict[str, int] = {}  # ifname -> counter slot
         self._netns: dict[str, int] = {}  # ifname -> fd of the namespace it was attached in
         self._config = {name: 0 for name in abi.CONFIG_FIELDS}
@@ -338,19 +340,85 @@ class DataPath:
         """Advance the program's clock (sg_config.now_s): call at least every second."""
         self._write_config(now_s=int(time.monotonic()) if now_s is None else now_s)
 
+    def _write_port(self, port: int) -> None:
+        protect, slot, until = self._port_state.get(port, (0, 0, 0))
+        table = self.map("sg_ports")
+        leaf = table.Leaf()
+        leaf.protect, leaf.watch_slot, leaf.auto_until_s = protect, slot, until & 0xFFFFFFFF
+        table[ct.c_int(port)] = leaf
+
+    def _set_port_field(self, port: int, index: int, value: int) -> None:
+        state = list(self._port_state.get(port, (0, 0, 0)))
+        state[index] = value
+        if state == [0, 0, 0]:
+            self._port_state.pop(port, None)
+        else:
+            self._port_state[port] = tuple(state)
+        self._write_port(port)
+
     def set_ports(self, ports: list[int] | set[int]) -> None:
         """Protected ports; an empty list protects every port."""
         ports = set(ports)
         bad = [p for p in ports if not 1 <= p <= 65535]
         if bad:
             raise ValueError(f"ports out of range 1-65535: {bad}")
-        table = self.map("sg_ports")
         for port in self._ports - ports:
-            table[ct.c_int(port)] = ct.c_uint8(0)
+            self._set_port_field(port, 0, 0)
         for port in ports - self._ports:
-            table[ct.c_int(port)] = ct.c_uint8(1)
+            self._set_port_field(port, 0, 1)
         self._ports = ports
         self._write_config(all_ports=0 if ports else 1)
+
+    def set_watched(self, ports) -> dict[int, int]:
+        """Ports with their own SYN counters (at most PORT_SLOTS - 1); returns port -> slot.
+
+        A port keeps its slot while it stays watched, so its counter is monotonic."""
+        ports = sorted(set(ports))
+        for port in [p for p in self._watch if p not in ports]:
+            self._set_port_field(port, 1, 0)
+            del self._watch[port]
+        free = sorted(set(range(1, abi.PORT_SLOTS)) - set(self._watch.values()))
+        for port in ports:
+            if port not in self._watch and free:
+                self._watch[port] = free.pop(0)
+                self._set_port_field(port, 1, self._watch[port])
+        return dict(self._watch)
+
+    def arm_port(self, port: int, until_s: int) -> None:
+        """Auto mode: challenge SYNs to port until the clock reaches until_s (0 disarms)."""
+        self._set_port_field(port, 2, until_s)
+
+    def port_auto_until(self, port: int) -> int:
+        """The program's current deadline for port (the fast trigger writes it too)."""
+        leaf = self.map("sg_ports")[ct.c_int(port)]
+        return int(leaf.auto_until_s)
+
+    def port_syns(self) -> dict[int, int]:
+        """Total SYNs per watched port, summed over CPUs and interfaces."""
+        table = self.map("sg_counters")
+        out = {port: 0 for port in self._watch}
+        for slot in range(abi.IFACE_SLOTS):
+            for block in table[table.Key(slot)]:
+                for port, w in self._watch.items():
+                    out[port] += int(block.ports[w].syns)
+        return out
+
+    def set_fast_trigger(self, syns_per_cpu_second: int, hold_s: int) -> None:
+        self._write_config(fast_trigger_syns=int(syns_per_cpu_second), fast_hold_s=int(hold_s))
+
+    def hll_registers(self, second: int) -> bytes | None:
+        """HyperLogLog registers of the SYN sources seen during `second` (sg_config.now_s),
+        merged over CPUs and interfaces; None if no CPU has data for that second."""
+        table = self.map("sg_counters")
+        bank = second & 1
+        merged = None
+        for slot in range(abi.IFACE_SLOTS):
+            for block in table[table.Key(slot)]:
+                if int(block.hll_window[bank]) != second & 0xFFFFFFFF:
+                    continue  # stale bank: nothing from this CPU in that second
+                regs = bytes(block.hll[bank].reg)
+                merged = regs if merged is None else bytes(map(max, merged, regs))
+        return merged
 
     def set_allow_ttl(self, seconds: int) -> None:
         self._write_config(allow_ttl_s=int(seconds))

@@ -25,7 +25,6 @@ COUNTER_METRICS = {
     Counter.PACKETS: ("synguard_packets", "Frames seen by the XDP program."),
     Counter.TCP: ("synguard_tcp_segments", "IPv4/IPv6 TCP segments parsed."),
     Counter.SYN_RECEIVED: ("synguard_syn_received", "SYNs (without ACK) received."),
-    Counter.SYN_PROTECTED: ("synguard_syn_protected", "SYNs to a protected port while protecting."),
     Counter.CHALLENGE_SENT: ("synguard_challenges_sent", "SYNs answered with a cookie SYN-ACK from XDP."),
     Counter.COOKIE_VALIDATED: ("synguard_cookies_validated", "Challenge answers (RST) with a valid cookie: source verified."),
     Counter.COOKIE_INVALID: ("synguard_cookies_invalid", "Bare RSTs from unverified sources with a wrong cookie, dropped."),
@@ -36,6 +35,7 @@ COUNTER_METRICS = {
     Counter.FRAGMENT: ("synguard_fragments", "IP fragments (passed, never challenged)."),
     Counter.COOKIE_COLLISION: ("synguard_cookie_collisions", "SYNs passed because the cookie equalled ISN+1."),
     Counter.IPV6_EXT_LIMIT: ("synguard_ipv6_ext_limit", "IPv6 packets with more extension headers than parsed (passed)."),
+    Counter.FAST_TRIGGER: ("synguard_fast_triggers", "Auto mode: ports armed in-kernel by the per-second SYN ceiling."),
 }
 DROP_REASONS = {Counter.SYN_DROPPED_DENY: "deny"}
 MODES = ("observe", "protect", "auto")
@@ -60,6 +60,13 @@ class SynguardCollector(Collector):
             for ifname, values in by_if.items():
                 m.add_metric([ifname], values[counter])
             yield m
+        protected = CounterMetricFamily(
+            "synguard_syn_protected", "SYNs to a protected port while protecting (challenged + allowlisted + "
+            "allow CIDR + collisions; derived, not counted in XDP).", labels=["interface"])
+        for ifname, v in by_if.items():
+            protected.add_metric([ifname], v[Counter.CHALLENGE_SENT] + v[Counter.SYN_ALLOWLISTED]
+                                 + v[Counter.SYN_ALLOW_CIDR] + v[Counter.COOKIE_COLLISION])
+        yield protected
         drops = CounterMetricFamily("synguard_syn_dropped", "SYNs dropped by XDP, by reason.",
                                     labels=["interface", "reason"])
         for ifname, values in by_if.items():

@@ -26,7 +26,7 @@ def _define(name):
 
 def _struct_fields(name):
     body = re.search(r"struct %s \{(.*?)\};" % name, HEADER, re.S).group(1)
-    return tuple(re.findall(r"__[us]\d+\s+(\w+)(?:\[\d+\])?;", body))
+    return tuple(re.findall(r"(?:__[us]\d+|struct \w+)\s+(\w+)(?:\[\w+\])?;", body))
 
 
 def test_counters_match():
@@ -40,21 +40,24 @@ def test_modes_match():
 
 
 @pytest.mark.parametrize("name", ["ABI_VERSION", "ALLOWLIST_SIZE", "CIDR_SIZE", "SLOT_SHIFT", "PORTS",
-                                  "IPV6_EXT_MAX", "VLAN_MAX", "IFACE_SLOTS", "IFINDEX_MAX", "SRC_SIZE", "SRC_SAMPLE", "ALLOW_FILTER_BITS", "ALLOW_FILTER_MULT"])
+                                  "IPV6_EXT_MAX", "VLAN_MAX", "PORT_SLOTS", "HLL_BITS", "IFACE_SLOTS", "IFINDEX_MAX", "SRC_SIZE", "SRC_SAMPLE", "ALLOW_FILTER_BITS", "ALLOW_FILTER_MULT"])
 def test_defines_match(name):
     assert _define(f"SG_{name}") == getattr(abi, name)
 
 
 @pytest.mark.parametrize("struct, fields", [
     ("sg_config", abi.CONFIG_FIELDS), ("sg_secret", abi.SECRET_FIELDS),
-    ("sg_allow_entry", abi.ALLOW_ENTRY_FIELDS), ("sg_src_stat", abi.SRC_STAT_FIELDS), ("sg_cidr_key", abi.CIDR_KEY_FIELDS), ("sg_addr", abi.ADDR_FIELDS),
+    ("sg_allow_entry", abi.ALLOW_ENTRY_FIELDS), ("sg_port", abi.PORT_FIELDS),
+    ("sg_counter_block", abi.COUNTER_BLOCK_FIELDS),
+    ("sg_port_syns", abi.PORT_SYNS_FIELDS), ("sg_hll", abi.HLL_FIELDS), ("sg_src_stat", abi.SRC_STAT_FIELDS), ("sg_cidr_key", abi.CIDR_KEY_FIELDS), ("sg_addr", abi.ADDR_FIELDS),
 ])
 def test_struct_fields_match_header(struct, fields):
     assert _struct_fields(struct) == fields
 
 
 @pytest.mark.parametrize("map_name, kind, fields, size", [
-    ("sg_config", "Leaf", abi.CONFIG_FIELDS, 32),
+    ("sg_config", "Leaf", abi.CONFIG_FIELDS, 40),
+    ("sg_ports", "Leaf", abi.PORT_FIELDS, 8),
     ("sg_secrets", "Leaf", abi.SECRET_FIELDS, 16),
     ("sg_allowlist", "Key", abi.ADDR_FIELDS, 16),
     ("sg_allowlist", "Leaf", abi.ALLOW_ENTRY_FIELDS, 8),
@@ -72,7 +75,9 @@ def test_compiled_map_types_match(datapath, map_name, kind, fields, size):
 def test_counter_map_shape(datapath):
     table = datapath.map("sg_counters")
     assert len(table) == abi.IFACE_SLOTS
-    assert ct.sizeof(table.sLeaf) == 8 * abi.COUNTER_MAX  # sLeaf: one CPU's block
+    # sLeaf: one CPU's block of one interface slot
+    assert tuple(f[0] for f in table.sLeaf._fields_) == abi.COUNTER_BLOCK_FIELDS
+    assert len(table.sLeaf().cnt) == abi.COUNTER_MAX and len(table.sLeaf().ports) == abi.PORT_SLOTS
 
 
 def test_allow_filter_bit_matches_kernel(dp):

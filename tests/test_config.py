@@ -53,10 +53,14 @@ def test_default_values():
     assert (d.metrics.host, d.metrics.port, d.metrics.enabled) == ("127.0.0.1", 9046, True)
     assert d.control.socket == "/run/synguard/control.sock"
     assert d.log.format == "human"
+    assert d.detection == config.DetectionConfig(
+        floor_pps=2000, baseline_multiple=3.0, ewma_alpha=0.05, cusum_drift=0.5, cusum_threshold=3.0,
+        clear_ticks=5, hold=60, spoofed_distinct_ratio=0.9, spoofed_new_ratio=0.5, single_source_share=0.5,
+        fast_trigger_pps=100000, source_deny=600)
     assert config.DEFAULT_PATH == "/etc/synguard/synguard.yaml"
 
 
-@pytest.mark.parametrize("text", ["protect:\n", "protect: ~\n", "secret:\n", "log: null\n"])
+@pytest.mark.parametrize("text", ["protect:\n", "protect: ~\n", "secret:\n", "log: null\n", "detection:\n"])
 def test_empty_section_is_its_defaults(text):
     assert parse(text) == config.DEFAULTS
 
@@ -156,9 +160,9 @@ def test_unknown_key_without_close_match_lists_valid_keys():
     assert e == "protect.zzz (line 2): unknown key 'zzz'; valid keys under protect: ports, allow_ttl"
 
 
-def test_detection_section_is_not_accepted_yet():
+def test_unknown_detection_key_suggests_the_close_one():
     e = one_error("detection:\n  threshold: 5\n")
-    assert e.startswith("detection (line 1): unknown key 'detection'")
+    assert e == "detection.threshold (line 2): unknown key 'threshold'; did you mean 'cusum_threshold'?"
 
 
 def test_duplicate_key():
@@ -168,6 +172,83 @@ def test_duplicate_key():
 def test_non_string_key():
     e = one_error("on: 1\n")
     assert e.startswith("line 1: keys must be strings, got boolean true")
+
+
+# -- detection ------------------------------------------------------------------------------
+
+def test_detection_values_and_types():
+    d = parse(textwrap.dedent("""\
+        detection:
+          floor_pps: 5000
+          baseline_multiple: 4
+          ewma_alpha: 0.1
+          cusum_drift: 0
+          cusum_threshold: 2.5
+          clear_ticks: 10
+          hold: 2m
+          spoofed_distinct_ratio: 0.8
+          spoofed_new_ratio: 0
+          single_source_share: 1
+          fast_trigger_pps: 0
+          source_deny: 1h
+        """)).detection
+    assert d == config.DetectionConfig(5000, 4.0, 0.1, 0.0, 2.5, 10, 120, 0.8, 0.0, 1.0, 0, 3600)
+    assert isinstance(d.baseline_multiple, float) and isinstance(d.floor_pps, int)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("floor_pps: 0", "detection.floor_pps (line 2): 0 out of range 1-1000000000 SYN/s"),
+    ("floor_pps: 2000.5", "detection.floor_pps (line 2): expected an integer 1-1000000000 SYN/s, got float 2000.5"),
+    ("floor_pps: 1e5", "detection.floor_pps (line 2): expected an integer 1-1000000000 SYN/s, got string '1e5'"),
+    ("floor_pps: 0x10", "detection.floor_pps (line 2): '0x10' is not a plain decimal integer "
+                        "(YAML reads it as 16); write it in decimal"),
+    ("baseline_multiple: 0.5", "detection.baseline_multiple (line 2): 0.5 out of range: must be >= 1 and <= 1000"),
+    ("baseline_multiple: yes", "detection.baseline_multiple (line 2): expected a number >= 1 and <= 1000, got "
+                               "boolean true (YAML reads yes/no/on/off/true/false as booleans; quote it)"),
+    ("ewma_alpha: 0", "detection.ewma_alpha (line 2): 0 out of range: must be > 0 and <= 1"),
+    ("ewma_alpha: 1.5", "detection.ewma_alpha (line 2): 1.5 out of range: must be > 0 and <= 1"),
+    ("ewma_alpha: .nan", "detection.ewma_alpha (line 2): nan is not a finite number"),
+    ("cusum_drift: -1", "detection.cusum_drift (line 2): -1 out of range: must be >= 0 and <= 1000"),
+    ("cusum_threshold: 0.0", "detection.cusum_threshold (line 2): 0 out of range: must be > 0 and <= 1e+06"),
+    ("cusum_threshold: .inf", "detection.cusum_threshold (line 2): inf is not a finite number"),
+    ("clear_ticks: 0", "detection.clear_ticks (line 2): 0 out of range 1-3600 ticks"),
+    ("hold: 0", "detection.hold (line 2): duration must be positive, got 0"),
+    ("hold: soon", "detection.hold (line 2): invalid duration 'soon': use seconds or e.g. 90s, 10m, 1h, 2d, 1h30m"),
+    ("spoofed_distinct_ratio: 0", "detection.spoofed_distinct_ratio (line 2): 0 out of range: must be > 0 and <= 1"),
+    ("spoofed_new_ratio: 1.01", "detection.spoofed_new_ratio (line 2): 1.01 out of range: must be >= 0 and <= 1"),
+    ("single_source_share: '0.5'", "detection.single_source_share (line 2): expected a number > 0 and <= 1, "
+                                   "got string '0.5'"),
+    ("fast_trigger_pps: -1", "detection.fast_trigger_pps (line 2): -1 out of range 0-4294967295 SYN/s (0: off)"),
+    ("source_deny: 1x", "detection.source_deny (line 2): invalid duration '1x': use seconds or e.g. 90s, 10m, "
+                        "1h, 2d, 1h30m"),
+])
+def test_bad_detection_value(text, expected):
+    assert one_error(f"detection:\n  {text}\n") == expected
+
+
+def test_detection_fast_trigger_under_the_floor_is_refused():
+    e = one_error("detection:\n  floor_pps: 5000\n  fast_trigger_pps: 4000\n")
+    assert e.startswith("detection.fast_trigger_pps (line 3): fast_trigger_pps (4000) is below floor_pps (5000)")
+    # a floor above the default ceiling names the floor, the only key given
+    e = one_error("detection:\n  floor_pps: 200000\n")
+    assert e.startswith("detection.floor_pps (line 2): fast_trigger_pps (100000) is below floor_pps (200000)")
+    # off is fine with any floor
+    assert parse("detection: {floor_pps: 200000, fast_trigger_pps: 0}").detection.floor_pps == 200000
+
+
+def test_detection_errors_all_at_once_with_lines():
+    errs = errors_of("""\
+        mode: protect
+        detection:
+          floor_pps: -5
+          ewma_alpha: 2
+          clear_tick: 3
+        """)
+    assert errs == [
+        "detection.floor_pps (line 3): -5 out of range 1-1000000000 SYN/s",
+        "detection.ewma_alpha (line 4): 2 out of range: must be > 0 and <= 1",
+        "detection.clear_tick (line 5): unknown key 'clear_tick'; did you mean 'clear_ticks'?",
+    ]
 
 
 # -- wrong types ----------------------------------------------------------------------------
@@ -526,7 +607,7 @@ def test_all_errors_reported_together_with_lines(tmp_path):
         "allow[0] (line 9): '10.0.0.1/8' has host bits set; did you mean '10.0.0.0/8'?",
         "metrics.listen (line 11): '::1:9046': an IPv6 address goes in brackets: [::1]:9046",
         "colour (line 12): unknown key 'colour'; valid keys: interfaces, mode, xdp_mode, protect, allow, deny, "
-        "secret, metrics, control, log",
+        "secret, metrics, control, log, detection",
     ]
     lines = str(ei.value).splitlines()
     assert len(lines) == 6
@@ -791,9 +872,28 @@ def valid_configs(draw):
         ("metrics", config.MetricsConfig, {"listen": listens}),
         ("control", config.ControlConfig, {"socket": pair(paths)}),
         ("log", config.LogConfig, {"format": pair(st.sampled_from(config.LOG_FORMATS))}),
+        ("detection", config.DetectionConfig, {
+            "baseline_multiple": pair(st.floats(1, 1000), float),
+            "ewma_alpha": pair(st.floats(0, 1, exclude_min=True), float),
+            "cusum_drift": pair(st.one_of(st.integers(0, 1000), st.floats(0, 1000)), float),
+            "cusum_threshold": pair(st.floats(0, 1e6, exclude_min=True), float),
+            "clear_ticks": pair(st.integers(1, 3600)),
+            "hold": durations(),
+            "spoofed_distinct_ratio": pair(st.floats(0, 1, exclude_min=True)),
+            "spoofed_new_ratio": pair(st.floats(0, 1)),
+            "single_source_share": pair(st.floats(0, 1, exclude_min=True)),
+            "source_deny": durations(),
+            # floor_pps and fast_trigger_pps are drawn together below (fast >= floor, or 0)
+        }),
     ):
         if draw(st.booleans()):
             sub = draw(section(**keys))
+            doc[name] = {k: v[0] for k, v in sub.items()}
+            if name == "detection" and draw(st.booleans()):
+                floor = draw(st.integers(1, config.PPS_MAX))
+                fast = draw(st.one_of(st.just(0), st.integers(floor, config.U32_MAX))) if floor <= config.U32_MAX \
+                    else 0
+                sub["floor_pps"], sub["fast_trigger_pps"] = (floor, floor), (fast, fast)
             doc[name] = {k: v[0] for k, v in sub.items()}
             want[name] = cls(**{k: v[1] for k, v in sub.items()})
     return doc, Config(**want)

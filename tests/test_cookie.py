@@ -42,7 +42,7 @@ def test_siphash_rejects_bad_key():
 
 def test_message_layout_ipv4_and_ipv6():
     m4 = cookie.cookie_message(ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("198.51.100.7"), 40000, 80, 0x01020304)
-    assert m4 == bytes([192, 0, 2, 1, 198, 51, 100, 7]) + struct.pack("!HH", 40000, 80) + bytes([4, 3, 2, 1])
+    assert m4 == bytes([198, 51, 100, 7, 192, 0, 2, 1]) + struct.pack("!HH", 80, 40000) + bytes([4, 3, 2, 1])
     m6 = cookie.cookie_message(ipaddress.ip_address("2001:db8::1"), ipaddress.ip_address("2001:db8::2"), 1, 2, 3)
     assert len(m6) == 40
     with pytest.raises(ValueError):

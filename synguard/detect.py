@@ -1,0 +1,393 @@
+"""SYN-flood detector: one Tick in per second, attack events and a mitigation out.
+
+Pure: no I/O, no kernel, no clock. Time arrives in the ticks (Tick.t is the
+monotonic time at the END of the tick, which covers (t - dt, t]). The daemon
+builds a Tick from the data path's counters once per tick, calls
+Detector.update(tick) and logs the events it returns, then enforces
+Detector.mitigation().
+
+Per tick, with c = DetectionConfig and b = the baseline before this tick:
+
+  rate  = syns / dt                                   (SYN/s, all ports)
+  norm  = max(b, c.floor_pps)
+  gap   = max(0, 0.9 * syns - completions) / dt        (SYN/s that did not complete,
+                                                       beyond a 10 % allowance)
+  x     = gap / norm                                   (normalised gap)
+  gate  = rate >= max(c.floor_pps, c.baseline_multiple * b)          (volume gate)
+  fast  = tick.fast_trigger_ports, plus, when c.fast_trigger_pps > 0, every port
+          with port_syns / dt >= c.fast_trigger_pps                  (hard ceiling)
+
+NP-CUSUM: S = min(4 * c.cusum_threshold, max(0, S + x - c.cusum_drift)).
+  - The 10 % allowance: normal traffic loses some handshakes (retransmitted
+    SYNs, scans of closed ports, clients giving up). A tick where completions
+    >= 90 % of SYNs has x = 0 exactly (integer arithmetic), so however big and
+    new it is (a flash crowd), it never pushes S up, and it cannot alarm (the
+    alarm needs x > drift). That is the guarantee tests/test_detect.py checks
+    with hypothesis; a fast-trigger port (below) is the only exception.
+  - The cap (4 x threshold) bounds old evidence: S returns to 0 at most
+    4 * threshold / drift ticks after the gap closes.
+  - While an attack is active, a tick under the gate restarts S from that tick
+    alone (S = max(0, x - drift)): the attack is tracked by its state from then
+    on, and a long flood's huge sum must not delay its end.
+
+Alarm (no attack active): (gate and x > c.cusum_drift and S > c.cusum_threshold)
+  or fast is not empty (the kernel already protects those ports; the alarm is
+  at once, whatever the handshakes say). With the defaults (floor 2000,
+  drift 0.5, threshold 3) one tick with an excess gap >= 7000 SYN/s over
+  max(b, floor) alarms at once: a big spoofed flood is reported in its first
+  tick, or in its second if it began at the very end of the first.
+  A slow ramp alarms soon after it crosses the floor if handshakes do not
+  follow it (S grows by x - drift each tick, and x grows with the ramp).
+
+Baseline: b is an EWMA of the SYN rate, b += c.ewma_alpha * (rate - b), started
+  at c.floor_pps (a warm-up: the gate is then 3 x floor until b has learnt the
+  real rate). Updated only while no attack is active and on ticks that do not
+  look suspicious (x <= drift, no fast port): neither an attack nor the slow
+  ramp before its alarm can poison it, while a healthy rise in traffic (more
+  users, a flash crowd whose handshakes complete) is learnt.
+
+Attack start: the attack "started" at the beginning of the CUSUM excursion that
+  led to the alarm (the start of the first tick since S was last 0; the classic
+  CUSUM change-point estimate), or at the start of the alarm tick.
+  detected_after_s = alarm tick's t - started.
+
+Classification (at the start, then on each active tick with gate open and
+  x > drift, or a fast port; a change needs 2 consecutive ticks agreeing):
+  - "spoofed": distinct / syns >= c.spoofed_distinct_ratio and
+    new_sources / distinct >= c.spoofed_new_ratio (random source addresses);
+  - "single-source": top source's estimated SYNs / syns >= c.single_source_share,
+    or distinct <= 2;
+  - otherwise "botnet": real, repeating sources that do not complete handshakes.
+
+Ports attacked: the union over the attack's ticks (gate open, or a fast port)
+  of the watched ports with port_syns >= max(10 % of the tick's SYNs,
+  c.floor_pps / 10 SYN/s), plus the fast ports. An attack no watched port
+  accounts for has ports [] and mitigation() says protect_all.
+
+End (hysteresis): a tick is quiet when the gate is closed, no port is fast and
+  S < c.cusum_threshold / 2 (after the restart above). The attack ends at the
+  c.clear_ticks-th consecutive quiet tick; "ended" is the t of its last
+  non-quiet tick, so ended - started is the attack's duration. The end is
+  decided on volume, not on handshakes: once challenged, a botnet may complete
+  handshakes (cookies count as completions) while it still floods.
+
+Events (Detector.update's return value), JSON-ready:
+  {"event": "attack_start" | "attack_update" | "attack_end", "attack": {
+     "id": int (1, 2, ...), "kind": str, "ports": [sorted ints],
+     "started": t, "detected_after_s": s, "peak_pps": max SYN/s over the attack's ticks,
+     "syns": SYNs of the excursion and of the attack's ticks,
+     "sources_sample": up to 5 heaviest sources of the last attack tick,
+     "ended": t or None, "duration_s": ended (or last tick) - started}}
+  attack_update only when the kind or the ports change or the peak reaches
+  1.5 x the peak last reported.
+
+Mitigation (Detector.mitigation(now=None); now defaults to the last tick's t):
+  {"protect_ports": set of ports, "protect_until": t or None (nothing protected),
+   "until_by_port": {port: t}, "protect_all": bool,
+   "deny_sources": [(address, until t), ...]}
+  - active attack: its ports, until the last attack tick + c.hold (so re-read
+    each tick: the deadline moves with the attack);
+  - ended attack: its ports until ended + c.hold; then they drop out;
+  - single-source attack: its source (the sources at or above
+    single_source_share, else with distinct <= 2 the top two) is denied until
+    the last tick it was seen attacking + c.source_deny, instead of challenged.
+
+State worth exporting: Detector.active (the current attack dict or None),
+.cusum, .baseline, .attacks_total (Counter by kind, counted at the start),
+.distinct_last, .gate_open, .x_last.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import types
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from synguard.config import DetectionConfig
+
+KINDS = ("spoofed", "single-source", "botnet")
+
+ALLOWANCE_NUM, ALLOWANCE_DEN = 9, 10  # a tick with completions >= 9/10 of its SYNs has no gap
+CUSUM_CAP = 4.0  # x cusum_threshold
+PORT_SHARE = 0.10  # a port is attacked if it gets >= 10 % of the tick's SYNs ...
+PORT_FLOOR_FRACTION = 0.10  # ... and >= floor_pps / 10 SYN/s
+KIND_CONFIRM_TICKS = 2  # consecutive ticks that must agree to change an attack's kind
+PEAK_UPDATE_GROWTH = 1.5  # attack_update when the peak reaches 1.5 x the last reported peak
+SOURCES_SAMPLE = 5
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What the data path saw during (t - dt, t]. Validated; containers made read-only."""
+
+    t: float
+    dt: float
+    syns: int
+    completions: int
+    distinct: float = 0.0
+    new_sources: float = 0.0
+    port_syns: Mapping[int, int] = field(default_factory=dict)
+    top_sources: Sequence[tuple[str, int]] = ()
+    fast_trigger_ports: frozenset[int] = frozenset()
+
+    def __post_init__(self):
+        for name in ("t", "dt", "distinct", "new_sources"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"Tick.{name} must be a finite number, got {v!r}")
+        if self.dt <= 0:
+            raise ValueError(f"Tick.dt must be positive, got {self.dt!r}")
+        for name in ("syns", "completions"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"Tick.{name} must be an integer >= 0, got {v!r}")
+        if self.distinct < 0 or self.new_sources < 0:
+            raise ValueError("Tick.distinct and Tick.new_sources must be >= 0")
+        ports = {int(p): int(n) for p, n in dict(self.port_syns).items()}
+        if any(n < 0 for n in ports.values()):
+            raise ValueError("Tick.port_syns counts must be >= 0")
+        top = tuple(sorted(((str(a), int(n)) for a, n in self.top_sources), key=lambda an: -an[1]))
+        object.__setattr__(self, "port_syns", types.MappingProxyType(ports))
+        object.__setattr__(self, "top_sources", top)
+        object.__setattr__(self, "fast_trigger_ports", frozenset(int(p) for p in self.fast_trigger_ports))
+
+    __hash__ = None  # type: ignore[assignment]  # holds a mapping
+
+
+def classify(tick: Tick, cfg: DetectionConfig) -> str:
+    """The kind of attack this tick's sources look like (see the module docstring)."""
+    syns = tick.syns
+    if syns <= 0:
+        return "botnet"
+    distinct = tick.distinct
+    if distinct / syns >= cfg.spoofed_distinct_ratio and distinct > 0 \
+            and tick.new_sources / distinct >= cfg.spoofed_new_ratio:
+        return "spoofed"
+    top = tick.top_sources[0][1] if tick.top_sources else 0
+    if top / syns >= cfg.single_source_share or distinct <= 2:
+        return "single-source"
+    return "botnet"
+
+
+def _round(x: float, nd: int) -> float:
+    return float(round(x, nd))
+
+
+class Detector:
+    """Feed update() once per tick; see the module docstring."""
+
+    def __init__(self, cfg: DetectionConfig | None = None):
+        self.cfg = cfg if cfg is not None else DetectionConfig()
+        self.baseline = float(self.cfg.floor_pps)
+        self.cusum = 0.0
+        self.active: dict[str, Any] | None = None
+        self.attacks_total: Counter[str] = Counter()
+        self.distinct_last = 0.0
+        self.gate_open = False
+        self.x_last = 0.0
+        self.last_t: float | None = None
+        self._next_id = 1
+        self._exc_start: float | None = None  # start of the current CUSUM excursion
+        self._exc_syns = 0
+        self._exc_peak = 0.0
+        self._quiet = 0
+        self._last_attack_t = 0.0
+        self._reported_peak = 0.0
+        self._pending_kind: str | None = None
+        self._pending_n = 0
+        self._held: dict[int, float] = {}  # port -> protected until (ended attacks)
+        self._held_all_until: float | None = None
+        self._denied: dict[str, float] = {}  # address -> denied until
+
+    def reconfigure(self, cfg: DetectionConfig) -> None:
+        """New knobs (SIGHUP); baseline, CUSUM and the attack in progress are kept."""
+        self.cfg = cfg
+
+    # -- per tick ---------------------------------------------------------------------
+
+    def update(self, tick: Tick) -> list[dict]:
+        """Process one tick; returns the events it caused (usually none)."""
+        if self.last_t is not None and tick.t < self.last_t:
+            raise ValueError(f"tick time went backwards: {tick.t} < {self.last_t}")
+        c = self.cfg
+        self.last_t = tick.t
+        self.distinct_last = float(tick.distinct)
+        rate = tick.syns / tick.dt
+        norm = max(self.baseline, float(c.floor_pps))
+        gap = max(0, ALLOWANCE_NUM * tick.syns - ALLOWANCE_DEN * tick.completions) / ALLOWANCE_DEN / tick.dt
+        x = gap / norm
+        gate = rate >= max(float(c.floor_pps), c.baseline_multiple * self.baseline)
+        fast = set(tick.fast_trigger_ports)
+        if c.fast_trigger_pps > 0:
+            fast |= {p for p, n in tick.port_syns.items() if n / tick.dt >= c.fast_trigger_pps}
+        self.gate_open, self.x_last = gate, x
+
+        prev = self.cusum
+        if self.active is not None and not gate and not fast:
+            s = max(0.0, x - c.cusum_drift)
+        else:
+            s = max(0.0, prev + x - c.cusum_drift)
+        self.cusum = min(s, CUSUM_CAP * c.cusum_threshold)
+
+        self._expire(tick.t)
+        if self.active is None:
+            return self._idle_tick(tick, rate, x, gate, fast)
+        return self._active_tick(tick, rate, x, gate, fast)
+
+    def _idle_tick(self, tick: Tick, rate: float, x: float, gate: bool, fast: set[int]) -> list[dict]:
+        c = self.cfg
+        if self.cusum > 0:
+            if self._exc_start is None:
+                self._exc_start, self._exc_syns, self._exc_peak = tick.t - tick.dt, 0, 0.0
+            self._exc_syns += tick.syns
+            self._exc_peak = max(self._exc_peak, rate)
+        else:
+            self._exc_start = None
+        alarm = bool(fast) or (gate and x > c.cusum_drift and self.cusum > c.cusum_threshold)
+        if not alarm:
+            if x <= c.cusum_drift and not fast:
+                self.baseline += c.ewma_alpha * (rate - self.baseline)
+            return []
+        if self._exc_start is not None:
+            started, syns, peak = self._exc_start, self._exc_syns, max(self._exc_peak, rate)
+        else:
+            started, syns, peak = tick.t - tick.dt, tick.syns, rate
+        kind = classify(tick, c)
+        ports = self._attacked_ports(tick) | fast
+        self.active = {
+            "id": self._next_id,
+            "kind": kind,
+            "ports": sorted(ports),
+            "started": started,
+            "detected_after_s": _round(tick.t - started, 3),
+            "peak_pps": _round(peak, 1),
+            "syns": syns,
+            "sources_sample": [a for a, _ in tick.top_sources[:SOURCES_SAMPLE]],
+            "ended": None,
+            "duration_s": _round(tick.t - started, 3),
+        }
+        self._next_id += 1
+        self.attacks_total[kind] += 1
+        self._quiet = 0
+        self._last_attack_t = tick.t
+        self._reported_peak = peak
+        self._pending_kind, self._pending_n = None, 0
+        self._exc_start = None
+        if kind == "single-source":
+            self._deny(tick)
+        return [self._event("attack_start")]
+
+    def _active_tick(self, tick: Tick, rate: float, x: float, gate: bool, fast: set[int]) -> list[dict]:
+        c = self.cfg
+        a = self.active
+        assert a is not None
+        if not gate and not fast:
+            self._quiet = self._quiet + 1 if self.cusum < c.cusum_threshold / 2 else 0
+            if self._quiet >= c.clear_ticks:
+                return [self._end()]
+            return []
+        self._quiet = 0
+        self._last_attack_t = tick.t
+        a["syns"] += tick.syns
+        a["duration_s"] = _round(tick.t - a["started"], 3)
+        peak = max(a["peak_pps"], rate)
+        a["peak_pps"] = _round(peak, 1)
+        changed = False
+        ports = set(a["ports"]) | self._attacked_ports(tick) | fast
+        if ports != set(a["ports"]):
+            a["ports"] = sorted(ports)
+            changed = True
+        if x > c.cusum_drift or fast:
+            if tick.top_sources:
+                a["sources_sample"] = [s for s, _ in tick.top_sources[:SOURCES_SAMPLE]]
+            kind = classify(tick, c)
+            if kind == a["kind"]:
+                self._pending_kind, self._pending_n = None, 0
+            else:
+                self._pending_n = self._pending_n + 1 if kind == self._pending_kind else 1
+                self._pending_kind = kind
+                if self._pending_n >= KIND_CONFIRM_TICKS:
+                    a["kind"] = kind
+                    self._pending_kind, self._pending_n = None, 0
+                    changed = True
+            if a["kind"] == "single-source" and kind == "single-source":
+                self._deny(tick)
+        if peak > self._reported_peak and peak >= PEAK_UPDATE_GROWTH * self._reported_peak:
+            changed = True
+        if not changed:
+            return []
+        self._reported_peak = peak
+        return [self._event("attack_update")]
+
+    def _end(self) -> dict:
+        c = self.cfg
+        a = self.active
+        assert a is not None
+        a["ended"] = self._last_attack_t
+        a["duration_s"] = _round(a["ended"] - a["started"], 3)
+        until = a["ended"] + c.hold
+        for p in a["ports"]:
+            self._held[p] = max(self._held.get(p, until), until)
+        if not a["ports"]:
+            self._held_all_until = max(self._held_all_until or until, until)
+        event = self._event("attack_end")
+        self.active = None
+        self.cusum = 0.0
+        self._quiet = 0
+        self._exc_start = None
+        self._pending_kind, self._pending_n = None, 0
+        return event
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _attacked_ports(self, tick: Tick) -> set[int]:
+        need = max(PORT_SHARE * tick.syns, PORT_FLOOR_FRACTION * self.cfg.floor_pps * tick.dt)
+        return {p for p, n in tick.port_syns.items() if n > 0 and n >= need}
+
+    def _deny(self, tick: Tick) -> None:
+        c = self.cfg
+        if not tick.top_sources or tick.syns <= 0:
+            return
+        heavy = [a for a, n in tick.top_sources if n > 0 and n / tick.syns >= c.single_source_share]
+        if not heavy and tick.distinct <= 2:
+            heavy = [a for a, n in tick.top_sources[:2] if n > 0]
+        for addr in heavy:
+            self._denied[addr] = tick.t + c.source_deny
+
+    def _expire(self, now: float) -> None:
+        self._held = {p: u for p, u in self._held.items() if u > now}
+        if self._held_all_until is not None and self._held_all_until <= now:
+            self._held_all_until = None
+        self._denied = {a: u for a, u in self._denied.items() if u > now}
+
+    def _event(self, name: str) -> dict:
+        assert self.active is not None
+        return {"event": name, "attack": copy.deepcopy(self.active)}
+
+    # -- what to enforce ---------------------------------------------------------------
+
+    def mitigation(self, now: float | None = None) -> dict:
+        """What the daemon should enforce at `now` (default: the last tick's t)."""
+        if now is None:
+            now = self.last_t if self.last_t is not None else 0.0
+        until = {p: u for p, u in self._held.items() if u > now}
+        protect_all = self._held_all_until is not None and self._held_all_until > now
+        all_until = self._held_all_until if protect_all else None
+        if self.active is not None:
+            live = self._last_attack_t + self.cfg.hold
+            for p in self.active["ports"]:
+                until[p] = max(until.get(p, live), live)
+            if not self.active["ports"]:
+                protect_all = True
+                all_until = max(all_until or live, live)
+        ends = list(until.values()) + ([all_until] if all_until is not None else [])
+        return {
+            "protect_ports": set(until),
+            "protect_until": max(ends) if ends else None,
+            "until_by_port": dict(sorted(until.items())),
+            "protect_all": protect_all,
+            "deny_sources": sorted((a, u) for a, u in self._denied.items() if u > now),
+        }
