@@ -25,7 +25,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from synguard import __version__, abi, config as configmod
+from synguard import __version__, abi, config as configmod, hll
 from synguard.abi import Counter, Mode
 from synguard.datapath import DataPath, DataPathError
 
@@ -123,11 +123,24 @@ class Daemon:
         self._http = None
         self._control = None
         self._lock = threading.Lock()
+        # detection (mode auto); the detector runs in every mode so status shows it
+        self.detector = None
+        self.hll_history = hll.History()
+        self.events: deque[dict] = deque(maxlen=20)
+        self.sources_distinct = 0.0
+        self._prev = None  # (counters, kernel passive opens, port syns) of the last tick
+        self._temp_deny: dict[str, float] = {}
+        self._armed: dict[int, int] = {}
+        self._top_at = 0.0
+        self._top_cache: list[tuple[str, int]] = []
+        self._src_prev: dict[str, int] = {}
 
     # -- state --------------------------------------------------------------------
 
     @property
     def protecting(self) -> bool:
+        if self.config.mode == "auto":
+            return bool(self._armed) or bool(self.detector and self.detector.active)
         return self.config.mode == "protect"
 
     def allowlist_size(self) -> int:
@@ -153,7 +166,7 @@ class Daemon:
         dp.set_allow_ttl(cfg.protect.allow_ttl)
         dp.set_ports(cfg.protect.ports)
         dp.set_allow_cidrs(cfg.allow)
-        dp.set_deny_cidrs(cfg.deny)
+        self.static_deny = list(cfg.deny)
         wanted = list(cfg.interfaces)
         for ifname in list(dp.attached):
             if ifname not in wanted:
@@ -163,9 +176,18 @@ class Daemon:
             if ifname not in dp.attached:
                 how = dp.attach(ifname, cfg.xdp_mode)
                 event("attached", f"attached to {ifname} ({how} XDP)", interface=ifname, xdp_mode=how)
-        if cfg.mode == "auto":
-            event("mode", "mode auto: automatic detection is not built yet; behaving as observe", level=logging.WARNING)
-        dp.set_mode(Mode.PROTECT if cfg.mode == "protect" else Mode.OBSERVE)
+        from synguard.detect import Detector
+
+        if self.detector is None:
+            self.detector = Detector(cfg.detection)
+        else:
+            self.detector.reconfigure(cfg.detection)
+        ncpu = os.cpu_count() or 1
+        dp.set_fast_trigger(-(-cfg.detection.fast_trigger_pps // ncpu) if cfg.detection.fast_trigger_pps else 0,
+                            cfg.detection.hold)
+        self._watch_ports()
+        self._apply_deny()
+        dp.set_mode({"protect": Mode.PROTECT, "auto": Mode.AUTO}.get(cfg.mode, Mode.OBSERVE))
         ports = ",".join(map(str, cfg.protect.ports)) or "all"
         event("config", f"mode {cfg.mode}, protected ports {ports}, verified sources kept {cfg.protect.allow_ttl}s, "
               f"allow {len(cfg.allow)} / deny {len(cfg.deny)} CIDRs", mode=cfg.mode, ports=list(cfg.protect.ports))
@@ -215,6 +237,93 @@ class Daemon:
         event("reloaded", f"config reloaded from {self.config_path}")
         return True
 
+    # -- detection and auto mitigation -------------------------------------------------
+
+    def _watch_ports(self) -> None:
+        """Ports with their own SYN counters: the protected ones, else the listening ones."""
+        from synguard import kernel
+
+        ports = set(self.config.protect.ports)
+        if not ports:
+            ports = {r.port for r in kernel.listeners()}
+        self.datapath.set_watched(sorted(ports)[: abi.PORT_SLOTS - 1])
+
+    def _apply_deny(self) -> None:
+        temp = [f"{a}/{32 if ':' not in a else 128}" for a in self._temp_deny]
+        self.datapath.set_deny_cidrs([*self.static_deny, *temp])
+
+    def _top_sources(self, now: float) -> list[tuple[str, int]]:
+        """Heaviest sampled sources since the last read (at most every 5 s: reading
+        the per-source map costs ~0.1 s when it is full)."""
+        if now - self._top_at < 5:
+            return self._top_cache
+        self._top_at = now
+        current = {r["source"]: r["syns"] for r in self.top(abi.SRC_SIZE)}
+        delta = sorted(((a, n - self._src_prev.get(a, 0)) for a, n in current.items()),
+                       key=lambda r: r[1], reverse=True)
+        self._src_prev = current
+        self._top_cache = [(a, n) for a, n in delta[:10] if n > 0]
+        return self._top_cache
+
+    def detect_tick(self, mono: float, wall: int, dt: float) -> list[dict]:
+        """One detector step from the program's signals; applies auto mitigation."""
+        from synguard import kernel
+        from synguard.detect import Tick
+
+        dp = self.datapath
+        counters = dp.counters()
+        opens = kernel.tcp_counters().get("Tcp.PassiveOpens", 0)
+        port_syns = dp.port_syns()
+        regs = dp.hll_registers(wall - 1)
+        distinct, new = self.hll_history.novelty(regs)
+        self.hll_history.add(regs, wall - 1)
+        self.sources_distinct = distinct
+        prev, self._prev = self._prev, (counters, opens, port_syns)
+        if prev is None:
+            return []
+        c0, opens0, ports0 = prev
+        syns = counters[Counter.SYN_RECEIVED] - c0[Counter.SYN_RECEIVED]
+        completions = (counters[Counter.COOKIE_VALIDATED] - c0[Counter.COOKIE_VALIDATED]) + max(0, opens - opens0)
+        fast = set()
+        if counters[Counter.FAST_TRIGGER] != c0[Counter.FAST_TRIGGER] or self._armed:
+            fast = {p for p in port_syns if (dp.port_auto_until(p) - wall) > 0 and p not in self._armed}
+        gate_hint = syns / max(dt, 1e-3) >= self.config.detection.floor_pps
+        top = self._top_sources(mono) if gate_hint else []
+        tick = Tick(t=mono, dt=dt, syns=max(0, syns), completions=completions, distinct=distinct,
+                    new_sources=new, port_syns={p: max(0, n - ports0.get(p, 0)) for p, n in port_syns.items()},
+                    top_sources=top, fast_trigger_ports=frozenset(fast))
+        events = self.detector.update(tick)
+        for ev in events:
+            a = ev["attack"]
+            self.events.append(ev)
+            event(ev["event"], f"{ev['event'].replace('_', ' ')}: {a['kind']} on ports "
+                  f"{','.join(map(str, a['ports'])) or 'all'}, peak {a['peak_pps']:.0f} SYN/s, "
+                  f"sources e.g. {', '.join(a['sources_sample'][:3]) or '-'}",
+                  level=logging.WARNING if ev["event"] == "attack_start" else logging.INFO, attack=a)
+        if self.config.mode == "auto":
+            self._enforce(self.detector.mitigation(mono), mono, wall)
+        return events
+
+    def _enforce(self, m: dict, mono: float, wall: int) -> None:
+        """Arm the attacked ports in the kernel (auto mode) and keep temporary denies."""
+        dp = self.datapath
+        wall_of = lambda t: wall + int(round(t - mono))  # noqa: E731
+        wanted = {p: wall_of(u) for p, u in m["until_by_port"].items()}
+        if m["protect_all"] and m["protect_until"] is not None:
+            for p in dp.set_watched(sorted(dp._watch)):  # every watched port
+                wanted[p] = max(wanted.get(p, 0), wall_of(m["protect_until"]))
+        for port, until in wanted.items():
+            if self._armed.get(port) != until:
+                dp.arm_port(port, max(until, dp.port_auto_until(port)))
+        for port in set(self._armed) - set(wanted):
+            if dp.port_auto_until(port) <= self._armed[port] + 1:
+                dp.arm_port(port, 0)  # the fast trigger may have re-armed it meanwhile: keep that
+        self._armed = wanted
+        deny = {a: u for a, u in m["deny_sources"]}
+        if deny.keys() != self._temp_deny.keys():
+            self._temp_deny = deny
+            self._apply_deny()
+
     # -- control socket requests --------------------------------------------------------
 
     def control(self, request: dict) -> dict:
@@ -263,6 +372,21 @@ class Daemon:
             "worst_listener": None if worst is None else kernel.to_json([worst])[0],
             "listeners": len(rows),
             "config": {"path": self.config_path, "last_reload_ok": self.last_reload_ok, **self.reloads},
+            "detection": self.detection_status(),
+        }
+
+    def detection_status(self) -> dict:
+        d = self.detector
+        m = d.mitigation() if d else {"protect_ports": set(), "deny_sources": []}
+        return {
+            "attack": d.active if d else None,
+            "attacks_total": dict(d.attacks_total) if d else {},
+            "cusum": round(d.cusum, 3) if d else 0.0,
+            "baseline_pps": round(d.baseline, 1) if d else 0.0,
+            "sources_distinct": round(self.sources_distinct),
+            "protected_ports": sorted(m["protect_ports"]),
+            "denied_sources": [a for a, _ in m["deny_sources"]],
+            "events": list(self.events),
         }
 
     def top(self, n: int = 10) -> list[dict]:
@@ -340,12 +464,18 @@ class Daemon:
             return 1
         sd_notify("READY=1\nSTATUS=" + self._status_line())
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
-        last_log = last_filter = last_dog = time.monotonic()
+        last_log = last_filter = last_dog = last_watch = last_tick = time.monotonic()
         try:
             while not self._stop.wait(1.0):
                 now = time.monotonic()
-                self.datapath.tick(int(time.time()))
+                wall = int(time.time())
+                self.datapath.tick(wall)
                 self._rotate_if_due()
+                self.detect_tick(now, wall, now - last_tick)
+                last_tick = now
+                if now - last_watch >= 10 and not self.config.protect.ports:
+                    self._watch_ports()
+                    last_watch = now
                 counters = self.datapath.counters()
                 with self._lock:
                     self.history.append((now, counters))

@@ -349,6 +349,8 @@ class DataPath:
 
     def _set_port_field(self, port: int, index: int, value: int) -> None:
         state = list(self._port_state.get(port, (0, 0, 0)))
+        if index != 2:
+            state[2] = self.port_auto_until(port)  # the fast trigger writes it too: keep its value
         state[index] = value
         if state == [0, 0, 0]:
             self._port_state.pop(port, None)

@@ -59,10 +59,13 @@ Classification (at the start, then on each active tick with gate open and
     or distinct <= 2;
   - otherwise "botnet": real, repeating sources that do not complete handshakes.
 
-Ports attacked: the union over the attack's ticks (gate open, or a fast port)
-  of the watched ports with port_syns >= max(10 % of the tick's SYNs,
-  c.floor_pps / 10 SYN/s), plus the fast ports. An attack no watched port
-  accounts for has ports [] and mitigation() says protect_all.
+Ports attacked: each watched port has its own baseline (an EWMA of its SYN
+  rate, updated on the same ticks as b, from 0). A port is attacked when its
+  excess over its baseline is >= 10 % of the tick's excess over b and
+  >= c.floor_pps / 10 SYN/s, so a busy port carrying normal traffic is not
+  blamed for a flood on its neighbour. Ports = the union over the attack's
+  ticks (gate open, or a fast port) plus the fast ports. An attack no watched
+  port accounts for has ports [] and mitigation() says protect_all.
 
 End (hysteresis): a tick is quiet when the gate is closed, no port is fast and
   S < c.cusum_threshold / 2 (after the restart above). The attack ends at the
@@ -89,11 +92,11 @@ Mitigation (Detector.mitigation(now=None); now defaults to the last tick's t):
     each tick: the deadline moves with the attack);
   - ended attack: its ports until ended + c.hold; then they drop out;
   - single-source attack: its source (the sources at or above
-    single_source_share, else with distinct <= 2 the top two) is denied until
+    single_source_share, and with distinct <= 2 the top two) is denied until
     the last tick it was seen attacking + c.source_deny, instead of challenged.
 
 State worth exporting: Detector.active (the current attack dict or None),
-.cusum, .baseline, .attacks_total (Counter by kind, counted at the start),
+.cusum, .baseline, .port_baseline, .attacks_total (Counter by kind, counted at the start),
 .distinct_last, .gate_open, .x_last.
 """
 
@@ -112,8 +115,9 @@ KINDS = ("spoofed", "single-source", "botnet")
 
 ALLOWANCE_NUM, ALLOWANCE_DEN = 9, 10  # a tick with completions >= 9/10 of its SYNs has no gap
 CUSUM_CAP = 4.0  # x cusum_threshold
-PORT_SHARE = 0.10  # a port is attacked if it gets >= 10 % of the tick's SYNs ...
-PORT_FLOOR_FRACTION = 0.10  # ... and >= floor_pps / 10 SYN/s
+PORT_SHARE = 0.10  # a port is attacked if it gets >= 10 % of the tick's excess SYN/s ...
+PORT_FLOOR_FRACTION = 0.10  # ... and >= floor_pps / 10 SYN/s over its own baseline
+PORT_BASELINE_DROP = 0.01  # a port baseline under this (SYN/s) is forgotten
 KIND_CONFIRM_TICKS = 2  # consecutive ticks that must agree to change an attack's kind
 PEAK_UPDATE_GROWTH = 1.5  # attack_update when the peak reaches 1.5 x the last reported peak
 SOURCES_SAMPLE = 5
@@ -182,6 +186,7 @@ class Detector:
     def __init__(self, cfg: DetectionConfig | None = None):
         self.cfg = cfg if cfg is not None else DetectionConfig()
         self.baseline = float(self.cfg.floor_pps)
+        self.port_baseline: dict[int, float] = {}
         self.cusum = 0.0
         self.active: dict[str, Any] | None = None
         self.attacks_total: Counter[str] = Counter()
@@ -249,14 +254,14 @@ class Detector:
         alarm = bool(fast) or (gate and x > c.cusum_drift and self.cusum > c.cusum_threshold)
         if not alarm:
             if x <= c.cusum_drift and not fast:
-                self.baseline += c.ewma_alpha * (rate - self.baseline)
+                self._learn(tick, rate)
             return []
         if self._exc_start is not None:
             started, syns, peak = self._exc_start, self._exc_syns, max(self._exc_peak, rate)
         else:
             started, syns, peak = tick.t - tick.dt, tick.syns, rate
         kind = classify(tick, c)
-        ports = self._attacked_ports(tick) | fast
+        ports = self._attacked_ports(tick, rate) | fast
         self.active = {
             "id": self._next_id,
             "kind": kind,
@@ -296,7 +301,7 @@ class Detector:
         peak = max(a["peak_pps"], rate)
         a["peak_pps"] = _round(peak, 1)
         changed = False
-        ports = set(a["ports"]) | self._attacked_ports(tick) | fast
+        ports = set(a["ports"]) | self._attacked_ports(tick, rate) | fast
         if ports != set(a["ports"]):
             a["ports"] = sorted(ports)
             changed = True
@@ -343,17 +348,32 @@ class Detector:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _attacked_ports(self, tick: Tick) -> set[int]:
-        need = max(PORT_SHARE * tick.syns, PORT_FLOOR_FRACTION * self.cfg.floor_pps * tick.dt)
-        return {p for p, n in tick.port_syns.items() if n > 0 and n >= need}
+    def _learn(self, tick: Tick, rate: float) -> None:
+        """One EWMA step of the baseline and of every port's baseline."""
+        alpha = self.cfg.ewma_alpha
+        self.baseline += alpha * (rate - self.baseline)
+        pb = self.port_baseline
+        for p in set(pb) | set(tick.port_syns):
+            v = pb.get(p, 0.0)
+            v += alpha * (tick.port_syns.get(p, 0) / tick.dt - v)
+            if v < PORT_BASELINE_DROP:
+                pb.pop(p, None)
+            else:
+                pb[p] = v
+
+    def _attacked_ports(self, tick: Tick, rate: float) -> set[int]:
+        excess = max(0.0, rate - self.baseline)
+        need = max(PORT_SHARE * excess, PORT_FLOOR_FRACTION * self.cfg.floor_pps)
+        return {p for p, n in tick.port_syns.items()
+                if n > 0 and n / tick.dt - self.port_baseline.get(p, 0.0) >= need}
 
     def _deny(self, tick: Tick) -> None:
         c = self.cfg
         if not tick.top_sources or tick.syns <= 0:
             return
         heavy = [a for a, n in tick.top_sources if n > 0 and n / tick.syns >= c.single_source_share]
-        if not heavy and tick.distinct <= 2:
-            heavy = [a for a, n in tick.top_sources[:2] if n > 0]
+        if tick.distinct <= 2:
+            heavy += [a for a, n in tick.top_sources[:2] if n > 0 and a not in heavy]
         for addr in heavy:
             self._denied[addr] = tick.t + c.source_deny
 

@@ -110,6 +110,27 @@ class SynguardCollector(Collector):
         ok.add_metric([], 1.0 if d.last_reload_ok else 0.0)
         yield ok
 
+        det = d.detector
+        active = GaugeMetricFamily("synguard_attack_active", "1 while an attack is detected, by kind.",
+                                   labels=["kind"])
+        total = CounterMetricFamily("synguard_attacks", "Attacks detected since start, by kind.", labels=["kind"])
+        from synguard.detect import KINDS
+
+        for kind in KINDS:
+            active.add_metric([kind], 1.0 if det and det.active and det.active["kind"] == kind else 0.0)
+            total.add_metric([kind], det.attacks_total.get(kind, 0) if det else 0)
+        yield active
+        yield total
+        g = GaugeMetricFamily("synguard_sources_distinct", "Distinct SYN sources in the last second (HyperLogLog).")
+        g.add_metric([], d.sources_distinct)
+        yield g
+        g = GaugeMetricFamily("synguard_detector_cusum", "NP-CUSUM statistic on the SYN-vs-handshake gap.")
+        g.add_metric([], det.cusum if det else 0.0)
+        yield g
+        g = GaugeMetricFamily("synguard_detector_baseline_syn_rate", "Learnt normal SYN rate (EWMA), SYN/s.")
+        g.add_metric([], det.baseline if det else 0.0)
+        yield g
+
         rows = kernel.listeners()
         g_recv = GaugeMetricFamily("synguard_listen_syn_recv", "Half-open (SYN_RECV) requests per listener.",
                                    labels=["address", "port"])
