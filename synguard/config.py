@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -503,14 +504,14 @@ def _number(lo: float, hi: float, lo_open: bool = False) -> Checker:
             return _BAD
         if v.kind == "integer" and _integer(v, path, errs, "") is _BAD:
             return _BAD
-        x = float(v.scalar())
-        if x != x or x in (float("inf"), float("-inf")):
-            errs.add(path, v.line, f"{v.scalar()} is not a finite number")
+        n = v.scalar()
+        if v.kind == "float" and not math.isfinite(n):
+            errs.add(path, v.line, f"{n} is not a finite number")
             return _BAD
-        if x < lo or x > hi or (lo_open and x == lo):
-            errs.add(path, v.line, f"{v.scalar():g} out of range: must be {shown}")
+        if n < lo or n > hi or (lo_open and n == lo):  # compared before float(): a huge int would overflow
+            errs.add(path, v.line, f"{n if v.kind == 'integer' else format(n, 'g')} out of range: must be {shown}")
             return _BAD
-        return x
+        return float(n)
     return check
 
 

@@ -252,17 +252,19 @@ class Daemon:
         temp = [f"{a}/{32 if ':' not in a else 128}" for a in self._temp_deny]
         self.datapath.set_deny_cidrs([*self.static_deny, *temp])
 
-    def _top_sources(self, now: float) -> list[tuple[str, int]]:
-        """Heaviest sampled sources since the last read (at most every 5 s: reading
-        the per-source map costs ~0.1 s when it is full)."""
-        if now - self._top_at < 5:
+    def _top_sources(self, now: float, dt: float) -> list[tuple[str, int]]:
+        """Heaviest sampled sources, as SYNs per tick of length dt. The map is read
+        at most every 5 s (it costs ~0.1 s when full); counts over the time since
+        the previous read are scaled to one tick, so shares compare with the tick's SYNs."""
+        if now - self._top_at < 5 and self._top_cache:
             return self._top_cache
+        span = max(now - self._top_at, dt) if self._top_at else dt
         self._top_at = now
         current = {r["source"]: r["syns"] for r in self.top(abi.SRC_SIZE)}
         delta = sorted(((a, n - self._src_prev.get(a, 0)) for a, n in current.items()),
                        key=lambda r: r[1], reverse=True)
         self._src_prev = current
-        self._top_cache = [(a, n) for a, n in delta[:10] if n > 0]
+        self._top_cache = [(a, int(n * dt / span)) for a, n in delta[:10] if n > 0]
         return self._top_cache
 
     def detect_tick(self, mono: float, wall: int, dt: float) -> list[dict]:
@@ -288,7 +290,7 @@ class Daemon:
         if counters[Counter.FAST_TRIGGER] != c0[Counter.FAST_TRIGGER] or self._armed:
             fast = {p for p in port_syns if (dp.port_auto_until(p) - wall) > 0 and p not in self._armed}
         gate_hint = syns / max(dt, 1e-3) >= self.config.detection.floor_pps
-        top = self._top_sources(mono) if gate_hint else []
+        top = self._top_sources(mono, dt) if gate_hint else []
         tick = Tick(t=mono, dt=dt, syns=max(0, syns), completions=completions, distinct=distinct,
                     new_sources=new, port_syns={p: max(0, n - ports0.get(p, 0)) for p, n in port_syns.items()},
                     top_sources=top, fast_trigger_ports=frozenset(fast))

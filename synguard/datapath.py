@@ -223,6 +223,74 @@ def _prog_name_by_id(pid: int) -> str:
         os.close(fd)
 
 
+# ---- Our program's pin: how a restarted daemon (or ExecStopPost) knows its own ---
+# The kernel gives a program's name only with CAP_SYS_ADMIN (BPF_PROG_GET_FD_BY_ID),
+# which the systemd unit does not grant. The daemon therefore pins its program in
+# bpffs, one pin per network namespace, and compares program ids.
+
+
+def pin_path() -> Path:
+    root = Path(os.environ.get("SYNGUARD_PIN_DIR", "/sys/fs/bpf/synguard"))
+    return root / f"netns-{os.stat('/proc/thread-self/ns/net').st_ino}" / "xdp_synguard"
+
+
+def pinned_prog_id(path: Path | None = None) -> int | None:
+    """Id of the program pinned by a synguard in this namespace (maybe a dead one's)."""
+    lib = _lib()
+    lib.bpf_obj_get.argtypes = [ct.c_char_p]
+    path = path or pin_path()
+    if not path.exists():
+        return None
+    fd = lib.bpf_obj_get(str(path).encode())
+    if fd < 0:
+        return None
+    try:
+        return prog_id(fd)
+    finally:
+        os.close(fd)
+
+
+def _pin(prog_fd: int) -> str | None:
+    """Pin our program (replacing an older pin); returns an error text or None."""
+    lib = _lib()
+    lib.bpf_obj_pin.argtypes = [ct.c_int, ct.c_char_p]
+    path = pin_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        return f"{path}: {e.strerror}"
+    if lib.bpf_obj_pin(prog_fd, str(path).encode()) != 0:
+        return f"{path}: {os.strerror(ct.get_errno())}"
+    return None
+
+
+def unpin(path: Path | None = None, expected_id: int | None = None) -> None:
+    """Remove the pin (only if it still holds expected_id, when given)."""
+    path = path or pin_path()
+    if expected_id is None or pinned_prog_id(path) == expected_id:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            path.parent.rmdir()
+
+
+def is_ours(current: tuple[int, str] | None) -> bool:
+    return current is not None and (current[1] == PROG_NAME or current[0] == pinned_prog_id())
+
+
+def detach_orphan(ifname: str) -> bool:
+    """Detach a synguard program left on ifname by a daemon that died (ExecStopPost)."""
+    from bcc import BPF
+
+    current = attached_prog(ifname)
+    if not is_ours(current):
+        return False
+    for flag in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
+        with contextlib.suppress(Exception):
+            BPF.remove_xdp(ifname.encode(), flag)
+    return True
+
+
 # ---- The data path -------------------------------------------------------------
 
 
@@ -272,6 +340,8 @@ class DataPath:
         self._watch: dict[int, int] = {}  # watched port -> slot
         self._slots: dict[str, int] = {}  # ifname -> counter slot
         self._netns: dict[str, int] = {}  # ifname -> fd of the namespace it was attached in
+        self.pin_error: str | None = None  # why the program could not be pinned, if so
+        self._pins: set[Path] = set()
         self._config = {name: 0 for name in abi.CONFIG_FIELDS}
 
     # -- source -------------------------------------------------------------
@@ -500,10 +570,7 @@ class DataPath:
             raise DataPathError(f"xdp mode must be one of {', '.join(XDP_MODES)}, not {xdp_mode!r}")
         ifindex(ifname)
         current = attached_prog(ifname)
-        flags = 0
-        if current is None:
-            flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
-        elif current[1] != PROG_NAME:
+        if current is not None and not is_ours(current):
             raise DataPathError(
                 f"{ifname} already runs XDP program id {current[0]} ({current[1]}); "
                 f"synguard replaces only its own program: detach that one first"
@@ -512,21 +579,31 @@ class DataPath:
         errors = []
         for mode in modes:
             mode_flag = XDP_FLAGS_DRV_MODE if mode == "native" else XDP_FLAGS_SKB_MODE
-            if current is not None:
-                # A leftover synguard program may sit in the other mode: clear both.
-                self._detach_raw(ifname)
-                current = None
-                flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
-            try:
-                with _capture_fd2(self.log_path.with_suffix(".attach.log")):
-                    self._BPF.attach_xdp(ifname.encode(), self.fn, flags | mode_flag)
-            except Exception as e:  # BCC raises a bare Exception
-                errors.append(f"{mode}: {e}")
-                continue
-            self.attached[ifname] = mode
-            self._netns[ifname] = current_netns_fd()
-            self._map_interface(ifname)
-            return mode
+            # Over our own leftover program (a daemon that died): replace it in one
+            # netlink call, so the interface is never unprotected in between.
+            tries = [mode_flag] if current is None else [mode_flag, "clear"]
+            if current is None:
+                tries = [XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flag]
+            for flags in tries:
+                if flags == "clear":  # the leftover sits in the other mode: clear, then attach
+                    self._detach_raw(ifname)
+                    flags = XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flag
+                try:
+                    with _capture_fd2(self.log_path.with_suffix(".attach.log")):
+                        self._BPF.attach_xdp(ifname.encode(), self.fn, flags)
+                except Exception as e:  # BCC raises a bare Exception
+                    errors.append(f"{mode}: {e}")
+                    continue
+                self.attached[ifname] = mode
+                self._netns[ifname] = current_netns_fd()
+                self._map_interface(ifname)
+                if pinned_prog_id() != self.prog_id:
+                    err = _pin(self.prog_fd)
+                    if err:
+                        self.pin_error = err
+                    else:
+                        self._pins.add(pin_path())
+                return mode
         raise DataPathError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
 
     def _detach_raw(self, ifname: str) -> None:
@@ -564,8 +641,11 @@ class DataPath:
                 self.detach(ifname)
 
     def close(self) -> None:
-        """Idempotent: detach everywhere, then free the program and maps."""
+        """Idempotent: detach everywhere, unpin, then free the program and maps."""
         self.detach_all()
+        for path in getattr(self, "_pins", ()):
+            unpin(path, self.prog_id)
+        self._pins = set()
         bpf, self.bpf = getattr(self, "bpf", None), None
         if bpf is not None:
             bpf.cleanup()

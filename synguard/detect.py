@@ -25,17 +25,18 @@ NP-CUSUM: S = min(4 * c.cusum_threshold, max(0, S + x - c.cusum_drift)).
     alarm needs x > drift). That is the guarantee tests/test_detect.py checks
     with hypothesis; a fast-trigger port (below) is the only exception.
   - The cap (4 x threshold) bounds old evidence: S returns to 0 at most
-    4 * threshold / drift ticks after the gap closes.
-  - While an attack is active, a tick under the gate restarts S from that tick
+    4 * threshold / drift ticks after the gap closes (drift > 0).
+  - While an attack is active, a tick under the gate (and with no fast port) restarts S from that tick
     alone (S = max(0, x - drift)): the attack is tracked by its state from then
     on, and a long flood's huge sum must not delay its end.
 
 Alarm (no attack active): (gate and x > c.cusum_drift and S > c.cusum_threshold)
   or fast is not empty (the kernel already protects those ports; the alarm is
-  at once, whatever the handshakes say). With the defaults (floor 2000,
-  drift 0.5, threshold 3) one tick with an excess gap >= 7000 SYN/s over
-  max(b, floor) alarms at once: a big spoofed flood is reported in its first
-  tick, or in its second if it began at the very end of the first.
+  at once, whatever the handshakes say). One tick whose gap exceeds
+  (threshold + drift) x norm alarms on its own: 7000 SYN/s with the defaults
+  (floor 2000, drift 0.5, threshold 3) on a site whose normal rate is under
+  the floor. A big spoofed flood is thus reported in its first tick, or in its
+  second if it began at the very end of the first.
   A slow ramp alarms soon after it crosses the floor if handshakes do not
   follow it (S grows by x - drift each tick, and x grows with the ramp).
 

@@ -20,14 +20,22 @@ Contract:
   caller passes ``allow_non_lab=True`` (``--allow-non-lab``).
 - ``sources=N`` limits the flood to N distinct source addresses (few-source and
   single-source scenarios); otherwise every frame in the pool has its own source.
+- Rate: unlimited by default (as fast as the kernel takes frames). ``pps=R``
+  paces the sender at R frames/s; with ``ramp_to=R2`` as well, the rate climbs
+  from R to R2 over ``seconds`` (``ramp="linear"``, or ``"exp"``: geometric, the
+  same factor every second). Pacing follows the cumulative schedule, so a
+  sender that falls behind catches up in batches of at most 256 frames.
+- The result also carries ``started_at``/``ended_at``: wall-clock (time.time())
+  instants of the first and last send, for correlating with other logs.
 
 Speed: the send loop hands a whole batch of prebuilt frames to the kernel with
 one ``sendmmsg(2)`` through ctypes (one Python-level call per 256 frames). When
 that is unavailable it falls back to ``socket.send`` in a lean loop.
 
 CLI: ``python -m synguard.flood --iface a0 --dst-mac M --src-mac M --dst IP
---dport 80 --count N --seconds S --seed K [--sources N] [--ipv6]`` prints one
-JSON line: {"sent": n, "seconds": t, "pps": x, ...}.
+--dport 80 --count N --seconds S --seed K [--sources N] [--ipv6] [--pps R
+[--ramp-to R2 [--ramp linear|exp]]]`` prints one JSON line: {"sent": n,
+"seconds": t, "pps": x, ...}.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import errno
 import ipaddress
 import itertools
 import json
+import math
 import os
 import random
 import socket
@@ -215,6 +224,59 @@ def build_frames(*, dst: str, dport: int, dst_mac: str, src_mac: str, n: int,
     return buf, flen
 
 
+# --- pacing -------------------------------------------------------------------
+
+RAMPS = ("linear", "exp")
+
+
+def schedule(pps: float | None, seconds: float, ramp_to: float | None = None,
+             ramp: str = "linear"):
+    """Cumulative frames allowed t seconds after the start, as a function of t.
+
+    None when unpaced (pps None). Constant pps, or a ramp from pps to ramp_to
+    over `seconds` (linear, or exponential: r(t) = pps * (ramp_to/pps)^(t/seconds)).
+    """
+    if pps is None:
+        if ramp_to is not None:
+            raise ValueError("ramp_to needs a starting pps")
+        return None
+    if not pps > 0 or (ramp_to is not None and not ramp_to > 0):
+        raise ValueError("pps and ramp_to must be positive")
+    if ramp not in RAMPS:
+        raise ValueError(f"bad ramp {ramp!r}: one of {RAMPS}")
+    p0 = float(pps)
+    p1 = float(ramp_to) if ramp_to is not None else p0
+    T = float(seconds)
+    if p1 == p0:
+        return lambda t: p0 * t
+    if ramp == "linear":
+        def n_linear(t):
+            if t <= T:
+                return p0 * t + (p1 - p0) * t * t / (2 * T)
+            return (p0 + p1) * T / 2 + p1 * (t - T)
+        return n_linear
+    lk = math.log(p1 / p0)
+
+    def n_exp(t):
+        if t <= T:
+            return p0 * T / lk * math.expm1(lk * t / T)
+        return (p1 - p0) * T / lk + p1 * (t - T)
+    return n_exp
+
+
+def _paced(allowed, sent, start, deadline, now):
+    """Frames that may go now under the cumulative schedule `allowed` (>= 1),
+    sleeping until then; 0 when the deadline passes first."""
+    while True:
+        t = now()
+        if t >= deadline:
+            return 0
+        k = int(allowed(t - start)) - sent
+        if k > 0:
+            return k
+        time.sleep(0.0005)
+
+
 # --- sendmmsg through ctypes -------------------------------------------------
 
 class _IOVec(ctypes.Structure):
@@ -245,8 +307,8 @@ def _libc_sendmmsg():
     return fn
 
 
-def _send_mmsg(sock, buf, flen, n, count, deadline):
-    """Send with sendmmsg(2); returns (sent, errors)."""
+def _send_mmsg(sock, buf, flen, n, count, deadline, allowed=None, start=0.0):
+    """Send with sendmmsg(2); returns (sent, errors). `allowed`: see schedule()."""
     sendmmsg = _libc_sendmmsg()
     if sendmmsg is None:
         return None
@@ -274,6 +336,10 @@ def _send_mmsg(sock, buf, flen, n, count, deadline):
     now = time.monotonic
     while sent + errors < count:
         k = min(BATCH, count - sent - errors)
+        if allowed is not None:
+            k = min(k, _paced(allowed, sent + errors, start, deadline, now))
+            if k == 0:
+                break
         r = sendmmsg(fd, msgs_base + pos * msz, k, 0)
         if r < 0:
             e = ctypes.get_errno()
@@ -292,7 +358,7 @@ def _send_mmsg(sock, buf, flen, n, count, deadline):
     return sent, errors
 
 
-def _send_loop(sock, buf, flen, n, count, deadline):
+def _send_loop(sock, buf, flen, n, count, deadline, allowed=None, start=0.0):
     """Fallback: one send() per frame, deadline checked per batch."""
     frames = [bytes(buf[i * flen:(i + 1) * flen]) for i in range(n)]
     send = sock.send
@@ -302,6 +368,10 @@ def _send_loop(sock, buf, flen, n, count, deadline):
     sent = errors = 0
     while sent + errors < count:
         k = min(BATCH, count - sent - errors)
+        if allowed is not None:
+            k = min(k, _paced(allowed, sent + errors, start, deadline, now))
+            if k == 0:
+                break
         for f in islice(it, k):
             try:
                 send(f)
@@ -319,18 +389,22 @@ def _send_loop(sock, buf, flen, n, count, deadline):
 def flood(iface: str, *, dst: str, dst_mac: str, src_mac: str, dport: int = 80,
           count: int, seconds: float, seed: int = 0, sources: int | None = None,
           ipv6: bool | None = None, pool: int = DEFAULT_POOL,
-          method: str = "auto", allow_non_lab: bool = False) -> dict:
+          method: str = "auto", allow_non_lab: bool = False,
+          pps: float | None = None, ramp_to: float | None = None,
+          ramp: str = "linear") -> dict:
     """Send at most `count` SYNs for at most `seconds` on `iface`.
 
     Run in the netns that owns `iface`. Returns {"sent", "seconds", "pps",
-    "errors", "pool", "build_seconds", "method"}; "sent" counts frames the
-    kernel accepted, "errors" frames it refused (ENOBUFS), which end the
-    attempt for that frame.
+    "errors", "pool", "build_seconds", "method", "started_at", "ended_at"};
+    "sent" counts frames the kernel accepted, "errors" frames it refused
+    (ENOBUFS), which end the attempt for that frame. `pps`/`ramp_to`/`ramp`
+    pace the sender (module docstring); unpaced by default.
     """
     if count <= 0 or seconds <= 0:
         raise ValueError("count and seconds must both be positive (bounded flood)")
     if method not in ("auto", "sendmmsg", "send"):
         raise ValueError(f"bad method {method!r}")
+    allowed = schedule(pps, seconds, ramp_to, ramp)
     if not allow_non_lab:
         check_lab_target(dst)
     t0 = time.monotonic()
@@ -346,24 +420,27 @@ def flood(iface: str, *, dst: str, dst_mac: str, src_mac: str, dport: int = 80,
             s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
         except OSError:
             pass   # older kernels: the qdisc path works too, just slower
+        started_at = time.time()
         start = time.monotonic()
         deadline = start + seconds
         res = None
         used = method
         if method in ("auto", "sendmmsg"):
-            res = _send_mmsg(s, buf, flen, n, count, deadline)
+            res = _send_mmsg(s, buf, flen, n, count, deadline, allowed, start)
             used = "sendmmsg"
             if res is None and method == "sendmmsg":
                 raise OSError("sendmmsg unavailable")
         if res is None:
-            res = _send_loop(s, buf, flen, n, count, deadline)
+            res = _send_loop(s, buf, flen, n, count, deadline, allowed, start)
             used = "send"
         elapsed = time.monotonic() - start
+        ended_at = started_at + elapsed
     sent, errors = res
     return {"sent": sent, "seconds": round(elapsed, 6),
             "pps": round(sent / elapsed, 1) if elapsed > 0 else 0.0,
             "errors": errors, "pool": n, "build_seconds": round(build, 3),
-            "method": used}
+            "method": used, "started_at": round(started_at, 6),
+            "ended_at": round(ended_at, 6)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,6 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool", type=int, default=DEFAULT_POOL,
                    help="frames prebuilt (cycled when --count is larger)")
     p.add_argument("--method", choices=("auto", "sendmmsg", "send"), default="auto")
+    p.add_argument("--pps", type=float, default=None,
+                   help="pace at this many frames/s (default: as fast as possible)")
+    p.add_argument("--ramp-to", type=float, default=None,
+                   help="with --pps: climb from --pps to this rate over --seconds")
+    p.add_argument("--ramp", choices=RAMPS, default="linear",
+                   help="ramp shape (default linear; exp: same factor every second)")
     p.add_argument("--allow-non-lab", action="store_true",
                    help="allow targets outside 10.77/16, fd77::/16 and outside ip netns")
     a = p.parse_args(argv)
@@ -392,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         res = flood(a.iface, dst=a.dst, dst_mac=a.dst_mac, src_mac=a.src_mac,
                     dport=a.dport, count=a.count, seconds=a.seconds, seed=a.seed,
                     sources=a.sources, ipv6=ipv6, pool=a.pool, method=a.method,
-                    allow_non_lab=a.allow_non_lab)
+                    allow_non_lab=a.allow_non_lab, pps=a.pps,
+                    ramp_to=a.ramp_to, ramp=a.ramp)
     except (ValueError, OSError) as e:
         print(f"flood: {e}", file=sys.stderr)
         return 2

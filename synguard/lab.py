@@ -465,6 +465,20 @@ class Lab:
                      timeout=n * (timeout + 1) + 10)
         return json.loads(r.stdout)
 
+    def add_client_addresses(self, n: int, first: int = 10) -> list[str]:
+        """Add n extra IPv4 addresses 10.77.1.<first>... (as /32s) to the client's
+        veth, for many-source legit traffic (bind() to them). The server reaches
+        them through its connected 10.77.1.0/24 route on s0. Returns them."""
+        base = CLIENT_IP4.rsplit(".", 1)[0]
+        last = first + n - 1
+        reserved = {int(SERVER_IP4.rsplit(".", 1)[1]), int(CLIENT_IP4.rsplit(".", 1)[1])}
+        if n <= 0 or first < 1 or last > 254 or reserved & set(range(first, last + 1)):
+            raise ValueError(f"client addresses .{first}-.{last}: must lie in .1-.254 "
+                             f"and avoid {sorted(reserved)}")
+        addrs = [f"{base}.{i}" for i in range(first, last + 1)]
+        self._batch(self.client_ns, [f"addr add {a}/32 dev {CLIENT_IF}" for a in addrs])
+        return addrs
+
     def netstat(self, ns: str) -> dict[str, dict[str, int]]:
         """Counters of /proc/net/netstat + /proc/net/snmp in `ns`.
 
@@ -500,7 +514,9 @@ class Lab:
 
     def _flood_argv(self, count: int, seconds: float, dport: int, seed: int,
                     sources: int | None, ipv6: bool, dst: str | None,
-                    pool: int | None) -> list[str]:
+                    pool: int | None, pps: float | None = None,
+                    ramp_to: float | None = None,
+                    ramp: str | None = None) -> list[str]:
         if count <= 0 or seconds <= 0:
             raise ValueError("a flood needs a positive count and seconds")
         if dst is None:
@@ -521,6 +537,12 @@ class Lab:
             argv.append("--ipv6")
         if pool is not None:
             argv += ["--pool", str(pool)]
+        if pps is not None:
+            argv += ["--pps", str(pps)]
+        if ramp_to is not None:
+            argv += ["--ramp-to", str(ramp_to)]
+        if ramp is not None:
+            argv += ["--ramp", ramp]
         return argv
 
     def _flood_env(self) -> dict[str, str]:
@@ -531,13 +553,18 @@ class Lab:
 
     def flood(self, count: int, seconds: float, *, dport: int = 80, seed: int = 0,
               sources: int | None = None, ipv6: bool = False,
-              dst: str | None = None, pool: int | None = None) -> dict:
+              dst: str | None = None, pool: int | None = None,
+              pps: float | None = None, ramp_to: float | None = None,
+              ramp: str | None = None) -> dict:
         """Blocking bounded SYN flood from the attacker ns into s1.
 
         dst defaults to the server's s1 address; frames always enter via s1.
+        pps paces the sender (frames/s); with ramp_to it climbs from pps to
+        ramp_to over `seconds` (ramp "linear" or "exp"; synguard/flood.py).
         Returns the sender's JSON result ({"sent", "seconds", "pps", ...}).
         """
-        argv = self._flood_argv(count, seconds, dport, seed, sources, ipv6, dst, pool)
+        argv = self._flood_argv(count, seconds, dport, seed, sources, ipv6, dst, pool,
+                                pps, ramp_to, ramp)
         # Generous limit: building the pool plus `seconds` of sending.
         r = self.run(self.attacker_ns, argv, timeout=seconds + 60,
                      env=self._flood_env())
@@ -548,7 +575,8 @@ class Lab:
         argv = self._flood_argv(count, seconds, kw.pop("dport", 80),
                                 kw.pop("seed", 0), kw.pop("sources", None),
                                 kw.pop("ipv6", False), kw.pop("dst", None),
-                                kw.pop("pool", None))
+                                kw.pop("pool", None), kw.pop("pps", None),
+                                kw.pop("ramp_to", None), kw.pop("ramp", None))
         if kw:
             raise TypeError(f"unexpected arguments {sorted(kw)}")
         p = self.popen(self.attacker_ns, argv, stdout=subprocess.PIPE,

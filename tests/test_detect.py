@@ -156,7 +156,6 @@ class Scenario:
     seed: int = 1
 
 
-SPOOF_ADDR = None
 SINGLE = Flow(60, 90, const(50_000), 0.0, 1, {443: 1.0}, prefix="198.51")
 
 
@@ -216,7 +215,7 @@ class Run:
     ticks: list[Tick]
     events: list[tuple[float, dict]] = field(default_factory=list)
     mitigations: dict[float, dict] = field(default_factory=dict)
-    detectors: Detector | None = None
+    detector: Detector | None = None
 
     @property
     def starts(self) -> list[tuple[float, dict]]:
@@ -249,7 +248,7 @@ def run(sc: Scenario) -> Run:
         for e in det.update(tick):
             r.events.append((tick.t, e))
         r.mitigations[tick.t] = det.mitigation()
-    r.detectors = det
+    r.detector = det
     return r
 
 
@@ -283,7 +282,7 @@ def test_scenario(runs, sc):
         json.dumps(e)
     assert r.false_alarms() == 0, r.events
     if sc.attack is None:
-        assert r.events == [] and r.detectors.active is None
+        assert r.events == [] and r.detector.active is None
         assert all(m["protect_ports"] == set() and not m["protect_all"] for m in r.mitigations.values())
         return
     start, stop = sc.attack
@@ -297,7 +296,7 @@ def test_scenario(runs, sc):
     end = r.ends[0][1]["attack"]
     assert end["id"] == ev["attack"]["id"] == 1 and end["kind"] == sc.kind
     assert start - 1 <= end["started"] <= t_start and stop <= end["ended"] <= stop + 1
-    assert r.detectors.attacks_total == {sc.kind: 1}
+    assert r.detector.attacks_total == {sc.kind: 1}
 
 
 def test_spoofed_flood_details_and_mitigation(runs):
@@ -324,7 +323,7 @@ def test_spoofed_flood_details_and_mitigation(runs):
             assert m["protect_ports"] == set() and m["protect_until"] is None, (t, m)
         assert m["deny_sources"] == []
     # the baseline was not poisoned by the flood
-    assert r.detectors.baseline < 200
+    assert r.detector.baseline < 200
 
 
 def test_single_source_is_denied_not_challenged_only(runs):
@@ -346,15 +345,15 @@ def test_slow_ramp_detected_early_with_the_excursion_start(runs):
     a = start["attack"]
     assert t0 < 90  # far before the end of the ramp (360): ~3k SYN/s
     assert 60 <= a["started"] < t0 and a["detected_after_s"] == t0 - a["started"]
-    assert r.detectors.baseline < 500  # the ramp did not drag the baseline up
+    assert r.detector.baseline < 500  # the ramp did not drag the baseline up
 
 
 def test_flash_crowds_learn_the_new_rate(runs):
     # healthy traffic is learnt: after two minutes of a crowd the baseline follows it
-    assert runs["flash crowd 50x"].detectors.baseline < 200  # crowd over, baseline back down
+    assert runs["flash crowd 50x"].detector.baseline < 200  # crowd over, baseline back down
     for name in ("flash crowd 50x", "flash crowd 10x busy", "flash crowd 50x busy"):
         r = runs[name]
-        assert r.detectors.cusum == 0.0 and r.detectors.attacks_total == {}
+        assert r.detector.cusum == 0.0 and r.detector.attacks_total == {}
 
 
 def test_fast_trigger_saves_a_tick(runs):
@@ -437,14 +436,14 @@ def test_just_under_the_allowance_accumulates():
     assert ev[0]["attack"]["syns"] == 100_000
 
 
+CUSUM_LIMIT = 4 * CFG.cusum_threshold
+
+
 def test_under_the_floor_is_never_an_attack():
     det = Detector()
     warm(det)
     assert feed(det, [tk(t, 1999, 0, distinct=1999) for t in range(61, 400)]) == []
     assert det.cusum <= CUSUM_LIMIT
-
-
-CUSUM_LIMIT = 4 * CFG.cusum_threshold
 
 
 def test_fast_trigger_flag_alarms_at_once_even_below_everything():

@@ -1,0 +1,609 @@
+"""Detection evaluation suite: the real daemon in auto mode against real traffic.
+
+``python -m synguard.evaluate [--short]`` (or ``run(short)``) plays each scenario
+in a fresh three-namespace Lab (synguard/lab.py):
+
+- a real listener (``Lab.tcp_server``) on PORT in the server ns;
+- a real ``synguard run`` in the server ns, ``mode: auto``, attached to both
+  server veths, ``protect.ports: [PORT]``, JSON log (``--log-format json``,
+  ``--interval 1``) written to a file, control socket per lab;
+- a background legit client in the client ns connecting every LEGIT_INTERVAL
+  seconds for the whole scenario (warm-up, traffic, clear), each connect timed;
+- the scenario's traffic: spoofed floods from the attacker ns (``Lab.flood_start``,
+  bounded in packets and seconds; optionally paced or ramped), or a flash crowd
+  of real clients completing handshakes from CROWD_ADDRESSES extra client
+  addresses.
+
+Measured from the daemon's JSON log (``ts`` is the daemon's wall clock) and our
+own wall clock (the flood sender reports when it really started and stopped
+sending; the crowd processes likewise):
+
+- detected: an attack_start at or after the traffic start;
+- time to detect: its ts - traffic start; also the detector's own
+  detected_after_s (alarm tick - estimated start of the excursion);
+- class: the attack's kind at the start (and at the end if it changed);
+- time to clear: the attack_end ts - traffic stop;
+- false alarms: attack_start events in scenarios that are not attacks, before
+  the traffic started, or more than one per attack scenario;
+- legit: success % and p50/p99 connect time over the whole scenario;
+- ``synguard status --json`` once the attack is seen (mitigation in force) and at
+  the end (attacks_total, denied sources, counters).
+
+Targets (``met`` per scenario): legit success 100 % everywhere; no attack in the
+quiet and flash-crowd scenarios; every attack detected with the right class and
+no extra alarm; the spoofed flood within SPOOFED_TTD_S; the ramp before it ends;
+the single source denied.
+
+Detection config: the daemon's defaults in every scenario, in both modes (the
+run time is dominated by the traffic and the daemon's start, not by waiting for
+clear_ticks). The flash crowd runs a second variant with floor_pps lowered to
+CROWD_LOW_FLOOR when the crowd did not reach CROWD_TARGET_PPS connects/s, so the
+volume gate really opens.
+
+Safety: traffic only inside the Lab's namespaces; floods bounded in packets and
+seconds; every process is started through the Lab and killed by PID at its
+teardown, which also runs when a scenario fails or times out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from synguard import lab as labmod
+
+PORT = 8080
+LISTEN_BACKLOG = 4096
+LEGIT_INTERVAL = 0.05  # s between legit connects
+LEGIT_TIMEOUT = 5.0  # s per legit connect (covers two SYN retransmissions)
+WARMUP_TICKS = 3  # detector ticks with only legit traffic before the scenario's traffic
+SPOOFED_TTD_S = 2.0
+# Packet bound of an unpaced flood: seconds x this (the sender reaches ~200k SYN/s here). Random-source
+# floods prebuild that many distinct frames (pool = count, ~3 s per million): a frame pool smaller than
+# the flood replays its sources, which the detector rightly sees as repeating (not new) sources.
+FLOOD_MAX_PPS = 250_000
+CROWD_ADDRESSES = 200
+CROWD_PROCS = 2
+CROWD_TARGET_PPS = 3000
+CROWD_LOW_FLOOR = 500
+SETTLE_S = 2.0  # after non-attack traffic: ticks in which a late false alarm would show
+DAEMON_START_TIMEOUT = 90.0
+SYNGUARD = [sys.executable, "-m", "synguard.cli"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    traffic: str  # "quiet" | "flood" | "crowd"
+    seconds: float
+    short_seconds: float
+    expect: str | None = None  # expected attack kind; None: never an attack
+    flood: dict = field(default_factory=dict)  # Lab.flood_start keywords (sources, pps, ramp_to, ramp, seed)
+    detection: dict = field(default_factory=dict)  # detection config overrides
+    ttd_target: float | None = None  # max time to detect (s)
+    before_end: bool = False  # must be detected before the traffic stops
+
+
+SCENARIOS = [
+    Scenario("quiet background", "quiet", 20, 8),
+    Scenario("spoofed random-source flood", "flood", 6, 4, "spoofed", {"seed": 11}, ttd_target=SPOOFED_TTD_S),
+    Scenario("single-source flood", "flood", 6, 4, "single-source", {"seed": 12, "sources": 1}),
+    Scenario("300-source flood", "flood", 6, 4, "botnet", {"seed": 13, "sources": 300}),
+    Scenario("flash crowd", "crowd", 10, 6),
+    Scenario("slow ramp 500->50k SYN/s (exp)", "flood", 30, 12, "spoofed",
+             {"seed": 14, "pps": 500, "ramp_to": 50_000, "ramp": "exp"}, before_end=True),
+]
+
+
+# ---- helper programs (stdlib only; run inside the lab's namespaces) --------------------
+
+_LEGIT_CODE = r"""
+import json, select, socket, sys, time
+host, port, interval, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+out = []
+print("ready", flush=True)
+nxt = time.monotonic()
+while True:
+    r, _, _ = select.select([sys.stdin], [], [], max(0.0, nxt - time.monotonic()))
+    if r:
+        break  # stdin closed: stop
+    nxt = max(nxt + interval, time.monotonic())
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    ts = time.time()
+    t0 = time.perf_counter()
+    try:
+        s.connect((host, port))
+        out.append((round(ts, 4), round(time.perf_counter() - t0, 6), 0))
+    except OSError as e:
+        out.append((round(ts, 4), None, e.errno or -1))
+    finally:
+        s.close()
+print(json.dumps(out), flush=True)
+"""
+
+_CROWD_CODE = r"""
+import json, socket, struct, sys, time
+host, port, seconds, timeout, start_at = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+addrs = sys.argv[6].split(",")
+IP_BIND_ADDRESS_NO_PORT = 24
+rst = struct.pack("ii", 1, 0)  # close with RST once connected: no TIME_WAIT pile-up
+d = start_at - time.time()
+if d > 0:
+    time.sleep(d)
+ok = fail = 0
+errs = {}
+lat = []
+started_at = time.time()
+t0 = time.monotonic()
+end = t0 + seconds
+pc = time.perf_counter
+i, n = 0, len(addrs)
+while True:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        s.bind((addrs[i % n], 0))
+        s.settimeout(timeout)
+        c0 = pc()
+        s.connect((host, port))
+        lat.append(pc() - c0)
+        ok += 1
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, rst)
+    except OSError as e:
+        fail += 1
+        errs[str(e.errno)] = errs.get(str(e.errno), 0) + 1
+    finally:
+        s.close()
+    i += 1
+    if (i & 15) == 0 and time.monotonic() >= end:
+        break
+el = time.monotonic() - t0
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else None
+print(json.dumps({"ok": ok, "fail": fail, "errors": errs, "seconds": el, "started_at": started_at,
+                  "ended_at": started_at + el, "p50": q(0.5), "p99": q(0.99), "max": lat[-1] if lat else None}))
+"""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(labmod.REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def _pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, int(p * len(v)))]
+
+
+class DaemonRun:
+    """`synguard run` in the lab's server ns, JSON log to a file."""
+
+    def __init__(self, lab, workdir: Path, detection: dict):
+        self.lab = lab
+        self.config = workdir / f"{lab.id}.yaml"
+        det = "".join(f"  {k}: {v}\n" for k, v in detection.items())
+        self.config.write_text(
+            f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: auto\n"
+            f"protect:\n  ports: [{PORT}]\n" + (f"detection:\n{det}" if det else ""))
+        self.logpath = workdir / f"{lab.id}.log"
+        self.socket = f"/tmp/{lab.id}.sock"
+        self._logf = open(self.logpath, "w")
+        self.proc = lab.popen(lab.server_ns, [*SYNGUARD, "run", "-c", str(self.config), "--control-socket",
+                                              self.socket, "--metrics-listen", "127.0.0.1:9046", "--interval", "1",
+                                              "--log-format", "json"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._logf, env=_env())
+        self.exit_code = None
+        self.wait_for(lambda e: e.get("event") == "metrics", DAEMON_START_TIMEOUT, "daemon start")
+
+    def events(self) -> list[dict]:
+        out = []
+        with open(self.logpath) as f:
+            for line in f:
+                if line.startswith("{"):
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        pass  # a line being written
+        return out
+
+    def tail(self, n: int = 20) -> str:
+        return "".join(open(self.logpath).readlines()[-n:])
+
+    def wait_for(self, pred, timeout: float, what: str) -> dict | None:
+        """First event matching pred within timeout; raises if the daemon dies."""
+        end = time.monotonic() + timeout
+        while True:
+            for e in self.events():
+                if pred(e):
+                    return e
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited ({self.proc.returncode}) waiting for {what}:\n{self.tail()}")
+            if time.monotonic() >= end:
+                return None
+            time.sleep(0.1)
+
+    def counters_after(self, ts: float, n: int) -> None:
+        """Wait until n counter lines (one per tick) were logged after wall time ts."""
+        end = time.monotonic() + n * 3 + 10
+        while time.monotonic() < end:
+            if sum(1 for e in self.events() if e.get("event") == "counters" and e["ts"] > ts) >= n:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited ({self.proc.returncode}):\n{self.tail()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"daemon logged fewer than {n} ticks in {n * 3 + 10} s")
+
+    def status(self) -> dict | None:
+        r = self.lab.run(self.lab.server_ns, [*SYNGUARD, "status", "--json", "--socket", self.socket],
+                         check=False, timeout=30, env=_env())
+        if r.returncode != 0:
+            return {"error": r.stderr.strip()}
+        return json.loads(r.stdout)
+
+    def stop(self) -> None:
+        self.lab.stop(self.proc, grace=10)
+        self.exit_code = self.proc.returncode
+        self._logf.close()
+        Path(self.socket).unlink(missing_ok=True)
+
+
+class LegitClient:
+    """Connects every LEGIT_INTERVAL s from the client ns until stop()."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.proc = lab.popen(lab.client_ns, [sys.executable, "-c", _LEGIT_CODE, labmod.SERVER_IP4, str(PORT),
+                                              str(LEGIT_INTERVAL), str(LEGIT_TIMEOUT)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("legit client did not start")
+
+    def stop(self) -> list[tuple[float, float | None, int]]:
+        out, _ = self.proc.communicate(timeout=LEGIT_TIMEOUT + 15)  # closes stdin: the client stops
+        self.lab.stop(self.proc)
+        return [tuple(r) for r in json.loads(out.strip().splitlines()[-1])]
+
+
+def crowd(lab, addrs: list[str], seconds: float, procs: int = CROWD_PROCS) -> dict:
+    """Real clients from `addrs`, `procs` processes connecting back to back."""
+    start_at = time.time() + 0.5
+    ps = [lab.popen(lab.client_ns, [sys.executable, "-c", _CROWD_CODE, labmod.SERVER_IP4, str(PORT), str(seconds),
+                                    "3", str(start_at), ",".join(addrs[k::procs])],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for k in range(procs)]
+    rs = []
+    for p in ps:
+        out, err = p.communicate(timeout=seconds + 30)
+        lab.stop(p)
+        if p.returncode != 0:
+            raise RuntimeError(f"crowd client failed ({p.returncode}): {err.strip()}")
+        rs.append(json.loads(out.strip().splitlines()[-1]))
+    t0 = min(r["started_at"] for r in rs)
+    t1 = max(r["ended_at"] for r in rs)
+    ok = sum(r["ok"] for r in rs)
+    fail = sum(r["fail"] for r in rs)
+    return {"ok": ok, "fail": fail, "started_at": t0, "ended_at": t1, "seconds": round(t1 - t0, 3),
+            "pps": round(ok / (t1 - t0), 1), "p99_ms": round(max(r["p99"] or 0 for r in rs) * 1e3, 3),
+            "errors": [r["errors"] for r in rs if r["errors"]]}
+
+
+def _flood_source(seed: int) -> str:
+    """The address of a sources=1 flood with this seed (flood.build_frames draws it first)."""
+    import ipaddress
+
+    from synguard.flood import random_sources
+
+    return str(ipaddress.ip_address(random_sources(random.Random(seed), 1, False)[0]))
+
+
+# ---- one scenario ------------------------------------------------------------------------------
+
+
+def run_scenario(sc: Scenario, short: bool, workdir: Path, log=print, variant: dict | None = None) -> dict:
+    """Play one scenario in a fresh lab; returns its measurements (see analyse())."""
+    seconds = sc.short_seconds if short else sc.seconds
+    detection = {**sc.detection, **(variant or {})}
+    name = sc.name + (f" ({', '.join(f'{k} {v}' for k, v in variant.items())})" if variant else "")
+    res: dict = {"scenario": name, "expect": sc.expect, "detection_overrides": detection, "seconds_planned": seconds}
+    t_begin = time.monotonic()
+    with labmod.Lab("sgev") as lab:
+        lab.tcp_server(PORT, backlog=LISTEN_BACKLOG)
+        addrs = lab.add_client_addresses(CROWD_ADDRESSES) if sc.traffic == "crowd" else []
+        d = DaemonRun(lab, workdir, detection)
+        legit = None
+        try:
+            legit = LegitClient(lab)
+            d.counters_after(time.time(), WARMUP_TICKS)  # baseline ticks with the legit client only
+            mid_status = None
+            if sc.traffic == "quiet":
+                t0 = time.time()
+                time.sleep(seconds)
+                t1 = time.time()
+                res["traffic"] = {"kind": "legit only", "pps": 1 / LEGIT_INTERVAL, "seconds": round(t1 - t0, 2)}
+            elif sc.traffic == "crowd":
+                c = crowd(lab, addrs, seconds)
+                t0, t1 = c["started_at"], c["ended_at"]
+                res["traffic"] = {"kind": f"{len(addrs)} real clients, {CROWD_PROCS} procs", **c}
+            else:
+                kw = dict(sc.flood)
+                if "pps" in kw:
+                    from synguard.flood import schedule
+
+                    count = int(schedule(kw["pps"], seconds, kw.get("ramp_to"), kw.get("ramp", "linear"))(seconds))
+                    count += 256
+                else:
+                    count = int(FLOOD_MAX_PPS * seconds)
+                if kw.get("sources") is None:
+                    kw["pool"] = count  # every frame its own source: never a repeat
+                p = lab.flood_start(count, seconds, dport=PORT, **kw)
+                t_launch = time.time()
+                # Status while the mitigation is in force (if the attack is seen before the flood ends).
+                first = d.wait_for(lambda e: e.get("event") == "attack_start" and e["ts"] > t_launch,
+                                   seconds + 30, "attack start")
+                if first is not None and p.poll() is None:
+                    mid_status = d.status()
+                f = lab.flood_result(p, timeout=seconds + 60)
+                t0, t1 = f["started_at"], f["ended_at"]
+                res["traffic"] = {"kind": "spoofed SYN flood", **{k: f[k] for k in ("sent", "pps", "seconds", "errors",
+                                                                                     "build_seconds")}, **kw}
+                if kw.get("sources") == 1:
+                    res["flood_source"] = _flood_source(kw.get("seed", 0))
+            res["t_start"], res["t_stop"] = t0, t1
+            if sc.expect is not None:
+                clear = int(detection.get("clear_ticks", 5))
+                d.wait_for(lambda e: e.get("event") == "attack_end" and e["ts"] > t0, clear * 2 + 15, "attack end")
+            else:
+                d.counters_after(t1, int(SETTLE_S))
+            res["status_mid"] = mid_status
+            res["status_end"] = d.status()
+        finally:
+            if legit is not None and legit.proc.poll() is None:
+                try:
+                    res["legit"] = legit.stop()
+                except Exception as e:  # keep tearing down
+                    res["legit_error"] = repr(e)
+            d.stop()
+            res["events"] = d.events()
+            res["daemon_exit"] = d.exit_code
+    res["wall_s"] = round(time.monotonic() - t_begin, 1)
+    return analyse(sc, res)
+
+
+def analyse(sc: Scenario, res: dict) -> dict:
+    t0, t1 = res["t_start"], res["t_stop"]
+    evs = res.pop("events")
+    attack_evs = [e for e in evs if e.get("event") in ("attack_start", "attack_update", "attack_end")]
+    starts = [e for e in attack_evs if e["event"] == "attack_start"]
+    res["attack_events"] = [{"event": e["event"], "ts": e["ts"], **{k: e["attack"].get(k) for k in
+                             ("id", "kind", "ports", "started", "detected_after_s", "peak_pps", "ended",
+                              "duration_s", "sources_sample")}} for e in attack_evs]
+    # SYN/s as the daemon saw it: deltas of the per-tick counter lines over the traffic.
+    ctr = [(e["ts"], e["counters"]) for e in evs if e.get("event") == "counters"]
+    rates = [(b[0], (b[1]["syn_received"] - a[1]["syn_received"]) / max(b[0] - a[0], 1e-3))
+             for a, b in zip(ctr, ctr[1:]) if t0 - 0.5 <= b[0] <= t1 + 1.5]
+    res["peak_syn_pps_seen"] = round(max((r for _, r in rates), default=0.0))
+    res["daemon_errors"] = [e.get("msg") for e in evs if e.get("level") in ("error", "critical")]
+
+    match = None
+    if sc.expect is not None:
+        match = next((e for e in starts if e["ts"] >= t0 - 0.05), None)
+    res["false_alarms"] = len(starts) - (1 if match else 0)
+    res["detected"] = match is not None
+    if match:
+        a = match["attack"]
+        aid = a["id"]
+        mine = [e for e in attack_evs if e["attack"]["id"] == aid]
+        end = next((e for e in mine if e["event"] == "attack_end"), None)
+        res["time_to_detect_s"] = round(match["ts"] - t0, 2)
+        res["detected_after_s"] = a["detected_after_s"]
+        res["kind"] = a["kind"]
+        res["kind_final"] = mine[-1]["attack"]["kind"]
+        res["kinds_seen"] = sorted({e["attack"]["kind"] for e in mine})
+        res["ports"] = mine[-1]["attack"]["ports"]
+        res["time_to_clear_s"] = round(end["ts"] - t1, 2) if end else None
+        res["detected_before_stop"] = match["ts"] <= t1
+    else:
+        res["kind"] = starts[0]["attack"]["kind"] if starts else None
+        res["time_to_detect_s"] = res["detected_after_s"] = res["time_to_clear_s"] = None
+
+    legit = res.get("legit") or []
+    ok = [d for _, d, _ in legit if d is not None]
+    during = [d for ts, d, _ in legit if d is not None and t0 <= ts <= t1]
+    res["legit_n"] = len(legit)
+    res["legit_failed"] = len(legit) - len(ok)
+    res["legit_errnos"] = sorted({err for _, d, err in legit if d is None})
+    res["legit_success_pct"] = round(100.0 * len(ok) / len(legit), 2) if legit else 0.0
+    res["legit_p50_ms"] = round(_pct(ok, 0.50) * 1e3, 2) if ok else None
+    res["legit_p99_ms"] = round(_pct(ok, 0.99) * 1e3, 2) if ok else None
+    res["legit_max_ms"] = round(max(ok) * 1e3, 2) if ok else None
+    res["legit_p99_during_ms"] = round(_pct(during, 0.99) * 1e3, 2) if during else None
+    res["legit"] = None  # raw samples dropped from the result
+
+    targets = []
+    targets.append(("legit success 100%", bool(legit) and res["legit_failed"] == 0,
+                    f"{res['legit_success_pct']}% of {len(legit)}"))
+    if sc.expect is None:
+        targets.append(("never an attack", not starts, f"{len(starts)} attack_start"))
+    else:
+        targets.append(("detected", res["detected"], ""))
+        targets.append((f"class {sc.expect}", res["detected"] and res["kind"] == sc.expect
+                        and res["kind_final"] == sc.expect, f"{res.get('kinds_seen')}"))
+        targets.append(("no false/extra alarm", res["false_alarms"] == 0, f"{res['false_alarms']}"))
+        if sc.ttd_target is not None:
+            targets.append((f"detected <= {sc.ttd_target:g} s", res["detected"]
+                            and res["time_to_detect_s"] <= sc.ttd_target, f"{res['time_to_detect_s']}"))
+        if sc.before_end:
+            targets.append(("detected before the ramp ends", bool(res.get("detected_before_stop")), ""))
+        if sc.expect == "single-source":
+            src = res.get("flood_source")
+            denied = []
+            for key in ("status_mid", "status_end"):
+                st = res.get(key) or {}
+                denied += (st.get("detection") or {}).get("denied_sources", [])
+            dropped = ((res.get("status_end") or {}).get("counters") or {}).get("syn_dropped_deny", 0)
+            res["denied_sources"] = sorted(set(denied))
+            res["syn_dropped_deny"] = dropped
+            targets.append(("source denied", src in denied and dropped > 0, f"{src} in {sorted(set(denied))}, "
+                                                                            f"{dropped} SYNs dropped"))
+    if res.get("daemon_exit") not in (0, None):
+        targets.append(("daemon exits 0", False, f"exit {res['daemon_exit']}"))
+    res["targets"] = [{"target": n, "met": bool(m), "detail": d} for n, m, d in targets]
+    res["met"] = all(t["met"] for t in res["targets"])
+    for key in ("status_mid", "status_end"):  # keep the useful part of the status documents
+        st = res.get(key)
+        if st and "detection" in st:
+            res[key] = {"protecting": st.get("protecting"), "detection": st["detection"] | {"events": None},
+                        "counters": st.get("counters"), "allowlist": st.get("allowlist")}
+    return res
+
+
+# ---- the suite -----------------------------------------------------------------------------------
+
+
+def run(short: bool = False, *, only: list[str] | None = None, log=None, workdir: str | None = None) -> list[dict]:
+    """Run every scenario (or those whose name contains one of `only`); one dict each."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    labmod.cleanup_stale("sgev")
+    tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="synguard-eval-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    results = []
+    try:
+        for sc in SCENARIOS:
+            if only and not any(o in sc.name for o in only):
+                continue
+            variants = [None]
+            for variant in variants:
+                log(f"== {sc.name}{' ' + str(variant) if variant else ''} ...")
+                try:
+                    r = run_scenario(sc, short, tmp, log, variant)
+                except TimeoutError:
+                    raise
+                except Exception as e:  # one broken scenario must not hide the others
+                    r = {"scenario": sc.name, "error": f"{type(e).__name__}: {e}", "met": False,
+                         "targets": [{"target": "scenario ran", "met": False, "detail": str(e)[:200]}]}
+                results.append(r)
+                log(f"   {summary_line(r)}")
+                if (sc.traffic == "crowd" and variant is None and "traffic" in r
+                        and r["traffic"]["pps"] < CROWD_TARGET_PPS):
+                    variants.append({"floor_pps": CROWD_LOW_FLOOR})
+    finally:
+        if not workdir:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def _fmt(v, nd=2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _traffic(r: dict) -> str:
+    t = r.get("traffic") or {}
+    if not t:
+        return "-"
+    if "sent" in t:
+        shape = f", {t.get('ramp', 'linear')} ramp" if "ramp_to" in t else ""
+        src = f", {t['sources']} src" if t.get("sources") else ""
+        return f"{t['pps']:.0f} SYN/s x {t['seconds']:.1f} s{src}{shape}"
+    if "ok" in t:
+        return f"{t['pps']:.0f} conn/s x {t['seconds']:.1f} s ({t['ok']} ok, {t['fail']} failed)"
+    return f"{t['pps']:.0f} conn/s x {t['seconds']:.1f} s"
+
+
+def _class(r: dict) -> str:
+    k = r.get("kind")
+    if k is None:
+        return "-"
+    if r.get("kind_final") and r["kind_final"] != k:
+        return f"{k} -> {r['kind_final']}"
+    return k
+
+
+def summary_line(r: dict) -> str:
+    if "error" in r:
+        return f"ERROR {r['error']}"
+    missed = [t["target"] for t in r["targets"] if not t["met"]]
+    return (f"detected {_fmt(r.get('detected'))} ttd {_fmt(r.get('time_to_detect_s'))} class {_class(r)} "
+            f"clear {_fmt(r.get('time_to_clear_s'))} false {r.get('false_alarms')} legit "
+            f"{r.get('legit_success_pct')}% p99 {r.get('legit_p99_ms')} ms ({r.get('wall_s')} s) "
+            + ("met" if not missed else "MISSED: " + ", ".join(missed)))
+
+
+def table(results: list[dict]) -> str:
+    head = ["scenario", "traffic (rate x s)", "detected", "time to detect (s) [detector]", "class",
+            "time to clear (s)", "false alarms", "legit success %", "legit p99 (ms)", "targets"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['scenario']} | ERROR: {r['error'][:120]} |" + " |" * (len(head) - 2))
+            continue
+        ttd = "-" if r.get("time_to_detect_s") is None else \
+            f"{r['time_to_detect_s']:.2f} [{_fmt(r.get('detected_after_s'))}]"
+        missed = [t for t in r["targets"] if not t["met"]]
+        tgt = "met" if not missed else "MISSED: " + "; ".join(
+            f"{t['target']} ({t['detail']})" if t["detail"] else t["target"] for t in missed)
+        lines.append("| " + " | ".join([
+            r["scenario"], _traffic(r),
+            "yes" if r.get("detected") else ("no" if r.get("expect") else "no (none expected)"),
+            ttd, _class(r), _fmt(r.get("time_to_clear_s")), str(r.get("false_alarms")),
+            _fmt(r.get("legit_success_pct")), _fmt(r.get("legit_p99_ms")), tgt]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m synguard.evaluate",
+                                description="Detection evaluation: the real daemon (auto mode) against lab traffic")
+    p.add_argument("--short", action="store_true", help="shorter scenarios (whole run <= 2 min)")
+    p.add_argument("--only", action="append", default=None, metavar="TEXT",
+                   help="only scenarios whose name contains TEXT (repeatable)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--keep-logs", metavar="DIR", help="keep daemon logs and configs in DIR")
+    p.add_argument("--timeout", type=float, default=None, help="hard limit for the whole run (s)")
+    a = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("evaluate: needs root (network namespaces, XDP)", file=sys.stderr)
+        return 2
+    limit = a.timeout or (240 if a.short else 900)
+
+    def boom(signum, frame):
+        raise TimeoutError(f"evaluation exceeded its hard limit of {limit:.0f} s")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    t0 = time.monotonic()
+    try:
+        results = run(a.short, only=a.only, workdir=a.keep_logs)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    total = time.monotonic() - t0
+    print(table(results))
+    print(f"\ntotal runtime {total:.1f} s ({'short' if a.short else 'full'} run); "
+          f"{sum(r['met'] for r in results)}/{len(results)} scenarios met their targets")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"short": a.short, "total_s": round(total, 1), "results": results},
+                                           indent=1, default=str))
+    return 0 if all(r["met"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
