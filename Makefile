@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 #   PYTEST_ADDOPTS="-m slow" make test    or    make test PYTEST_ADDOPTS="-k cookie"
 export PYTEST_ADDOPTS
 
-.PHONY: all setup test demo bench clean
+.PHONY: all setup test demo bench install clean
 
 all: test
 
@@ -23,6 +23,9 @@ demo: setup
 
 bench: setup
 	$(VENV)/bin/synguard bench $(ARGS)
+
+install: setup
+	@bash scripts/install.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info

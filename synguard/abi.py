@@ -102,4 +102,14 @@ def allow_filter_bit(addr16: bytes) -> int:
     return (((a0 ^ a1 ^ a2 ^ a3) * ALLOW_FILTER_MULT) & 0xFFFFFFFF) >> (32 - ALLOW_FILTER_BITS)
 
 
-EBPF_DIR_DEFAULT = Path(__file__).resolve().parent.parent / "ebpf"
+def _ebpf_dir_default() -> Path:
+    """The checkout's ebpf/ when running from one, else the installed copy."""
+    import sys
+
+    here = Path(__file__).resolve().parent.parent / "ebpf"
+    if (here / "synguard.bpf.c").is_file():
+        return here
+    return Path(sys.prefix) / "share" / "synguard" / "ebpf"
+
+
+EBPF_DIR_DEFAULT = _ebpf_dir_default()

@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds between counter lines (default: 5)")
     run.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the C as compiled, exit
 
+    detach = sub.add_parser("detach", help="detach a synguard program left behind by a daemon that died")
+    detach.add_argument("-c", "--config", metavar="FILE", help="take the interfaces from this config")
+    detach.add_argument("-i", "--interface", action="append", default=[], dest="interfaces", metavar="IFACE")
+
     check = sub.add_parser("check-config", help="validate a config file (exit 0 if valid)")
     check.add_argument("file")
 
@@ -159,6 +163,36 @@ def cmd_run(args) -> int:
     return daemon.run(overrides)
 
 
+def cmd_detach(args) -> int:
+    """ExecStopPost: never leave our program attached once the service is stopped.
+
+    Only a program that is ours (pinned id, or name xdp_synguard) is removed."""
+    from synguard import config as configmod
+    from synguard.datapath import DataPathError, detach_orphan, unpin
+
+    interfaces = list(args.interfaces)
+    if args.config:
+        try:
+            interfaces += [i for i in configmod.load(args.config).interfaces if i not in interfaces]
+        except configmod.ConfigError as e:
+            print(str(e), file=sys.stderr)
+            return 1
+    if not interfaces:
+        print("synguard detach: error: give -i IFACE or -c FILE", file=sys.stderr)
+        return 2
+    status = 0
+    for ifname in interfaces:
+        try:
+            done = detach_orphan(ifname)
+        except DataPathError as e:
+            print(f"synguard detach: {e}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"synguard detach: {ifname}: {'detached our program' if done else 'no synguard program attached'}")
+    unpin()
+    return status
+
+
 def cmd_check_config(args) -> int:
     from synguard import config as configmod
 
@@ -211,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "detach":
+        return cmd_detach(args)
     if args.command == "check-config":
         return cmd_check_config(args)
     if args.command in ("status", "listeners", "top"):

@@ -72,6 +72,7 @@ SPOOFED_TTD_S = 2.0
 # floods prebuild that many distinct frames (pool = count, ~3 s per million): a frame pool smaller than
 # the flood replays its sources, which the detector rightly sees as repeating (not new) sources.
 FLOOD_MAX_PPS = 250_000
+FLOOD_MAX_PPS_REPEAT = 800_000  # few-source floods (default pool): denied SYNs are cheap, the sender speeds up
 CROWD_ADDRESSES = 200
 CROWD_PROCS = 2
 CROWD_TARGET_PPS = 3000
@@ -320,14 +321,22 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, log=print, variant: d
     name = sc.name + (f" ({', '.join(f'{k} {v}' for k, v in variant.items())})" if variant else "")
     res: dict = {"scenario": name, "expect": sc.expect, "detection_overrides": detection, "seconds_planned": seconds}
     t_begin = time.monotonic()
+    phases = res["phases_s"] = {}
+
+    def mark(name):
+        phases[name] = round(time.monotonic() - t_begin - sum(phases.values()), 2)
+
     with labmod.Lab("sgev") as lab:
         lab.tcp_server(PORT, backlog=LISTEN_BACKLOG)
         addrs = lab.add_client_addresses(CROWD_ADDRESSES) if sc.traffic == "crowd" else []
+        mark("lab")
         d = DaemonRun(lab, workdir, detection)
+        mark("daemon start")
         legit = None
         try:
             legit = LegitClient(lab)
             d.counters_after(time.time(), WARMUP_TICKS)  # baseline ticks with the legit client only
+            mark("warm-up")
             mid_status = None
             if sc.traffic == "quiet":
                 t0 = time.time()
@@ -345,8 +354,10 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, log=print, variant: d
 
                     count = int(schedule(kw["pps"], seconds, kw.get("ramp_to"), kw.get("ramp", "linear"))(seconds))
                     count += 256
-                else:
+                elif kw.get("sources") is None:
                     count = int(FLOOD_MAX_PPS * seconds)
+                else:
+                    count = int(FLOOD_MAX_PPS_REPEAT * seconds)
                 if kw.get("sources") is None:
                     kw["pool"] = count  # every frame its own source: never a repeat
                 p = lab.flood_start(count, seconds, dport=PORT, **kw)
@@ -358,11 +369,12 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, log=print, variant: d
                     mid_status = d.status()
                 f = lab.flood_result(p, timeout=seconds + 60)
                 t0, t1 = f["started_at"], f["ended_at"]
-                res["traffic"] = {"kind": "spoofed SYN flood", **{k: f[k] for k in ("sent", "pps", "seconds", "errors",
-                                                                                     "build_seconds")}, **kw}
+                res["traffic"] = {"kind": "spoofed SYN flood", "params": kw,
+                                  **{k: f[k] for k in ("sent", "pps", "seconds", "errors", "build_seconds")}}
                 if kw.get("sources") == 1:
                     res["flood_source"] = _flood_source(kw.get("seed", 0))
             res["t_start"], res["t_stop"] = t0, t1
+            mark("traffic")
             if sc.expect is not None:
                 clear = int(detection.get("clear_ticks", 5))
                 d.wait_for(lambda e: e.get("event") == "attack_end" and e["ts"] > t0, clear * 2 + 15, "attack end")
@@ -370,6 +382,7 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, log=print, variant: d
                 d.counters_after(t1, int(SETTLE_S))
             res["status_mid"] = mid_status
             res["status_end"] = d.status()
+            mark("clear")
         finally:
             if legit is not None and legit.proc.poll() is None:
                 try:
@@ -379,6 +392,8 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, log=print, variant: d
             d.stop()
             res["events"] = d.events()
             res["daemon_exit"] = d.exit_code
+        mark("stop")
+    mark("teardown")
     res["wall_s"] = round(time.monotonic() - t_begin, 1)
     return analyse(sc, res)
 
@@ -521,9 +536,12 @@ def _traffic(r: dict) -> str:
     if not t:
         return "-"
     if "sent" in t:
-        shape = f", {t.get('ramp', 'linear')} ramp" if "ramp_to" in t else ""
-        src = f", {t['sources']} src" if t.get("sources") else ""
-        return f"{t['pps']:.0f} SYN/s x {t['seconds']:.1f} s{src}{shape}"
+        kw = t.get("params") or {}
+        src = f", {kw['sources']} src" if kw.get("sources") else ""
+        if "ramp_to" in kw:
+            return (f"{kw['pps']:.0f}->{kw['ramp_to']:.0f} SYN/s ({kw.get('ramp', 'linear')}, mean "
+                    f"{t['pps']:.0f}) x {t['seconds']:.1f} s")
+        return f"{t['pps']:.0f} SYN/s x {t['seconds']:.1f} s{src}"
     if "ok" in t:
         return f"{t['pps']:.0f} conn/s x {t['seconds']:.1f} s ({t['ok']} ok, {t['fail']} failed)"
     return f"{t['pps']:.0f} conn/s x {t['seconds']:.1f} s"

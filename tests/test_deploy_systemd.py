@@ -1,0 +1,142 @@
+"""Operations: the systemd unit, `make install` (staged), the unit's capability
+set on a real daemon, and recovery from a daemon killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import hard_timeout
+
+ROOT = Path(__file__).resolve().parents[1]
+UNIT = ROOT / "deploy" / "synguard.service"
+CAPS = "-all,+bpf,+net_admin,+perfmon"  # CapabilityBoundingSet of the unit
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    """scripts/install.sh into a staging root (DESTDIR)."""
+    root = tmp_path_factory.mktemp("root")
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh")], env={**os.environ, "DESTDIR": str(root)},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return root
+
+
+def test_install_places_everything(staged):
+    binary = staged / "opt" / "synguard" / "bin" / "synguard"
+    assert os.readlink(staged / "usr/local/bin/synguard") == "/opt/synguard/bin/synguard"
+    for path in ("etc/synguard/synguard.yaml", "etc/systemd/system/synguard.service",
+                 "usr/local/share/doc/synguard/README.md"):
+        assert (staged / path).is_file(), path
+    r = subprocess.run([str(binary), "check-config", str(staged / "etc/synguard/synguard.yaml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    # The installed package finds its C sources outside any checkout.
+    r = subprocess.run([str(binary), "run", "--ebpf"], capture_output=True, text=True, timeout=60, cwd="/")
+    assert r.returncode == 0 and "int xdp_synguard(struct xdp_md *ctx)" in r.stdout
+
+
+def test_unit_passes_systemd_analyze_verify(staged, tmp_path):
+    binary = staged / "opt" / "synguard" / "bin" / "synguard"
+    unit = tmp_path / "synguard.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/synguard", str(binary)))
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    text = UNIT.read_text()
+    for directive in ("Type=notify", "WatchdogSec=", "ExecStartPre=/usr/local/bin/synguard check-config",
+                      "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure", "ExecStopPost=",
+                      "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON", "ProtectSystem=strict",
+                      "RuntimeDirectory=synguard", "RestrictAddressFamilies=", "SystemCallFilter=@system-service bpf"):
+        assert directive in text, directive
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A lab, and a bpffs for pins: `ip netns exec` remounts /sys, hiding /sys/fs/bpf,
+    so the daemons of this test pin under a bpffs mounted elsewhere (SYNGUARD_PIN_DIR)."""
+    from synguard.lab import Lab
+
+    pins = tmp_path / "bpffs"
+    pins.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(pins)], check=True)
+    os.environ["SYNGUARD_PIN_DIR"] = str(pins / "synguard")
+    try:
+        with Lab("sgsys") as lab:
+            yield lab
+    finally:
+        os.environ.pop("SYNGUARD_PIN_DIR", None)
+        subprocess.run(["umount", "-l", str(pins)], check=False)
+
+
+def _daemon(lab, caps=CAPS, *extra):
+    argv = ["setpriv", f"--bounding-set={caps}", "--inh-caps=-all", sys.executable, "-m", "synguard.cli", "run",
+            "-i", lab.server_client_if, "--mode", "protect", "--ports", "8080", "--control-socket",
+            f"/tmp/{lab.id}.sock", *extra]
+    log = open(f"/tmp/{lab.id}.{time.monotonic_ns()}.log", "w+")
+    p = lab.popen(lab.server_ns, argv, stderr=log, stdout=subprocess.DEVNULL)
+    return p, log
+
+
+def _wait(log, needle, timeout=60):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        log.seek(0)
+        text = log.read()
+        if needle in text:
+            return text
+        time.sleep(0.2)
+    log.seek(0)
+    raise AssertionError(f"{needle!r} not logged: {log.read()}")
+
+
+@pytest.mark.netns
+@hard_timeout(240)
+def test_unit_capabilities_suffice_and_sigkill_keeps_protection(lab):
+    """Under the unit's bounding set: attach and defend; SIGKILL leaves the program
+    protecting; a restarted daemon adopts it; `synguard detach` removes an orphan."""
+    from synguard.datapath import attached_prog
+
+    lab.tcp_server(8080)
+    p, log = _daemon(lab)
+    _wait(log, "mode protect")
+    with lab.netns(lab.server_ns):
+        first = attached_prog(lab.server_client_if)[0]
+    assert all(t is not None for t in lab.connect_times(2, 8080))
+
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=10)
+    with lab.netns(lab.server_ns):
+        assert attached_prog(lab.server_client_if)[0] == first  # still protecting
+    assert all(t is not None for t in lab.connect_times(2, 8080))  # clients still connect
+
+    log.seek(0)
+    assert "cannot pin" not in log.read()
+    p2, log2 = _daemon(lab)
+    _wait(log2, "mode protect")
+    with lab.netns(lab.server_ns):
+        second = attached_prog(lab.server_client_if)[0]
+    assert second != first  # our orphan was replaced, not refused
+    p2.send_signal(signal.SIGKILL)
+    p2.wait(timeout=10)
+
+    r = lab.run(lab.server_ns, ["setpriv", f"--bounding-set={CAPS}", "--inh-caps=-all", sys.executable, "-m",
+                                "synguard.cli", "detach", "-i", lab.server_client_if], check=False, timeout=60)
+    assert r.returncode == 0 and "detached our program" in r.stdout, r.stderr
+    with lab.netns(lab.server_ns):
+        assert attached_prog(lab.server_client_if) is None
+
+
+@pytest.mark.netns
+@hard_timeout(120)
+def test_without_perfmon_the_kernel_refuses_the_program(lab):
+    p, log = _daemon(lab, "-all,+bpf,+net_admin")
+    assert p.wait(timeout=60) == 1
+    log.seek(0)
+    assert "loading synguard.bpf.c failed" in log.read()
