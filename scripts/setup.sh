@@ -22,7 +22,8 @@ KBUILD="/lib/modules/$KREL/build"
 KSOURCE="/lib/modules/$KREL/source"
 
 PKGS=(python3-bpfcc bpfcc-tools python3-venv python3-pip iproute2 ethtool tcpdump
-      hping3 procps kmod ca-certificates make)
+      hping3 procps kmod ca-certificates make
+      prometheus)   # promtool + prometheus: tests/test_deploy_monitoring.py
 
 export DEBIAN_FRONTEND=noninteractive
 APT_OPTS=(-y -q --no-install-recommends -o DPkg::Lock::Timeout=300)

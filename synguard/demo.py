@@ -1,26 +1,29 @@
 """`synguard demo`: the main job on an embedded default.
 
 Builds a three-namespace lab (client, server with a real TCP listener,
-attacker), attaches synguard in protect mode to the server's interfaces, runs a
-bounded spoofed random-source SYN flood from the attacker while a real client
-keeps connecting, shows live counters, then reports and tears everything down.
+attacker), starts the real daemon (`synguard run`, mode auto) on the server's
+interfaces, lets it learn a quiet baseline, then runs a bounded spoofed
+random-source SYN flood from the attacker while a real client keeps connecting;
+shows the daemon's live status, then reports and tears everything down.
+
 Exit status 0 only if the defense held:
-  - every legit connect succeeded,
-  - no spoofed SYN reached the server's TCP stack,
-  - the program challenged >= 95% of the SYNs the attacker sent.
+  - the attack was detected within 2 s and classified "spoofed",
+  - the XDP program challenged >= 95 % of the SYNs the attacker sent,
+  - every legit connect succeeded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
 
-from synguard.abi import Counter, Mode
-
 PORT = 8080
+QUIET_S = 3.0
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -28,8 +31,21 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def run(flood: int = 200_000, seconds: float = 8.0, connects: int = 40, out=sys.stdout) -> int:
-    from synguard.datapath import DataPath, DataPathError
+def _events(log_path: str) -> list[dict]:
+    out = []
+    with open(log_path) as f:
+        for line in f:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if doc.get("event", "").startswith("attack_"):
+                out.append(doc)
+    return out
+
+
+def run(flood: int = 2_000_000, seconds: float = 8.0, connects: int = 40, out=sys.stdout) -> int:
+    from synguard import view
     from synguard.lab import Lab
 
     if os.geteuid() != 0:
@@ -39,88 +55,107 @@ def run(flood: int = 200_000, seconds: float = 8.0, connects: int = 40, out=sys.
     say = lambda *a: print(*a, file=out, flush=True)  # noqa: E731
     t0 = time.monotonic()
     with Lab("sgdemo") as lab:
-        say(f"lab: client {lab.client_ns} -- server {lab.server_ns} -- attacker {lab.attacker_ns}")
+        say(f"lab: client {lab.client_ns} -- server {lab.server_ns} (listener :{PORT}) -- attacker {lab.attacker_ns}")
         lab.tcp_server(PORT, backlog=128)
-        try:
-            dp = DataPath()
-        except DataPathError as e:
-            print(f"synguard demo: {e}", file=sys.stderr)
-            return 1
-        try:
-            with lab.netns(lab.server_ns):
-                modes = [dp.attach(ifname) for ifname in (lab.server_client_if, lab.server_attacker_if)]
-            dp.set_secret(1, os.urandom(16))
-            dp.tick()
-            dp.set_allow_ttl(3600)
-            dp.set_ports({PORT})
-            dp.set_mode(Mode.PROTECT)
-            say(f"synguard: protect mode on port {PORT}, XDP {modes[0]} on {lab.server_client_if} and "
-                f"{lab.server_attacker_if}")
-            kernel0 = lab.netstat(lab.server_ns)
-            c0 = dp.counters()
-
-            # The legit client: one connect at a time, spread over the flood.
-            times: list[float | None] = []
-            done = threading.Event()
-
-            def client():
-                gap = seconds / max(connects, 1)
-                for _ in range(connects):
-                    times.extend(lab.connect_times(1, PORT, timeout=3))
-                    time.sleep(max(0.0, gap - 0.05))
-                done.set()
-
-            say(f"flood: up to {flood} spoofed random-source SYNs for at most {seconds:.0f} s; "
-                f"client: {connects} connects")
-            flood_proc = lab.flood_start(flood, seconds, dport=PORT, seed=int(time.time()))
-            threading.Thread(target=client, daemon=True).start()
-            prev, t_prev = c0, time.monotonic()
-            half_open_peak = 0
-            while flood_proc.poll() is None or not done.is_set():
+        sock, log_path = f"/tmp/{lab.id}.sock", f"/tmp/{lab.id}.log"
+        config = f"/tmp/{lab.id}.yaml"
+        with open(config, "w") as f:
+            f.write(f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: auto\n"
+                    f"protect:\n  ports: [{PORT}]\n")
+        log = open(log_path, "w")
+        daemon = lab.popen(lab.server_ns, [sys.executable, "-m", "synguard.cli", "run", "-c", config,
+                                           "--control-socket", sock, "--log-format", "json"],
+                           stderr=log, stdout=subprocess.DEVNULL)
+        status = lambda: json.loads(lab.run(lab.server_ns, [sys.executable, "-m", "synguard.cli", "status",  # noqa: E731
+                                                            "--json", "--socket", sock], timeout=30).stdout)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                st = status()
+                break
+            except Exception:
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    with open(log_path) as f:
+                        print(f"synguard demo: the daemon did not start:\n{f.read()}", file=sys.stderr)
+                    return 1
                 time.sleep(0.5)
-                dp.tick()
-                now, t_now = dp.counters(), time.monotonic()
-                half_open_peak = max(half_open_peak, lab.syn_recv_count(lab.server_ns, PORT))
-                rate = lambda c: (now[c] - prev[c]) / (t_now - t_prev)  # noqa: E731
-                ok = sum(1 for t in times if t is not None)
-                line = (f"  t={t_now - t0:5.1f}s  SYN {rate(Counter.SYN_RECEIVED):8.0f}/s  challenges "
-                        f"{now[Counter.CHALLENGE_SENT] - c0[Counter.CHALLENGE_SENT]:8d}  validated "
-                        f"{now[Counter.COOKIE_VALIDATED] - c0[Counter.COOKIE_VALIDATED]:3d}  half-open "
-                        f"{half_open_peak:3d}  legit {ok}/{len(times)}")
-                print(("\r" + line) if tty else line, end="" if tty else "\n", file=out, flush=True)
-                prev, t_prev = now, t_now
-                if time.monotonic() - t0 > seconds + 60:
-                    break
-            if tty:
-                print(file=out)
-            sent = lab.flood_result(flood_proc, timeout=30)
-            c1 = dp.counters()
-            kernel1 = lab.netstat(lab.server_ns)
-        finally:
-            dp.close()
+        ifaces = ", ".join(f"{i['name']} ({i['xdp_mode']} XDP)" for i in st["interfaces"])
+        say(f"synguard: mode auto on {ifaces}; learning a quiet baseline for {QUIET_S:.0f} s")
+        time.sleep(QUIET_S)
+        c0 = status()["counters"]
+        kernel0 = lab.netstat(lab.server_ns)
 
-    d = {c: c1[c] - c0[c] for c in Counter}
-    opens = kernel1["Tcp"]["PassiveOpens"] - kernel0["Tcp"]["PassiveOpens"]
+        times: list[float | None] = []
+        done = threading.Event()
+
+        def client():
+            gap = (seconds + 2) / max(connects, 1)
+            for _ in range(connects):
+                times.extend(lab.connect_times(1, PORT, timeout=3))
+                time.sleep(max(0.0, gap - 0.05))
+            done.set()
+
+        say(f"flood: up to {flood} spoofed random-source SYNs for at most {seconds:.0f} s; "
+            f"client: {connects} connects meanwhile")
+        flood_start = time.time()
+        flood_proc = lab.flood_start(flood, seconds, dport=PORT, seed=int(flood_start))
+        threading.Thread(target=client, daemon=True).start()
+        half_open_peak = 0
+        while flood_proc.poll() is None or not done.is_set():
+            time.sleep(0.5)
+            st = status()
+            half_open_peak = max(half_open_peak, lab.syn_recv_count(lab.server_ns, PORT))
+            r, c, det = st["rates"], st["counters"], st["detection"]
+            attack = det["attack"]
+            state = f"ATTACK {attack['kind']} on {attack['ports']}" if attack else "no attack"
+            ok = sum(1 for t in times if t is not None)
+            line = (f"  t={time.monotonic() - t0:5.1f}s  {state:<28} SYN {view.human(r['syn_received']):>7}/s  "
+                    f"challenged {view.human(c['challenge_sent'] - c0['challenge_sent']):>7}  "
+                    f"validated {c['cookie_validated'] - c0['cookie_validated']:3d}  "
+                    f"half-open {half_open_peak:3d}  legit {ok}/{len(times)}")
+            print(("\r" + line) if tty else line, end="" if tty else "\n", file=out, flush=True)
+            if time.monotonic() - t0 > seconds + 90:
+                break
+        if tty:
+            print(file=out)
+        sent = lab.flood_result(flood_proc, timeout=30)
+        time.sleep(1.5)  # the daemon's next tick sees the last of the flood
+        st = status()
+        kernel1 = lab.netstat(lab.server_ns)
+        lab.stop(daemon)
+        log.close()
+        events = _events(log_path)
+
+    c1 = st["counters"]
+    d = {k: c1[k] - c0[k] for k in c1}
     cookies = kernel1["TcpExt"].get("SyncookiesSent", 0) - kernel0["TcpExt"].get("SyncookiesSent", 0)
+    opens = kernel1["Tcp"]["PassiveOpens"] - kernel0["Tcp"]["PassiveOpens"]
+    reached = max(0, d["syn_passed"] - opens)
+    starts = [e for e in events if e["event"] == "attack_start"]
     ok_times = [t for t in times if t is not None]
-    # Every SYN the program passed either opened a legit connection or was spoofed.
-    spoofed_reached = max(0, d[Counter.SYN_PASSED] - opens)
-    challenged_share = d[Counter.CHALLENGE_SENT] / max(sent["sent"], 1)
+    share = d["challenge_sent"] / max(sent["sent"], 1)
     say("")
     say("synguard demo report")
+    if starts:
+        a = starts[0]["attack"]
+        after = starts[0]["ts"] - flood_start
+        say(f"  attack detected      after {after:.1f} s (detector: {a['detected_after_s']:.1f} s), "
+            f"class {a['kind']}, ports {a['ports']}, peak {a['peak_pps']:.0f} SYN/s")
+    else:
+        after, a = None, None
+        say("  attack detected      NO")
     say(f"  attacker sent        {sent['sent']} spoofed SYNs in {sent['seconds']:.1f} s ({sent['pps']:.0f}/s)")
-    say(f"  challenges sent      {d[Counter.CHALLENGE_SENT]} ({challenged_share:.1%} of the flood)")
-    say(f"  cookies validated    {d[Counter.COOKIE_VALIDATED]} (real clients that answered)")
-    say(f"  spoofed SYNs that reached the server's TCP stack: {spoofed_reached} "
-        f"(kernel: SyncookiesSent +{cookies}, half-open peak {half_open_peak})")
+    say(f"  challenges sent      {d['challenge_sent']} ({share:.1%} of the flood) by XDP, before the kernel")
+    say(f"  spoofed SYNs that reached the server's TCP stack: {reached} (before protection was on; "
+        f"kernel answered {cookies} with its own syncookies; half-open peak {half_open_peak})")
     if ok_times:
         ms = [t * 1000 for t in ok_times]
-        say(f"  legit connects       {len(ok_times)}/{len(times)} succeeded; first (challenged) "
-            f"{ms[0]:.1f} ms, p50 {statistics.median(ms):.1f} ms, p99 {_pct(ms, 0.99):.1f} ms")
+        say(f"  legit connects       {len(ok_times)}/{len(times)} succeeded; p50 {statistics.median(ms):.1f} ms, "
+            f"p99 {_pct(ms, 0.99):.1f} ms")
     else:
         say(f"  legit connects       0/{len(times)} succeeded")
-    held = (len(ok_times) == len(times) == connects and spoofed_reached == 0 and cookies == 0
-            and half_open_peak == 0 and challenged_share >= 0.95)
+    held = (a is not None and a["kind"] == "spoofed" and after is not None and after <= 2.0
+            and share >= 0.95 and len(ok_times) == len(times) == connects)
     say(f"  verdict              {'DEFENSE HELD' if held else 'DEFENSE FAILED'} "
         f"(total {time.monotonic() - t0:.0f} s, lab torn down)")
     return 0 if held else 1

@@ -95,6 +95,20 @@ def format_status(st: dict, numeric: bool = False) -> str:
     out.append("|- kernel:      " + ", ".join(f"{name.split('.', 1)[1]} {n(k.get(name, 0))}"
                                              for name in KERNEL_COUNTERS[:5]))
     out.append("|  `- sysctls:  " + ", ".join(f"{name.rsplit('.', 1)[-1]}={v}" for name, v in sysctl.items()))
+    det = st.get("detection")
+    if det:
+        a = det["attack"]
+        if a:
+            out.append(f"|- ATTACK:      {a['kind']} on ports {','.join(map(str, a['ports'])) or 'all'}, "
+                       f"peak {n(a['peak_pps'])} SYN/s, detected after {a['detected_after_s']:.1f}s, "
+                       f"sources e.g. {', '.join(a['sources_sample'][:3]) or '-'}")
+        else:
+            out.append("|- attack:      none detected")
+        prot = ",".join(map(str, det["protected_ports"])) or "-"
+        out.append(f"|  |- detector:  baseline {n(det['baseline_pps'])} SYN/s, distinct sources "
+                   f"{n(det['sources_distinct'])}/s, cusum {det['cusum']:.2f}")
+        out.append(f"|  `- auto:      armed ports {prot}; denied sources {len(det['denied_sources'])}; attacks so far "
+                   + (", ".join(f"{k} {v}" for k, v in det["attacks_total"].items()) or "0"))
     w = st.get("worst_listener")
     if w:
         addr = f"[{w['address']}]" if ":" in w["address"] else w["address"]
