@@ -471,6 +471,7 @@ class Daemon:
         sd_notify("READY=1\nSTATUS=" + self._status_line())
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
         last_log = last_filter = last_dog = last_watch = last_tick = time.monotonic()
+        logged = self.datapath.counters()
         try:
             while not self._stop.wait(1.0):
                 now = time.monotonic()
@@ -478,11 +479,11 @@ class Daemon:
                 self.datapath.tick(wall)
                 self._rotate_if_due()
                 self.detect_tick(now, wall, now - last_tick)
+                counters = self.datapath.counters()
                 last_tick = now
                 if now - last_watch >= 10 and not self.config.protect.ports:
                     self._watch_ports()
                     last_watch = now
-                counters = self.datapath.counters()
                 with self._lock:
                     self.history.append((now, counters))
                 if self._hup.is_set():
@@ -494,9 +495,9 @@ class Daemon:
                 if now - last_log >= self.log_interval:
                     from synguard.cli import counters_line
 
-                    log.info("%s", counters_line(counters, None, 0), extra={"event": "counters", "fields": {
-                        "counters": {c.name.lower(): v for c, v in counters.items()}}})
-                    last_log = now
+                    log.info("%s", counters_line(counters, logged, now - last_log), extra={
+                        "event": "counters", "fields": {"counters": {c.name.lower(): v for c, v in counters.items()}}})
+                    last_log, logged = now, counters
                 if watchdog_s and now - last_dog >= watchdog_s / 2:
                     sd_notify("WATCHDOG=1\nSTATUS=" + self._status_line())
                     last_dog = now
