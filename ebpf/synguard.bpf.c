@@ -44,8 +44,15 @@
 
 /* ---- Maps: all of them, each bounded. ---------------------------------- */
 
+/* SG_KEPT maps hold state that must survive a daemon crash: the loader pins
+ * them, and a restarted daemon copies their content into its own (see
+ * DataPath.KEPT_MAPS), so verified sources stay verified and counters keep
+ * counting. (BCC's BPF_TABLE_PINNED would reuse the objects directly, but it
+ * needs CAP_SYS_ADMIN to open a pin, which the systemd unit does not grant.) */
+#define SG_KEPT(type, key, leaf, name, size) BPF_TABLE(type, key, leaf, name, size)
+
 /* Event counters, per-port SYNs and HLL registers, per CPU and per interface slot. */
-BPF_PERCPU_ARRAY(sg_counters, struct sg_counter_block, SG_IFACE_SLOTS);
+SG_KEPT("percpu_array", int, struct sg_counter_block, sg_counters, SG_IFACE_SLOTS);
 /* Interface slot of an ifindex (0: not mapped), set by the control plane on attach. */
 BPF_ARRAY(sg_ifaces, __u32, SG_IFINDEX_MAX);
 /* Runtime settings, one entry, written by the control plane. */
@@ -55,9 +62,9 @@ BPF_ARRAY(sg_secrets, struct sg_secret, 2);
 /* Per destination port (host order): protected?, watch slot, auto-mode deadline. */
 BPF_ARRAY(sg_ports, struct sg_port, SG_PORTS);
 /* Sources that answered a challenge, until expires_s. */
-BPF_TABLE("lru_hash", struct sg_addr, struct sg_allow_entry, sg_allowlist, SG_ALLOWLIST_SIZE);
+SG_KEPT("lru_hash", struct sg_addr, struct sg_allow_entry, sg_allowlist, SG_ALLOWLIST_SIZE);
 /* Sampled SYN counts per source address, for top-K (synguard top). */
-BPF_TABLE("lru_hash", struct sg_addr, struct sg_src_stat, sg_src_syns, SG_SRC_SIZE);
+SG_KEPT("lru_hash", struct sg_addr, struct sg_src_stat, sg_src_syns, SG_SRC_SIZE);
 /* Negative cache in front of sg_allowlist: a clear bit means "not verified",
  * so an unverified (e.g. spoofed) source costs one inlined array load instead
  * of an LRU hash lookup (~25 ns measured, a quarter of the challenge path).
@@ -65,7 +72,7 @@ BPF_TABLE("lru_hash", struct sg_addr, struct sg_src_stat, sg_src_syns, SG_SRC_SI
  * rebuilds the filter from sg_allowlist. A stale set bit only costs a lookup.
  * XXX: the bit hash is unkeyed; an attacker who picks spoofed sources landing
  * on set bits only gets the lookup cost back. */
-BPF_ARRAY(sg_allow_filter, __u64, SG_ALLOW_FILTER_WORDS);
+SG_KEPT("array", int, __u64, sg_allow_filter, SG_ALLOW_FILTER_WORDS);
 /* Static allow list: SYNs pass unchallenged. */
 BPF_LPM_TRIE(sg_allow_cidrs, struct sg_cidr_key, __u8, SG_CIDR_SIZE);
 /* Static deny list: SYNs dropped (protect mode). */

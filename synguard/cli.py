@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     detach = sub.add_parser("detach", help="detach a synguard program left behind by a daemon that died")
     detach.add_argument("-c", "--config", metavar="FILE", help="take the interfaces from this config")
     detach.add_argument("-i", "--interface", action="append", default=[], dest="interfaces", metavar="IFACE")
+    detach.add_argument("--service-result", default="", metavar="RESULT",
+                        help="systemd's $SERVICE_RESULT: after a crash that systemd restarts, keep the program")
 
     check = sub.add_parser("check-config", help="validate a config file (exit 0 if valid)")
     check.add_argument("file")
@@ -163,6 +165,10 @@ def cmd_run(args) -> int:
     return daemon.run(overrides)
 
 
+# $SERVICE_RESULT values after which Restart=on-failure starts synguard again.
+RESTARTED_RESULTS = ("exit-code", "signal", "core-dump", "watchdog")
+
+
 def cmd_detach(args) -> int:
     """ExecStopPost: never leave our program attached once the service is stopped.
 
@@ -170,6 +176,10 @@ def cmd_detach(args) -> int:
     from synguard import config as configmod
     from synguard.datapath import DataPathError, detach_orphan, unpin
 
+    if args.service_result in RESTARTED_RESULTS:
+        print(f"synguard detach: service result {args.service_result!r}: leaving our program attached "
+              f"(protection continues; the restarted daemon adopts it). Stop it for good: synguard detach -c FILE")
+        return 0
     interfaces = list(args.interfaces)
     if args.config:
         try:

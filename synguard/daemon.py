@@ -459,7 +459,14 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         try:
-            self.datapath = DataPath()
+            self.datapath = DataPath(keep_state=True)
+            dp = self.datapath
+            if dp.state_note:
+                event("state", dp.state_note, level=logging.WARNING)
+            if dp.adopted:
+                event("state", f"adopted the state of a previous run ({', '.join(dp.adopted)}): "
+                      f"{len(dp.allowlist())} verified sources kept", adopted=dp.adopted)
+                dp.allow_filter_rebuild()
             self._start_control()
             self._apply(self.config, first=True)
             self._start_metrics()
@@ -503,6 +510,12 @@ class Daemon:
                     last_dog = now
             event("stopping", f"{self._stop_signal}: detaching and exiting")
             return 0
+        except Exception as e:  # a crash: keep protecting, let the restarted daemon adopt
+            log.exception("unexpected error", extra={"event": "crash", "fields": {}})
+            event("crash", f"{type(e).__name__}: {e}; leaving the XDP program attached and its state pinned "
+                  f"(protection continues); a restarted synguard adopts them", level=logging.CRITICAL)
+            self.close(detach=False)
+            return 1
         finally:
             sd_notify("STOPPING=1")
             self.close()
@@ -514,8 +527,10 @@ class Daemon:
         return (f"mode {self.config.mode}; SYN {r['syn_received']:.0f}/s, challenges "
                 f"{r['challenge_sent']:.0f}/s, validated {r['cookie_validated']:.0f}/s")
 
-    def close(self) -> None:
-        """Idempotent: stop servers, detach our program, remove the socket."""
+    def close(self, detach: bool = True) -> None:
+        """Idempotent: stop servers, remove the socket, detach our program (orderly stop).
+
+        detach=False (a crash) leaves the program attached and the state pinned."""
         if self._closed:
             return
         self._closed = True
@@ -527,7 +542,7 @@ class Daemon:
             server = self._http[0] if isinstance(self._http, tuple) else None
             if server is not None:
                 server.shutdown()
-        if self.datapath is not None:
+        if self.datapath is not None and detach:
             self.datapath.close()
 
 

@@ -291,6 +291,37 @@ def detach_orphan(ifname: str) -> bool:
     return True
 
 
+def _state_dir() -> tuple[Path | None, str | None]:
+    """Pin directory for kept maps, if it is on a bpffs; else (None, why not)."""
+    path = pin_path().parent
+    best = ("", "")
+    try:
+        for line in Path("/proc/thread-self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            mount, fstype = fields[4], fields[fields.index("-") + 1]
+            if (str(path) + "/").startswith(mount.rstrip("/") + "/") and len(mount) > len(best[0]):
+                best = (mount, fstype)
+    except (OSError, ValueError, IndexError):
+        pass
+    if best[1] != "bpf":
+        return None, f"{path} is not on a bpffs (mount -t bpf bpf /sys/fs/bpf): state is not kept across a crash"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return None, f"{path}: {e.strerror}: state is not kept across a crash"
+    return path, None
+
+
+def forget_state(path: Path | None) -> None:
+    """Orderly stop: remove the kept maps' pins (a crash leaves them for the next start)."""
+    if path is None:
+        return
+    for pinned in path.glob("sg_*"):
+        pinned.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
 # ---- The data path -------------------------------------------------------------
 
 
@@ -310,7 +341,9 @@ def cidr_key(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, b
 class DataPath:
     """The compiled program, its maps and its attachments."""
 
-    def __init__(self, *, cflags: tuple[str, ...] = (), log_dir: Path | None = None):
+    def __init__(self, *, cflags: tuple[str, ...] = (), log_dir: Path | None = None, keep_state: bool = False):
+        """keep_state: pin the maps that must survive a crash (the daemon does; tests don't,
+        so that several programs in one namespace never share state)."""
         from bcc import BPF  # Debian's python3-bpfcc
 
         check_privileges()
@@ -322,6 +355,11 @@ class DataPath:
         log_dir = Path(log_dir or tempfile.gettempdir())
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / "synguard.verifier.log"
+        self.state_dir: Path | None = None  # where kept maps are pinned
+        self.adopted: list[str] = []  # kept maps found pinned by an earlier run
+        self.state_note: str | None = None
+        if keep_state:
+            self.state_dir, self.state_note = _state_dir()
         try:
             with _capture_fd2(self.log_path):
                 self.bpf = BPF(src_file=str(self.src_file).encode(), cflags=self.cflags)
@@ -331,6 +369,64 @@ class DataPath:
             raise DataPathError(
                 f"loading {self.src_file.name} failed ({first}); compiler/verifier log kept in {self.log_path}"
             ) from None
+        self._finish_init(BPF)
+        if self.state_dir is not None:
+            self._adopt_state()
+
+    # Maps whose content outlives a crashed daemon (SG_KEPT in the C).
+    KEPT_MAPS = ("sg_allowlist", "sg_allow_filter", "sg_counters", "sg_src_syns")
+
+    def _adopt_state(self) -> None:
+        """Copy the pinned maps of a previous run into ours, then pin ours in their place."""
+        lib = _lib()
+        lib.bpf_obj_get.argtypes = [ct.c_char_p]
+        lib.bpf_obj_pin.argtypes = [ct.c_int, ct.c_char_p]
+        lib.bpf_map_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+        lib.bpf_map_lookup_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+        lib.bpf_map_update_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]
+        from bcc.utils import get_possible_cpus
+
+        ncpu = len(get_possible_cpus())
+        for name in self.KEPT_MAPS:
+            table = self.map(name)
+            path = self.state_dir / name
+            if path.exists():
+                old = lib.bpf_obj_get(str(path).encode())
+                if old < 0:
+                    self.state_note = f"{path}: {os.strerror(ct.get_errno())}: not adopted"
+                else:
+                    try:
+                        copied = self._copy_map(lib, old, table, ncpu)
+                        self.adopted.append(f"{name} ({copied})")
+                    except OSError as e:
+                        self.state_note = f"{path}: {e.strerror}: not adopted (layout changed?)"
+                    finally:
+                        os.close(old)
+                path.unlink(missing_ok=True)
+            if lib.bpf_obj_pin(table.map_fd, str(path).encode()) != 0:
+                self.state_note = f"cannot pin {path}: {os.strerror(ct.get_errno())}: state is not kept across a crash"
+
+    @staticmethod
+    def _copy_map(lib, old_fd: int, table, ncpu: int) -> int:
+        ksize = ct.sizeof(table.Key)
+        leaf = getattr(table, "sLeaf", table.Leaf)
+        vsize = ct.sizeof(leaf)
+        if hasattr(table, "sLeaf"):  # per-CPU: one 8-byte-aligned value per possible CPU
+            vsize = (vsize + 7) // 8 * 8 * ncpu
+        key, nxt, val = ct.create_string_buffer(ksize), ct.create_string_buffer(ksize), ct.create_string_buffer(vsize)
+        first, copied = True, 0
+        while lib.bpf_map_get_next_key(old_fd, None if first else key, nxt) == 0:
+            first = False
+            ct.memmove(key, nxt, ksize)
+            if lib.bpf_map_lookup_elem(old_fd, key, val) != 0:
+                continue  # evicted meanwhile
+            if lib.bpf_map_update_elem(table.map_fd, key, val, 0) != 0:
+                err = ct.get_errno()
+                raise OSError(err, os.strerror(err))
+            copied += 1
+        return copied
+
+    def _finish_init(self, BPF) -> None:
         self._BPF = BPF
         self.prog_fd = self.fn.fd
         self.prog_id = prog_id(self.prog_fd)
@@ -646,6 +742,8 @@ class DataPath:
         for path in getattr(self, "_pins", ()):
             unpin(path, self.prog_id)
         self._pins = set()
+        forget_state(getattr(self, "state_dir", None))
+        self.state_dir = None
         bpf, self.bpf = getattr(self, "bpf", None), None
         if bpf is not None:
             bpf.cleanup()

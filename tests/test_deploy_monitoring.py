@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+import synguard
 
 REPO = Path(__file__).resolve().parents[1]
 PROM_DIR = REPO / "deploy" / "prometheus"
@@ -277,7 +281,7 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    if __import__("os").geteuid() != 0:
+    if os.geteuid() != 0:
         pytest.skip("needs root (BPF, XDP, network namespaces)")
     from synguard.lab import Lab
     from test_daemon import Running, config_text
@@ -444,7 +448,7 @@ def test_real_prometheus_scrapes_the_daemon_and_evaluates_rules_and_dashboard(li
         build = api.wait("synguard_build_info in Prometheus",
                          lambda: api.query("synguard_build_info")["data"]["result"], 60, proc)
         assert build[0]["metric"]["job"] == "synguard" and build[0]["metric"]["instance"] == "127.0.0.1:9046"
-        assert build[0]["metric"]["version"] == __import__("synguard").__version__
+        assert build[0]["metric"]["version"] == synguard.__version__
 
         # Listening on loopback only, in the lab namespace.
         ss = lab.run(lab.server_ns, ["ss", "-Hltnp"]).stdout

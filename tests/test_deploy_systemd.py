@@ -3,6 +3,7 @@ set on a real daemon, and recovery from a daemon killed with SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -119,12 +120,23 @@ def test_unit_capabilities_suffice_and_sigkill_keeps_protection(lab):
     log.seek(0)
     assert "cannot pin" not in log.read()
     p2, log2 = _daemon(lab)
-    _wait(log2, "mode protect")
+    text = _wait(log2, "mode protect")
+    assert "adopted the state of a previous run" in text and "1 verified sources kept" in text, text
     with lab.netns(lab.server_ns):
         second = attached_prog(lab.server_client_if)[0]
     assert second != first  # our orphan was replaced, not refused
+    st = json.loads(lab.run(lab.server_ns, [sys.executable, "-m", "synguard.cli", "status", "--json", "--socket",
+                                            f"/tmp/{lab.id}.sock"], timeout=30).stdout)
+    assert st["allowlist"]["size"] == 1  # the client stays verified across the crash
     p2.send_signal(signal.SIGKILL)
     p2.wait(timeout=10)
+
+    # systemd's ExecStopPost after a crash it restarts: the program stays.
+    r = lab.run(lab.server_ns, [sys.executable, "-m", "synguard.cli", "detach", "-i", lab.server_client_if,
+                                "--service-result", "signal"], check=False, timeout=60)
+    assert r.returncode == 0 and "leaving our program attached" in r.stdout
+    with lab.netns(lab.server_ns):
+        assert attached_prog(lab.server_client_if)[0] == second
 
     r = lab.run(lab.server_ns, ["setpriv", f"--bounding-set={CAPS}", "--inh-caps=-all", sys.executable, "-m",
                                 "synguard.cli", "detach", "-i", lab.server_client_if], check=False, timeout=60)
