@@ -66,6 +66,10 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing: ${missing[*]}"
     apt-get install "${APT_OPTS[@]}" "${missing[@]}" >/dev/null
+    # Debian starts prometheus.service on install; the tests start their own, on 127.0.0.1 only.
+    if printf '%s\n' "${missing[@]}" | grep -qx prometheus && [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
 fi
 
 if [ "$headers_needed" -eq 1 ]; then

@@ -241,6 +241,45 @@ class Daemon:
         event("reloaded", f"config reloaded from {self.config_path}")
         return True
 
+    # -- interfaces coming and going ---------------------------------------------------
+
+    def check_interfaces(self) -> None:
+        """Notice a removed, re-created or renamed interface; re-attach when it is back."""
+        dp = self.datapath
+        for ifname, idx in list(dp.ifindexes.items()):
+            try:
+                now_idx = socket.if_nametoindex(ifname)
+            except OSError:
+                now_idx = None
+            if now_idx == idx:
+                continue
+            try:
+                new_name = socket.if_indextoname(idx)
+            except OSError:
+                new_name = None
+            if new_name and new_name != ifname:
+                dp.rename(ifname, new_name)
+                event("interface_renamed", f"{ifname} was renamed {new_name}: the program followed the device "
+                      f"and still protects it; {ifname} is protected again if it reappears",
+                      level=logging.WARNING, interface=ifname, new_name=new_name)
+            else:
+                dp.forget(ifname)
+                event("interface_lost", f"{ifname} is gone (the kernel detached the program with the device); "
+                      f"waiting for it to come back", level=logging.ERROR, interface=ifname)
+        for ifname in self.config.interfaces:
+            if ifname in dp.attached:
+                continue
+            try:
+                socket.if_nametoindex(ifname)
+            except OSError:
+                continue
+            try:
+                how = dp.attach(ifname, self.config.xdp_mode)
+            except DataPathError as e:
+                event("interface_lost", f"{ifname} is back but cannot be attached: {e}", level=logging.ERROR)
+                continue
+            event("interface_restored", f"{ifname} is back: attached ({how} XDP)", interface=ifname, xdp_mode=how)
+
     # -- detection and auto mitigation -------------------------------------------------
 
     def _watch_ports(self) -> None:
@@ -488,6 +527,7 @@ class Daemon:
                 self.detect_tick(now, wall, now - last_tick)
                 counters = self.datapath.counters()
                 last_tick = now
+                self.check_interfaces()
                 if now - last_watch >= 10 and not self.config.protect.ports:
                     self._watch_ports()
                     last_watch = now

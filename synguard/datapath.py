@@ -436,6 +436,7 @@ class DataPath:
         self._watch: dict[int, int] = {}  # watched port -> slot
         self._slots: dict[str, int] = {}  # ifname -> counter slot
         self._netns: dict[str, int] = {}  # ifname -> fd of the namespace it was attached in
+        self.ifindexes: dict[str, int] = {}  # ifname -> ifindex at attach time
         self.pin_error: str | None = None  # why the program could not be pinned, if so
         self._pins: set[Path] = set()
         self._config = {name: 0 for name in abi.CONFIG_FIELDS}
@@ -691,6 +692,7 @@ class DataPath:
                     errors.append(f"{mode}: {e}")
                     continue
                 self.attached[ifname] = mode
+                self.ifindexes[ifname] = ifindex(ifname)
                 self._netns[ifname] = current_netns_fd()
                 self._map_interface(ifname)
                 if pinned_prog_id() != self.prog_id:
@@ -730,6 +732,20 @@ class DataPath:
         with _capture_fd2(self.log_path.with_suffix(".attach.log")):
             self._BPF.remove_xdp(ifname.encode(), flag)
         return True
+
+    def forget(self, ifname: str) -> None:
+        """Drop the records of an attachment the kernel already ended (device removed)."""
+        self.attached.pop(ifname, None)
+        self.ifindexes.pop(ifname, None)
+        fd = self._netns.pop(ifname, None)
+        if fd is not None:
+            os.close(fd)
+
+    def rename(self, old: str, new: str) -> None:
+        """The device we are attached to was renamed: the program followed it."""
+        for d in (self.attached, self.ifindexes, self._netns, self._slots):
+            if old in d:
+                d[new] = d.pop(old)
 
     def detach_all(self) -> None:
         for ifname in list(self.attached):

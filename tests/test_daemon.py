@@ -284,3 +284,28 @@ def test_auto_mode_detects_a_spoofed_flood_and_protects(lab, tmp_path):
         assert sample(d.scrape(), "synguard_attacks_total", kind="spoofed") == 1
     finally:
         lab.stop(d.proc)
+
+
+def test_interface_removed_readded_and_renamed(lab, tmp_path):
+    """A veth pair inside the server ns comes and goes; the daemon says so and recovers."""
+    from synguard.datapath import attached_prog
+
+    ip = lambda *a: lab.run(lab.server_ns, ["ip", *a])  # noqa: E731
+    ip("link", "add", "dum0", "type", "veth", "peer", "name", "dumpeer")
+    d = Running(lab, tmp_path, "interfaces: [dum0]\nmode: protect\n", args=("--log-format", "json"))
+    try:
+        assert d.status()["interfaces"][0]["name"] == "dum0"
+        ip("link", "del", "dum0")
+        json.loads(d.wait_log('"interface_lost"', 10))
+        ip("link", "add", "dum0", "type", "veth", "peer", "name", "dumpeer")
+        json.loads(d.wait_log('"interface_restored"', 10))
+        with lab.netns(lab.server_ns):
+            assert attached_prog("dum0")[1] == "xdp_synguard"
+        ip("link", "set", "dum0", "down")
+        ip("link", "set", "dum0", "name", "dum1")
+        doc = json.loads(d.wait_log('"interface_renamed"', 10))
+        assert doc["new_name"] == "dum1"
+        st = d.status()
+        assert [i["name"] for i in st["interfaces"]] == ["dum1"]
+    finally:
+        lab.stop(d.proc)
