@@ -13,6 +13,7 @@ talking to the others; the previous generation stays valid in the kernel.
 
 from __future__ import annotations
 
+import ctypes as ct
 import hashlib
 import json
 import logging
@@ -132,8 +133,7 @@ class Daemon:
         self._temp_deny: dict[str, float] = {}
         self._armed: dict[int, int] = {}
         self._top_at = 0.0
-        self._top_cache: list[tuple[str, int]] = []
-        self._src_prev: dict[str, int] = {}
+        self._hh: dict[str, int] = {}  # heavy-hitter source -> its sampled SYN count last tick
 
     # -- state --------------------------------------------------------------------
 
@@ -295,20 +295,34 @@ class Daemon:
         temp = [f"{a}/{32 if ':' not in a else 128}" for a in self._temp_deny]
         self.datapath.set_deny_cidrs([*self.static_deny, *temp])
 
-    def _top_sources(self, now: float, dt: float) -> list[tuple[str, int]]:
-        """Heaviest sampled sources, as SYNs per tick of length dt. The map is read
-        at most every 5 s (it costs ~0.1 s when full); counts over the time since
-        the previous read are scaled to one tick, so shares compare with the tick's SYNs."""
-        if now - self._top_at < 5 and self._top_cache:
-            return self._top_cache
-        span = max(now - self._top_at, dt) if self._top_at else dt
-        self._top_at = now
-        current = {r["source"]: r["syns"] for r in self.top(abi.SRC_SIZE)}
-        delta = sorted(((a, n - self._src_prev.get(a, 0)) for a, n in current.items()),
-                       key=lambda r: r[1], reverse=True)
-        self._src_prev = current
-        self._top_cache = [(a, int(n * dt / span)) for a, n in delta[:10] if n > 0]
-        return self._top_cache
+    def _top_sources(self, now: float) -> list[tuple[str, int]]:
+        """SYNs of the heaviest sampled sources during the last tick.
+
+        A full read of the per-source map costs ~0.1 s when it is full, so the
+        heavy hitters are re-chosen from a full read at most every 5 s; every
+        tick, only those few entries are looked up and their growth since the
+        previous tick is reported (so shares compare with this tick's SYNs)."""
+        import ipaddress
+
+        table = self.datapath.map("sg_src_syns")
+        if now - self._top_at >= 5 or not self._hh:
+            self._top_at = now
+            rows = self.top(10)
+            self._hh = {r["source"]: self._hh.get(r["source"], r["syns"]) for r in rows}
+        out = []
+        for addr, before in list(self._hh.items()):
+            a = ipaddress.ip_address(addr)
+            key = table.Key()
+            packed = (ipaddress.IPv6Address("::ffff:" + addr) if a.version == 4 else a).packed
+            ct.memmove(key.addr, packed, 16)
+            try:
+                count = int(table[key].syns)
+            except KeyError:
+                count = before
+            self._hh[addr] = count
+            if count > before:
+                out.append((addr, count - before))
+        return sorted(out, key=lambda r: r[1], reverse=True)
 
     def detect_tick(self, mono: float, wall: int, dt: float) -> list[dict]:
         """One detector step from the program's signals; applies auto mitigation."""
@@ -321,7 +335,10 @@ class Daemon:
         port_syns = dp.port_syns()
         regs = dp.hll_registers(wall - 1)
         distinct, new = self.hll_history.novelty(regs)
-        self.hll_history.add(regs, wall - 1)
+        if self.detector.active is None:
+            # The history is what normal looks like: an attack's sources stay out
+            # of it, or a long random flood would soon look "already seen".
+            self.hll_history.add(regs, wall - 1)
         self.sources_distinct = distinct
         prev, self._prev = self._prev, (counters, opens, port_syns)
         if prev is None:
@@ -333,7 +350,7 @@ class Daemon:
         if counters[Counter.FAST_TRIGGER] != c0[Counter.FAST_TRIGGER] or self._armed:
             fast = {p for p in port_syns if (dp.port_auto_until(p) - wall) > 0 and p not in self._armed}
         gate_hint = syns / max(dt, 1e-3) >= self.config.detection.floor_pps
-        top = self._top_sources(mono, dt) if gate_hint else []
+        top = self._top_sources(mono) if gate_hint else []
         tick = Tick(t=mono, dt=dt, syns=max(0, syns), completions=completions, distinct=distinct,
                     new_sources=new, port_syns={p: max(0, n - ports0.get(p, 0)) for p, n in port_syns.items()},
                     top_sources=top, fast_trigger_ports=frozenset(fast))

@@ -122,6 +122,7 @@ PORT_BASELINE_DROP = 0.01  # a port baseline under this (SYN/s) is forgotten
 KIND_CONFIRM_TICKS = 2  # consecutive ticks that must agree to change an attack's kind
 PEAK_UPDATE_GROWTH = 1.5  # attack_update when the peak reaches 1.5 x the last reported peak
 SOURCES_SAMPLE = 5
+FEW_SOURCES = 2.5  # distinct < this: at most two sources (HLL estimates 2 sources as ~2.002)
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def classify(tick: Tick, cfg: DetectionConfig) -> str:
             and tick.new_sources / distinct >= cfg.spoofed_new_ratio:
         return "spoofed"
     top = tick.top_sources[0][1] if tick.top_sources else 0
-    if top / syns >= cfg.single_source_share or distinct <= 2:
+    if top / syns >= cfg.single_source_share or distinct < FEW_SOURCES:
         return "single-source"
     return "botnet"
 
@@ -373,8 +374,10 @@ class Detector:
         if not tick.top_sources or tick.syns <= 0:
             return
         heavy = [a for a, n in tick.top_sources if n > 0 and n / tick.syns >= c.single_source_share]
-        if tick.distinct <= 2:
-            heavy += [a for a, n in tick.top_sources[:2] if n > 0 and a not in heavy]
+        if tick.distinct < FEW_SOURCES:
+            # Few sources: deny the heavy ones only (>= a quarter of the SYNs each), never a
+            # light source that merely shares the tick with the attacker (a real client).
+            heavy += [a for a, n in tick.top_sources[:2] if n > 0 and n / tick.syns >= 0.25 and a not in heavy]
         for addr in heavy:
             self._denied[addr] = tick.t + c.source_deny
 

@@ -1,0 +1,160 @@
+"""The detection evaluation suite (synguard/evaluate.py), short run, against its targets.
+
+One short run (~1.5 min: six scenarios, each in a fresh lab with a real daemon in
+auto mode) shared by every test here; the table is printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from helpers import needs_lab  # noqa: E402
+
+
+def evaluation(fn):
+    """Needs the lab (root, namespaces, XDP): uses the shared short run."""
+    return pytest.mark.netns(needs_lab(fn))
+
+
+RUN_LIMIT_S = 240  # hard limit for the whole short run (it takes ~85-105 s)
+
+
+@pytest.fixture(scope="module")
+def results(request):
+    from synguard import evaluate
+
+    def boom(signum, frame):
+        raise TimeoutError(f"evaluation exceeded its hard timeout ({RUN_LIMIT_S} s)")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(RUN_LIMIT_S)
+    try:
+        rs = evaluate.run(short=True)  # every lab and daemon torn down inside, even on failure
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        print("\n" + evaluate.table(rs), flush=True)  # shown even without -s
+    return {r["scenario"]: r for r in rs}
+
+
+def scenario(results, prefix: str) -> dict:
+    r = next((r for name, r in results.items() if name.startswith(prefix)), None)
+    assert r is not None, f"no scenario {prefix!r} in {list(results)}"
+    assert "error" not in r, r["error"]
+    return r
+
+
+def events(r) -> str:
+    return "\n".join(f"  {e}" for e in r.get("attack_events", [])) or "  (no attack events)"
+
+
+@evaluation
+def test_every_scenario_ran(results):
+    from synguard.evaluate import SCENARIOS
+
+    names = [sc.name for sc in SCENARIOS if sc.short_seconds is not None]
+    assert [n for n in names if not any(r.startswith(n) for r in results)] == []
+    assert {k: v["error"] for k, v in results.items() if "error" in v} == {}
+
+
+@evaluation
+def test_quiet_background_raises_no_attack(results):
+    r = scenario(results, "quiet background")
+    assert r["false_alarms"] == 0 and not r["detected"] and r["kind"] is None, events(r)
+
+
+@evaluation
+def test_spoofed_flood_detected_within_2s_as_spoofed(results):
+    r = scenario(results, "spoofed random-source flood")
+    assert r["detected"], events(r)
+    assert r["time_to_detect_s"] <= 2.0 and r["detected_after_s"] <= 2.0, events(r)
+    assert r["kinds_seen"] == ["spoofed"], events(r)
+    assert r["ports"] == [8080]
+    assert r["false_alarms"] == 0, events(r)
+    st = r["status_mid"]  # while the flood ran: the port is protected
+    assert st is None or (st["protecting"] and st["detection"]["protected_ports"] == [8080])
+
+
+@evaluation
+def test_single_source_flood_classified_and_denied(results):
+    r = scenario(results, "single-source flood")
+    assert r["detected"], events(r)
+    assert r["kind"] == "single-source", events(r)
+    assert r["kinds_seen"] == ["single-source"], "kind changed during the attack:\n" + events(r)
+    assert r["flood_source"] in r["denied_sources"] and r["syn_dropped_deny"] > 0
+    assert r["false_alarms"] == 0, events(r)
+
+
+@evaluation
+def test_few_hundred_source_flood_is_a_botnet(results):
+    r = scenario(results, "300-source flood")
+    assert r["detected"], events(r)
+    assert r["kinds_seen"] == ["botnet"], events(r)
+    assert r["false_alarms"] == 0, events(r)
+
+
+@evaluation
+def test_flash_crowd_is_never_an_attack(results):
+    for name, r in results.items():
+        if name.startswith("flash crowd"):
+            assert "error" not in r, r["error"]
+            assert r["false_alarms"] == 0 and not r["detected"] and r["kind"] is None, events(r)
+            assert r["traffic"]["fail"] == 0, r["traffic"]  # every crowd connect completed
+    r = scenario(results, "flash crowd")
+    # the crowd cleared the volume floor (else a lowered-floor variant ran too, checked above)
+    assert r["traffic"]["pps"] >= 3000 or any("floor_pps" in n for n in results), r["traffic"]
+
+
+@evaluation
+def test_slow_ramp_detected_before_it_ends_as_spoofed(results):
+    r = scenario(results, "slow ramp")
+    assert r["detected"] and r["detected_before_stop"], events(r)
+    assert r["kinds_seen"] == ["spoofed"], events(r)
+    assert r["false_alarms"] == 0, events(r)
+
+
+@evaluation
+@pytest.mark.parametrize("prefix", ["quiet", "spoofed", "single", "300", "flash", "slow ramp"])
+def test_legit_clients_all_connect(results, prefix):
+    r = scenario(results, prefix)
+    assert r["legit_n"] > 0 and r["legit_success_pct"] == 100.0, \
+        f"{r['legit_failed']} of {r['legit_n']} legit connects failed (errnos {r['legit_errnos']})"
+
+
+@evaluation
+def test_daemon_clean(results):
+    for name, r in results.items():
+        assert r.get("daemon_exit") == 0, (name, r.get("daemon_exit"))
+        assert r.get("daemon_errors") == [], (name, r.get("daemon_errors"))
+
+
+@pytest.mark.parametrize("ramp", ["linear", "exp"])
+def test_flood_pacing_schedule(ramp):
+    """flood.schedule: cumulative frames allowed; its slope is the rate (pps at 0, ramp_to at the end)."""
+    from synguard.flood import schedule
+
+    assert schedule(None, 5) is None
+    const = schedule(1000, 5)
+    assert const(0) == 0 and const(2.5) == pytest.approx(2500)
+    n = schedule(500, 12, 50_000, ramp)
+    h = 1e-4
+    assert n(0) == 0
+    assert (n(h) - n(0)) / h == pytest.approx(500, rel=0.01)
+    assert (n(12) - n(12 - h)) / h == pytest.approx(50_000, rel=0.01)
+    assert (n(12 + h) - n(12)) / h == pytest.approx(50_000, rel=0.01)  # holds the top rate after the ramp
+    assert all(n(t + 0.1) > n(t) for t in [i * 0.5 for i in range(24)])
+    total = {"linear": (500 + 50_000) * 12 / 2, "exp": (50_000 - 500) * 12 / math.log(100)}[ramp]
+    assert n(12) == pytest.approx(total)
+    with pytest.raises(ValueError):
+        schedule(None, 5, 1000)
+    with pytest.raises(ValueError):
+        schedule(100, 5, 1000, "cubic")
