@@ -49,3 +49,104 @@ int xdp_bench_rearm(struct xdp_md *ctx)
 	sg_bench_jump.call(ctx, 0);
 	return XDP_ABORTED;
 }
+
+/*
+ * xdp_bench_random: as xdp_bench_rearm, then overwrite the fields listed in
+ * sg_bench_rand_cfg with pseudo-random values before the tail call, so one
+ * BPF_PROG_TEST_RUN with a large repeat count sends millions of *different*
+ * frames (random sources, ports, sequence numbers) through the program.
+ *
+ * Generator: xorshift64* (Vigna 2016), state in sg_bench_rand_state, one per
+ * CPU (a CPU runs one XDP program at a time, so read-modify-write is safe
+ * without atomics; seed every CPU differently, and pin the test_run caller to
+ * one CPU when the exact sequence matters). Each field consumes one step:
+ *   x ^= x >> 12; x ^= x << 25; x ^= x >> 27; r = (x * 0x2545F4914F6CDD1D) >> 32
+ *   value = (r & mask) | set, its low `len` bytes written big-endian at `off`.
+ * Checksums are left as they are: the program under test does not verify them.
+ * A zero state (unseeded: zero is xorshift's fixed point) or a field outside
+ * the frame returns XDP_ABORTED without the tail call.
+ */
+#define SG_BENCH_RAND_FIELDS 8
+
+struct sg_bench_rand_field {
+	__u16 off;  /* byte offset in the frame */
+	__u16 len;  /* 1..4 bytes; 0 ends the list */
+	__u32 mask; /* value = (random & mask) | set */
+	__u32 set;
+};
+
+struct sg_bench_rand_cfg {
+	struct sg_bench_rand_field f[SG_BENCH_RAND_FIELDS];
+};
+
+BPF_ARRAY(sg_bench_rand_cfg, struct sg_bench_rand_cfg, 1);
+BPF_PERCPU_ARRAY(sg_bench_rand_state, __u64, 1);
+
+int xdp_bench_random(struct xdp_md *ctx)
+{
+	__u32 zero = 0, len;
+	struct sg_bench_frame *t = sg_bench_template.lookup(&zero);
+	struct sg_bench_rand_cfg *cfg = sg_bench_rand_cfg.lookup(&zero);
+	__u64 *state = sg_bench_rand_state.lookup(&zero);
+	__u64 x;
+	int delta;
+
+	if (!t || !cfg || !state)
+		return XDP_ABORTED;
+	x = *state;
+	if (!x)
+		return XDP_ABORTED;
+	len = t->len & (SG_BENCH_FRAME_MAX - 1);
+	if (len < 14)
+		return XDP_ABORTED;
+	delta = (int)len - (int)(ctx->data_end - ctx->data);
+	if (delta && bpf_xdp_adjust_tail(ctx, delta))
+		return XDP_ABORTED;
+	if (bpf_xdp_store_bytes(ctx, 0, t->data, len))
+		return XDP_ABORTED;
+
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+#pragma unroll
+	for (int i = 0; i < SG_BENCH_RAND_FIELDS; i++) {
+		__u32 flen = cfg->f[i].len, v;
+		__u8 *p = data + (cfg->f[i].off & (SG_BENCH_FRAME_MAX - 1));
+
+		if (!flen)
+			break;
+		x ^= x >> 12;
+		x ^= x << 25;
+		x ^= x >> 27;
+		v = (__u32)((x * 0x2545F4914F6CDD1DULL) >> 32);
+		v = (v & cfg->f[i].mask) | cfg->f[i].set;
+		if (flen == 4) {
+			if ((void *)(p + 4) > data_end)
+				return XDP_ABORTED;
+			p[0] = v >> 24;
+			p[1] = v >> 16;
+			p[2] = v >> 8;
+			p[3] = v;
+		} else if (flen == 2) {
+			if ((void *)(p + 2) > data_end)
+				return XDP_ABORTED;
+			p[0] = v >> 8;
+			p[1] = v;
+		} else if (flen == 1) {
+			if ((void *)(p + 1) > data_end)
+				return XDP_ABORTED;
+			p[0] = v;
+		} else if (flen == 3) {
+			if ((void *)(p + 3) > data_end)
+				return XDP_ABORTED;
+			p[0] = v >> 16;
+			p[1] = v >> 8;
+			p[2] = v;
+		} else {
+			return XDP_ABORTED;
+		}
+	}
+	*state = x;
+	sg_bench_jump.call(ctx, 0);
+	return XDP_ABORTED;
+}

@@ -154,3 +154,161 @@ def run(repeat: int = 200_000, rounds: int = 7, out=sys.stdout) -> list[dict]:
 
 if __name__ == "__main__":
     run()
+
+
+# ---- Randomising harness (tests/test_reliability.py) ---------------------------------
+# xdp_bench_random restores the template, overwrites configured fields with
+# xorshift64* values and tail-calls sg_bench_jump[0]. The generator below is its
+# bit-exact mirror: which frames a run of N repetitions sent can be recomputed here.
+
+_M64 = (1 << 64) - 1
+_XS_MULT = 0x2545F4914F6CDD1D
+
+
+def xorshift64_step(x: int) -> int:
+    """One step of the xorshift64 state (the '*' multiply only shapes the output)."""
+    x ^= x >> 12
+    x ^= (x << 25) & _M64
+    x ^= x >> 27
+    return x
+
+
+def xorshift64_unstep(x: int) -> int:
+    """The state before: xorshift64_step(xorshift64_unstep(x)) == x."""
+    x ^= (x >> 27) ^ (x >> 54)
+    x ^= ((x << 25) ^ (x << 50)) & _M64
+    return x ^ (x >> 12) ^ (x >> 24) ^ (x >> 36) ^ (x >> 48) ^ (x >> 60)
+
+
+def xorshift64_output(x: int) -> int:
+    """The 32-bit value drawn from a state (high half of x * M)."""
+    return ((x * _XS_MULT) & _M64) >> 32
+
+
+def xorshift64_jump(x: int, steps: int) -> int:
+    """The state after `steps` steps, in O(64^2 log steps): the step is linear over GF(2)."""
+    def apply(cols, v):
+        out, i = 0, 0
+        while v:
+            if v & 1:
+                out ^= cols[i]
+            v >>= 1
+            i += 1
+        return out
+
+    step = [xorshift64_step(1 << i) for i in range(64)]  # columns: images of the basis bits
+    while steps:
+        if steps & 1:
+            x = apply(step, x)
+        step = [apply(step, c) for c in step]  # square
+        steps >>= 1
+    return x
+
+
+def splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+@dataclass(frozen=True)
+class RandField:
+    """A frame field xdp_bench_random overwrites: the low `size` bytes of
+    (random & mask) | set, big-endian at byte offset `off`."""
+
+    off: int
+    size: int = 4
+    mask: int = 0xFFFFFFFF
+    set: int = 0
+
+
+class RandomHarness(Harness):
+    """Harness + xdp_bench_random: millions of distinct frames in one BPF_PROG_TEST_RUN."""
+
+    MAX_FIELDS = 8
+
+    def __init__(self, dp: DataPath | None = None):
+        from bcc import BPF
+        from bcc.utils import get_possible_cpus
+
+        super().__init__(dp)
+        self.random = self.bpf.load_func(b"xdp_bench_random", BPF.XDP)
+        self.rand_cfg = self.bpf[b"sg_bench_rand_cfg"]
+        self.rand_state = self.bpf[b"sg_bench_rand_state"]
+        self.cpus = get_possible_cpus()
+        self.fields: tuple[RandField, ...] = ()
+        self.seed_value: int | None = None
+
+    def configure(self, fields) -> None:
+        fields = tuple(fields)
+        if not 0 < len(fields) <= self.MAX_FIELDS:
+            raise ValueError(f"1 to {self.MAX_FIELDS} fields")
+        leaf = self.rand_cfg.Leaf()
+        for i, f in enumerate(fields):
+            if not 1 <= f.size <= 4 or not 0 <= f.off < 256:
+                raise ValueError(f"bad field {f}")
+            leaf.f[i].off, leaf.f[i].len = f.off, f.size
+            leaf.f[i].mask, leaf.f[i].set = f.mask & 0xFFFFFFFF, f.set & 0xFFFFFFFF
+        self.rand_cfg[ct.c_int(0)] = leaf
+        self.fields = fields
+
+    @staticmethod
+    def cpu_seed(seed: int, cpu: int) -> int:
+        """The generator state of one CPU for a test seed (never 0: xorshift's fixed point)."""
+        return splitmix64(seed * 0x10001 + cpu) or 1
+
+    def seed(self, seed: int) -> None:
+        """Seed every CPU's generator differently (deterministically from seed)."""
+        leaf = self.rand_state.Leaf()
+        for i, cpu in enumerate(self.cpus):
+            leaf[i] = self.cpu_seed(seed, cpu)
+        self.rand_state[ct.c_int(0)] = leaf
+        self.seed_value = seed
+
+    def state(self, cpu: int) -> int:
+        return int(self.rand_state[ct.c_int(0)][self.cpus.index(cpu)])
+
+    def run(self, frame: bytes, target_fd: int, repeat: int, cpu: int | None = None):
+        """BPF_PROG_TEST_RUN of xdp_bench_random -> target over `repeat` random frames.
+
+        The calling thread is pinned to `cpu` (default: the first it may use) for the
+        run, so one CPU's generator produces the whole sequence (the kernel may
+        otherwise migrate a long run between repetitions)."""
+        import os
+
+        self.load(frame, target_fd)
+        cpu = min(os.sched_getaffinity(0)) if cpu is None else cpu
+        old = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpu})
+        try:
+            return prog_test_run(self.random.fd, frame, repeat)
+        finally:
+            os.sched_setaffinity(0, old)
+
+    def model_frame(self, frame: bytes, state: int) -> tuple[bytes, int]:
+        """(the frame the harness sends from generator state `state`, the next state)."""
+        out = bytearray(frame)
+        for f in self.fields:
+            state = xorshift64_step(state)
+            v = (xorshift64_output(state) & f.mask) | f.set
+            out[f.off:f.off + f.size] = (v & ((1 << 8 * f.size) - 1)).to_bytes(f.size, "big")
+        return bytes(out), state
+
+    def model_values(self, state: int, n: int):
+        """The field values of the first n frames from state: yields [value per field]
+        (no frame bytes built: fast enough for millions)."""
+        fields = [(f.mask, f.set, (1 << 8 * f.size) - 1) for f in self.fields]
+        for _ in range(n):
+            vals = []
+            for mask, set_, width in fields:
+                state = xorshift64_step(state)
+                vals.append(((xorshift64_output(state) & mask) | set_) & width)
+            yield vals
+
+    def last_frame(self, frame: bytes, final_state: int) -> bytes:
+        """The frame sent last, recomputed from the generator state a run ended with."""
+        state = final_state
+        for _ in self.fields:
+            state = xorshift64_unstep(state)
+        return self.model_frame(frame, state)[0]
