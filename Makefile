@@ -22,7 +22,7 @@ demo: setup
 	$(VENV)/bin/synguard demo $(ARGS)
 
 bench: setup
-	$(VENV)/bin/synguard bench $(ARGS)
+	$(PY) -m synguard.benchreport $(ARGS)
 
 install: setup
 	@bash scripts/install.sh
