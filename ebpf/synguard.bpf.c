@@ -258,7 +258,8 @@ static __always_inline int sg_parse(struct xdp_md *ctx, struct sg_pkt *pkt)
 	l3_hdr = pos - pkt->l3;
 	if (l3_len < l3_hdr || pkt->l3 + l3_len > data_end)
 		return SG_PARSE_MALFORMED;
-	return parse_tcphdr(&pos, data_end, l3_len - l3_hdr, &pkt->tcp);
+	ret = parse_tcphdr(&pos, data_end, l3_len - l3_hdr, &pkt->tcp);
+	return ret < 0 ? -ret : ret; /* found by tests/test_fuzz.py: was passed uncounted */
 }
 
 /* ---- SipHash-2-4 over whole 8-byte words --------------------------------- */
@@ -758,7 +759,7 @@ static __always_inline int handle_rst(const struct sg_config *cfg, struct sg_pkt
 	/* Low bit: slot parity (current or previous); next bit: secret parity. */
 	slot = cfg->now_s >> SG_SLOT_SHIFT;
 	if ((slot ^ seq) & 1)
-		slot -= 1;
+		slot = (slot - 1) & (0xffffffffU >> SG_SLOT_SHIFT); /* slots are now_s >> SHIFT: wrap there */
 	idx = (seq >> 1) & 1;
 	key = sg_secrets.lookup(&idx);
 	if (!key)
