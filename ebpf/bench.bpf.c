@@ -30,21 +30,26 @@ int xdp_bench_empty(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
-int xdp_bench_rearm(struct xdp_md *ctx)
+/* Put the template frame back (length and bytes); 0 on success. */
+static __always_inline int bench_restore(struct xdp_md *ctx, struct sg_bench_frame *t)
 {
-	__u32 zero = 0, len;
-	struct sg_bench_frame *t = sg_bench_template.lookup(&zero);
+	__u32 len = t->len & (SG_BENCH_FRAME_MAX - 1); /* the verifier needs a bound */
 	int delta;
 
-	if (!t)
-		return XDP_ABORTED;
-	len = t->len & (SG_BENCH_FRAME_MAX - 1); /* the verifier needs a bound */
 	if (len < 14)
-		return XDP_ABORTED;
+		return -1;
 	delta = (int)len - (int)(ctx->data_end - ctx->data);
 	if (delta && bpf_xdp_adjust_tail(ctx, delta))
-		return XDP_ABORTED;
-	if (bpf_xdp_store_bytes(ctx, 0, t->data, len))
+		return -1;
+	return bpf_xdp_store_bytes(ctx, 0, t->data, len) ? -1 : 0;
+}
+
+int xdp_bench_rearm(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct sg_bench_frame *t = sg_bench_template.lookup(&zero);
+
+	if (!t || bench_restore(ctx, t))
 		return XDP_ABORTED;
 	sg_bench_jump.call(ctx, 0);
 	return XDP_ABORTED;
@@ -84,25 +89,16 @@ BPF_PERCPU_ARRAY(sg_bench_rand_state, __u64, 1);
 
 int xdp_bench_random(struct xdp_md *ctx)
 {
-	__u32 zero = 0, len;
+	__u32 zero = 0;
 	struct sg_bench_frame *t = sg_bench_template.lookup(&zero);
 	struct sg_bench_rand_cfg *cfg = sg_bench_rand_cfg.lookup(&zero);
 	__u64 *state = sg_bench_rand_state.lookup(&zero);
 	__u64 x;
-	int delta;
 
 	if (!t || !cfg || !state)
 		return XDP_ABORTED;
 	x = *state;
-	if (!x)
-		return XDP_ABORTED;
-	len = t->len & (SG_BENCH_FRAME_MAX - 1);
-	if (len < 14)
-		return XDP_ABORTED;
-	delta = (int)len - (int)(ctx->data_end - ctx->data);
-	if (delta && bpf_xdp_adjust_tail(ctx, delta))
-		return XDP_ABORTED;
-	if (bpf_xdp_store_bytes(ctx, 0, t->data, len))
+	if (!x || bench_restore(ctx, t))
 		return XDP_ABORTED;
 
 	void *data = (void *)(long)ctx->data;
