@@ -147,40 +147,41 @@ enum sg_parse_result {
 	SG_PARSE_EXT_LIMIT,
 };
 
-/* IPv4 with options. Returns the L4 protocol or a negative sg_parse_result. */
-static __always_inline int parse_iphdr(void **pos, void *data_end, __u32 *l3_len)
+/* IPv4 with options. Returns SG_PARSE_TCP (pos at the TCP header, l3_len set)
+ * or the reason the frame is not ours to parse further. */
+static __always_inline enum sg_parse_result parse_iphdr(void **pos, void *data_end, __u32 *l3_len)
 {
 	struct iphdr *iph = *pos;
 	__u32 hdrlen;
 
 	if ((void *)(iph + 1) > data_end)
-		return -SG_PARSE_MALFORMED;
+		return SG_PARSE_MALFORMED;
 	hdrlen = iph->ihl * 4;
 	if (iph->version != 4 || hdrlen < sizeof(*iph))
-		return -SG_PARSE_MALFORMED;
+		return SG_PARSE_MALFORMED;
 	if (*pos + hdrlen > data_end)
-		return -SG_PARSE_MALFORMED;
+		return SG_PARSE_MALFORMED;
 	if (iph->protocol != IPPROTO_TCP)
-		return -SG_PARSE_NOT_OURS;
+		return SG_PARSE_NOT_OURS;
 	/* frag_off is network byte order; MF or a non-zero offset = fragment. */
 	if (iph->frag_off & bpf_htons(0x3fff))
-		return -SG_PARSE_FRAGMENT;
+		return SG_PARSE_FRAGMENT;
 	*l3_len = bpf_ntohs(iph->tot_len); /* host order */
 	*pos += hdrlen;
-	return IPPROTO_TCP;
+	return SG_PARSE_TCP;
 }
 
 /* IPv6, skipping up to SG_IPV6_EXT_MAX extension headers. */
-static __always_inline int parse_ip6hdr(void **pos, void *data_end, __u32 *l3_len)
+static __always_inline enum sg_parse_result parse_ip6hdr(void **pos, void *data_end, __u32 *l3_len)
 {
 	struct ipv6hdr *ip6h = *pos;
 	struct ipv6_opt_hdr *ext;
 	__u8 nexthdr;
 
 	if ((void *)(ip6h + 1) > data_end)
-		return -SG_PARSE_MALFORMED;
+		return SG_PARSE_MALFORMED;
 	if (ip6h->version != 6)
-		return -SG_PARSE_MALFORMED;
+		return SG_PARSE_MALFORMED;
 	nexthdr = ip6h->nexthdr;
 	*l3_len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len); /* host order */
 	*pos = ip6h + 1;
@@ -188,16 +189,16 @@ static __always_inline int parse_ip6hdr(void **pos, void *data_end, __u32 *l3_le
 	for (int i = 0; i < SG_IPV6_EXT_MAX; i++) {
 		switch (nexthdr) {
 		case IPPROTO_TCP:
-			return IPPROTO_TCP;
+			return SG_PARSE_TCP;
 		case IPPROTO_FRAGMENT:
-			return -SG_PARSE_FRAGMENT;
+			return SG_PARSE_FRAGMENT;
 		case IPPROTO_HOPOPTS:
 		case IPPROTO_ROUTING:
 		case IPPROTO_DSTOPTS:
 		case IPPROTO_AH:
 			ext = *pos;
 			if ((void *)(ext + 1) > data_end)
-				return -SG_PARSE_MALFORMED;
+				return SG_PARSE_MALFORMED;
 			/* AH counts 4-byte words minus 2, the others 8-byte words minus 1. */
 			if (nexthdr == IPPROTO_AH)
 				*pos += (ext->hdrlen + 2) * 4;
@@ -206,38 +207,39 @@ static __always_inline int parse_ip6hdr(void **pos, void *data_end, __u32 *l3_le
 			nexthdr = ext->nexthdr;
 			break;
 		default:
-			return -SG_PARSE_NOT_OURS;
+			return SG_PARSE_NOT_OURS;
 		}
 	}
 	if (nexthdr == IPPROTO_TCP)
-		return IPPROTO_TCP;
-	return -SG_PARSE_EXT_LIMIT;
+		return SG_PARSE_TCP;
+	return SG_PARSE_EXT_LIMIT;
 }
 
-static __always_inline int parse_tcphdr(void **pos, void *data_end, __u32 l4_len,
-					struct tcphdr **tcph)
+static __always_inline enum sg_parse_result parse_tcphdr(void **pos, void *data_end, __u32 l4_len,
+							 struct tcphdr **tcph)
 {
 	struct tcphdr *th = *pos;
 	__u32 hdrlen;
 
 	if ((void *)(th + 1) > data_end)
-		return -SG_PARSE_MALFORMED;
+		return SG_PARSE_MALFORMED;
 	hdrlen = th->doff * 4;
 	if (hdrlen < sizeof(*th) || hdrlen > l4_len)
-		return -SG_PARSE_MALFORMED;
+		return SG_PARSE_MALFORMED;
 	if (*pos + hdrlen > data_end)
-		return -SG_PARSE_MALFORMED;
+		return SG_PARSE_MALFORMED;
 	*tcph = th;
 	return SG_PARSE_TCP;
 }
 
-static __always_inline int sg_parse(struct xdp_md *ctx, struct sg_pkt *pkt)
+static __always_inline enum sg_parse_result sg_parse(struct xdp_md *ctx, struct sg_pkt *pkt)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	void *pos = data;
 	__u32 l3_len = 0, l3_hdr;
-	int proto, ret;
+	int proto;
+	enum sg_parse_result ret;
 
 	proto = parse_ethhdr(&pos, data_end);
 	if (proto < 0)
@@ -252,14 +254,13 @@ static __always_inline int sg_parse(struct xdp_md *ctx, struct sg_pkt *pkt)
 	} else {
 		return SG_PARSE_NOT_OURS;
 	}
-	if (ret < 0)
-		return -ret;
+	if (ret != SG_PARSE_TCP)
+		return ret;
 	/* The IP length must cover the headers and fit in the frame. */
 	l3_hdr = pos - pkt->l3;
 	if (l3_len < l3_hdr || pkt->l3 + l3_len > data_end)
 		return SG_PARSE_MALFORMED;
-	ret = parse_tcphdr(&pos, data_end, l3_len - l3_hdr, &pkt->tcp);
-	return ret < 0 ? -ret : ret; /* found by tests/test_fuzz.py: was passed uncounted */
+	return parse_tcphdr(&pos, data_end, l3_len - l3_hdr, &pkt->tcp);
 }
 
 /* ---- SipHash-2-4 over whole 8-byte words --------------------------------- */
@@ -691,7 +692,6 @@ static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config
 	struct sg_secret *key;
 	__u32 gen, slot, cookie, idx;
 	__u64 h;
-
 	struct sg_port *port;
 
 	tuple_load(pkt, &t);

@@ -144,7 +144,8 @@ class Daemon:
         return self.config.mode == "protect"
 
     def allowlist_size(self) -> int:
-        return len(self.datapath.allowlist())
+        """Entries in the allowlist map, counted without decoding them (scrapes call this)."""
+        return sum(1 for _ in self.datapath.entries("sg_allowlist"))
 
     # -- config application ---------------------------------------------------------
 
@@ -304,6 +305,8 @@ class Daemon:
         previous tick is reported (so shares compare with this tick's SYNs)."""
         import ipaddress
 
+        from synguard.datapath import addr_key
+
         table = self.datapath.map("sg_src_syns")
         if now - self._top_at >= 5 or not self._hh:
             self._top_at = now
@@ -311,10 +314,8 @@ class Daemon:
             self._hh = {r["source"]: self._hh.get(r["source"], r["syns"]) for r in rows}
         out = []
         for addr, before in list(self._hh.items()):
-            a = ipaddress.ip_address(addr)
             key = table.Key()
-            packed = (ipaddress.IPv6Address("::ffff:" + addr) if a.version == 4 else a).packed
-            ct.memmove(key.addr, packed, 16)
+            ct.memmove(key.addr, addr_key(ipaddress.ip_address(addr)), 16)
             try:
                 count = int(table[key].syns)
             except KeyError:
@@ -324,16 +325,17 @@ class Daemon:
                 out.append((addr, count - before))
         return sorted(out, key=lambda r: r[1], reverse=True)
 
-    def detect_tick(self, mono: float, wall: int, dt: float) -> list[dict]:
-        """One detector step from the program's signals; applies auto mitigation."""
+    def detect_tick(self, mono: float, wall: int, dt: float, blocks: list) -> list[dict]:
+        """One detector step from the program's signals (blocks: this tick's one read of
+        the counter map, see DataPath.read_blocks); applies auto mitigation."""
         from synguard import kernel
         from synguard.detect import Tick
 
         dp = self.datapath
-        counters = dp.counters()
+        counters = dp.counters(blocks=blocks)
         opens = kernel.tcp_counters().get("Tcp.PassiveOpens", 0)
-        port_syns = dp.port_syns()
-        regs = dp.hll_registers(wall - 1)
+        port_syns = dp.port_syns(blocks)
+        regs = dp.hll_registers(wall - 1, blocks)
         distinct, new = self.hll_history.novelty(regs)
         if self.detector.active is None:
             # The history is what normal looks like: an attack's sources stay out
@@ -452,28 +454,15 @@ class Daemon:
         }
 
     def top(self, n: int = 10) -> list[dict]:
-        """The n heaviest sources of the per-source map.
-
-        Read with BPF_MAP_LOOKUP_BATCH (bucket by bucket), not key by key: under a
-        flood the LRU evicts the key a key walk stands on and the walk restarts,
-        which was measured to return 850k rows from a 65,536-entry map in 19 s.
-        Only the n largest are kept while reading (bounded memory)."""
+        """The n heaviest sources of the per-source map; only the n largest are
+        kept while reading (bounded memory)."""
         import heapq
-        import ipaddress
 
-        table = self.datapath.map("sg_src_syns")
-        try:
-            entries = table.items_lookup_batch()
-            heavy = heapq.nlargest(n, (_src_row(key, leaf) for key, leaf in entries), key=lambda r: r[0])
-        except Exception:  # kernels without batch ops on this map type: a bounded walk
-            walk = (_src_row(key, leaf) for _, (key, leaf) in zip(range(abi.SRC_SIZE), table.items()))
-            heavy = heapq.nlargest(n, walk, key=lambda r: r[0])
-        rows = []
-        for syns, raw, last_seen, last_dport in heavy:
-            addr = ipaddress.IPv6Address(raw)
-            rows.append({"source": str(addr.ipv4_mapped or addr), "syns": syns,
-                         "last_seen_s": last_seen, "last_dport": last_dport})
-        return rows
+        from synguard.datapath import addr_of_key
+
+        rows = (_src_row(key, leaf) for key, leaf in self.datapath.entries("sg_src_syns"))
+        return [{"source": str(addr_of_key(raw)), "syns": syns, "last_seen_s": last_seen, "last_dport": last_dport}
+                for syns, raw, last_seen, last_dport in heapq.nlargest(n, rows, key=lambda r: r[0])]
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -551,8 +540,9 @@ class Daemon:
                 wall = int(time.time())
                 self.datapath.tick(wall)
                 self._rotate_if_due()
-                self.detect_tick(now, wall, now - last_tick)
-                counters = self.datapath.counters()
+                blocks = self.datapath.read_blocks()
+                self.detect_tick(now, wall, now - last_tick, blocks)
+                counters = self.datapath.counters(blocks=blocks)
                 last_tick = now
                 self.check_interfaces()
                 if now - last_watch >= 10 and not self.config.protect.ports:

@@ -277,6 +277,15 @@ def _paced(allowed, sent, start, deadline, now):
         time.sleep(0.0005)
 
 
+def _next_batch(count, done, allowed, start, deadline, now) -> int:
+    """How many frames the next batch may send (0: stop): at most BATCH, what is
+    left of `count`, and, when paced, what the schedule allows by now."""
+    k = min(BATCH, count - done)
+    if allowed is not None:
+        k = min(k, _paced(allowed, done, start, deadline, now))
+    return k
+
+
 # --- sendmmsg through ctypes -------------------------------------------------
 
 class _IOVec(ctypes.Structure):
@@ -335,11 +344,9 @@ def _send_mmsg(sock, buf, flen, n, count, deadline, allowed=None, start=0.0):
     pos = 0
     now = time.monotonic
     while sent + errors < count:
-        k = min(BATCH, count - sent - errors)
-        if allowed is not None:
-            k = min(k, _paced(allowed, sent + errors, start, deadline, now))
-            if k == 0:
-                break
+        k = _next_batch(count, sent + errors, allowed, start, deadline, now)
+        if k == 0:
+            break
         r = sendmmsg(fd, msgs_base + pos * msz, k, 0)
         if r < 0:
             e = ctypes.get_errno()
@@ -367,11 +374,9 @@ def _send_loop(sock, buf, flen, n, count, deadline, allowed=None, start=0.0):
     now = time.monotonic
     sent = errors = 0
     while sent + errors < count:
-        k = min(BATCH, count - sent - errors)
-        if allowed is not None:
-            k = min(k, _paced(allowed, sent + errors, start, deadline, now))
-            if k == 0:
-                break
+        k = _next_batch(count, sent + errors, allowed, start, deadline, now)
+        if k == 0:
+            break
         for f in islice(it, k):
             try:
                 send(f)

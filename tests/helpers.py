@@ -1,6 +1,7 @@
 """Helpers shared by the test modules."""
 
 import functools
+import struct
 import os
 import shutil
 import signal
@@ -42,3 +43,14 @@ def _have_lab() -> str | None:
 
 _why_not = _have_lab()
 needs_lab = pytest.mark.skipif(_why_not is not None, reason=str(_why_not))
+
+
+def ones_sum(data: bytes) -> int:
+    """Folded RFC 1071 one's complement sum (0xFFFF over a correctly checksummed
+    header). The tests' checksum oracle, written independently of the code under test."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s

@@ -37,6 +37,8 @@ from synguard import abi, cookie
 from synguard.abi import Counter as C, Mode
 from synguard.model import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, Model
 
+from helpers import ones_sum
+
 VERDICT_NAMES = {XDP_ABORTED: "ABORTED", XDP_DROP: "DROP", XDP_PASS: "PASS", XDP_TX: "TX"}
 
 CLIENT_MAC = bytes.fromhex("020000000001")
@@ -50,12 +52,7 @@ FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x4
 
 
 def inet_csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+    return ~ones_sum(data) & 0xFFFF
 
 
 def ether(ethertype: int, l3: bytes, vlans=(), dst=SERVER_MAC, src=CLIENT_MAC) -> bytes:

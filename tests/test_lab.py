@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from helpers import hard_timeout, needs_lab
+from helpers import hard_timeout, needs_lab, ones_sum
 
 from synguard import flood as fl
 from synguard import lab as labmod
@@ -49,14 +49,7 @@ def _alive(pid: int) -> bool:
 
 # --- frame builder (no privileges) --------------------------------------------
 
-def _csum(data: bytes) -> int:
-    """Plain RFC 1071 checksum, written independently of flood.py."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s   # 0xFFFF when the embedded checksum is right
+_csum = ones_sum  # 0xFFFF when the embedded checksum is right (independent of flood.py)
 
 
 def _parse(frame: bytes, ipv6: bool):
