@@ -19,10 +19,10 @@ test: setup
 	$(PY) -m pytest -q -ra tests
 
 demo: setup
-	$(VENV)/bin/synguard demo $(ARGS)
+	$(PY) -m synguard_lab.demo $(ARGS)
 
 bench: setup
-	$(PY) -m synguard.benchreport $(ARGS)
+	$(PY) -m synguard_lab.benchreport $(ARGS)
 
 install: setup
 	@bash scripts/install.sh

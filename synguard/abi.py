@@ -8,6 +8,7 @@ tests/test_abi.py parses the header and the compiled maps and fails on drift.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from pathlib import Path
 
 ABI_VERSION = 1
@@ -51,20 +52,92 @@ class Counter(enum.IntEnum):
     FAST_TRIGGER = 14
 
     @property
-    def label(self) -> str:
-        """The CLI's words for this counter: CHALLENGE_SENT -> "challenge sent"."""
-        return self.name.lower().replace("_", " ")
+    def key(self) -> str:
+        """The status document's key: CHALLENGE_SENT -> "challenge_sent"."""
+        return self.name.lower()
+
+    @property
+    def words(self) -> str:
+        """The CLI's words: CHALLENGE_SENT -> "challenges sent" (COUNTER_NAMES)."""
+        return COUNTER_NAMES[self].words
+
+    @property
+    def metric(self) -> str:
+        """The Prometheus name: CHALLENGE_SENT -> "synguard_challenges_sent_total"."""
+        return COUNTER_NAMES[self].metric + "_total"
 
 
 COUNTER_MAX = 15
 
 
+@dataclass(frozen=True)
+class CounterName:
+    metric: str  # Prometheus name without "_total"
+    words: str   # the CLI's words (status, log lines)
+    help: str    # the metric's HELP text
+
+
+# One name per counter through every layer: SG_CNT_X (C) -> Counter.X -> metric -> CLI words.
+# SYN drops are exported as one metric with a reason label (synguard.metrics.DROP_REASONS).
+COUNTER_NAMES: dict[Counter, CounterName] = {
+    Counter.PACKETS: CounterName("synguard_packets", "frames", "Frames seen by the XDP program."),
+    Counter.TCP: CounterName("synguard_tcp_segments", "TCP segments", "IPv4/IPv6 TCP segments parsed."),
+    Counter.SYN_RECEIVED: CounterName("synguard_syn_received", "SYNs received", "SYNs (without ACK) received."),
+    Counter.CHALLENGE_SENT: CounterName("synguard_challenges_sent", "challenges sent",
+                                        "SYNs answered with a cookie SYN-ACK from XDP."),
+    Counter.COOKIE_VALIDATED: CounterName("synguard_cookies_validated", "cookies validated",
+                                          "Challenge answers (RST) with a valid cookie: source verified."),
+    Counter.COOKIE_INVALID: CounterName("synguard_cookies_invalid", "cookies invalid",
+                                        "Bare RSTs from unverified sources with a wrong cookie, dropped."),
+    Counter.SYN_PASSED: CounterName("synguard_syn_passed", "SYNs passed", "SYNs handed to the kernel."),
+    Counter.SYN_ALLOWLISTED: CounterName("synguard_syn_allowlisted", "SYNs from verified sources",
+                                         "SYNs passed because their source is verified."),
+    Counter.SYN_ALLOW_CIDR: CounterName("synguard_syn_allow_cidr", "SYNs allowed (allow list)",
+                                        "SYNs passed by the static allow list."),
+    Counter.SYN_DROPPED_DENY: CounterName("synguard_syn_dropped", "SYNs dropped (deny)",
+                                          "SYNs dropped by the XDP program, by reason."),
+    Counter.MALFORMED: CounterName("synguard_malformed", "malformed frames",
+                                   "Frames with truncated or inconsistent headers (passed)."),
+    Counter.FRAGMENT: CounterName("synguard_fragments", "fragments", "IP fragments (passed, never challenged)."),
+    Counter.COOKIE_COLLISION: CounterName("synguard_cookie_collisions", "cookie collisions",
+                                          "SYNs passed because the cookie equalled ISN+1."),
+    Counter.IPV6_EXT_LIMIT: CounterName("synguard_ipv6_ext_limit", "IPv6 extension-header limit",
+                                        "IPv6 packets with more extension headers than parsed (passed)."),
+    Counter.FAST_TRIGGER: CounterName("synguard_fast_triggers", "fast triggers",
+                                      "Auto mode: ports armed in-kernel by the per-second SYN ceiling."),
+}
+
+
 class Mode(enum.IntEnum):
-    """enum sg_mode."""
+    """enum sg_mode; the one spelling of the mode for config, daemon, metrics and CLI.
+
+    Written and shown as its lower-case name ("observe", "protect", "auto")."""
 
     OBSERVE = 0
     PROTECT = 1
     AUTO = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    def __str__(self) -> str:
+        return self.label
+
+    def __format__(self, spec: str) -> str:
+        return format(self.label, spec)
+
+    @classmethod
+    def labels(cls) -> tuple[str, ...]:
+        return tuple(m.label for m in cls)
+
+    @classmethod
+    def parse(cls, text: str) -> "Mode":
+        """Mode of its label; ValueError otherwise."""
+        try:
+            return cls[str(text).upper()]
+        except KeyError:
+            raise ValueError(f"{text!r} is not one of {', '.join(cls.labels())}") from None
 
 
 # struct field names, in order, as BCC's generated Leaf/Key classes expose them.

@@ -1,4 +1,4 @@
-"""synguard command line: run, bench, demo.
+"""synguard command line: run, detach, check-config, status, listeners, top.
 
 Every error an operator can fix ends in one line on stderr and exit status 1
 (2 for bad arguments, argparse's convention).
@@ -13,6 +13,9 @@ import sys
 import time
 
 from synguard import __version__
+from synguard.abi import Mode
+from synguard.config import DEFAULT_CONTROL_SOCKET
+from synguard.datapath.xdp import XDP_MODES
 
 log = logging.getLogger("synguard")
 
@@ -39,7 +42,6 @@ def _seconds(text: str) -> int:
     return value
 
 
-DEFAULT_SOCKET = "/run/synguard/control.sock"
 
 
 def _positive_int(text: str) -> int:
@@ -63,16 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", metavar="FILE", help="YAML config (flags below override it)")
     run.add_argument("-i", "--interface", action="append", default=None, dest="interfaces", metavar="IFACE",
                      help="interface to protect (repeat for several)")
-    run.add_argument("--mode", choices=("observe", "protect", "auto"), default=None,
+    run.add_argument("--mode", choices=Mode.labels(), default=None,
                      help="observe: count only; protect: challenge unverified sources (default: observe)")
     run.add_argument("--ports", type=_ports, default=None, metavar="LIST",
                      help="protected TCP ports, e.g. 80,443 (default: every port)")
     run.add_argument("--allow-ttl", type=_seconds, default=None, metavar="DURATION",
                      help="how long a verified source stays verified (default: 1h)")
-    run.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default=None,
+    run.add_argument("--xdp-mode", choices=XDP_MODES, default=None,
                      help="XDP attach mode; auto tries native, then generic (default: auto)")
     run.add_argument("--metrics-listen", default=None, metavar="HOST:PORT", help="Prometheus endpoint ('' = off)")
-    run.add_argument("--control-socket", default=None, metavar="PATH", help=f"control socket (default {DEFAULT_SOCKET})")
+    run.add_argument("--control-socket", default=None, metavar="PATH", help=f"control socket (default {DEFAULT_CONTROL_SOCKET})")
     run.add_argument("--log-format", choices=("human", "json"), default=None, help="log lines (default: human)")
     run.add_argument("--json", action="store_const", const="json", dest="log_format", help="same as --log-format json")
     run.add_argument("--interval", type=_seconds, default=5, metavar="DURATION",
@@ -93,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true", help="machine-readable output")
         c.add_argument("-H", "--no-header", action="store_true", help="no header line")
         c.add_argument("-n", "--numeric", action="store_true", help="exact numbers (no k/M rounding)")
-        c.add_argument("--socket", default=DEFAULT_SOCKET, help=f"daemon control socket (default {DEFAULT_SOCKET})")
+        c.add_argument("--socket", default=DEFAULT_CONTROL_SOCKET, help=f"daemon control socket (default {DEFAULT_CONTROL_SOCKET})")
         return c
 
     status = client("status", "daemon status: mode, interfaces, counters with rates, queues")
@@ -103,31 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     top = client("top", "top SYN sources seen by the XDP program")
     top.add_argument("-N", "--count", type=_positive_int, default=10, dest="count", help="rows (default 10)")
 
-    bench = sub.add_parser("bench", help="XDP cost per path vs. an empty program (BPF_PROG_TEST_RUN)")
-    bench.add_argument("--repeat", type=_positive_int, default=200_000)
-    bench.add_argument("--rounds", type=_positive_int, default=7)
-
-    demo = sub.add_parser("demo", help="network-namespace lab under a live spoofed SYN flood")
-    demo.add_argument("--flood", type=_positive_int, default=2_000_000, metavar="N",
-                      help="spoofed SYNs to send, at most (default 2000000)")
-    demo.add_argument("--seconds", type=float, default=8.0, help="flood duration bound (default 8)")
-    demo.add_argument("--connects", type=_positive_int, default=40, help="legit connects during the flood (default 40)")
     return p
 
 
 # ---- run ------------------------------------------------------------------------
-
-
-def counters_line(now: dict, before: dict | None, seconds: float) -> str:
-    from synguard.abi import Counter
-
-    shown = (Counter.SYN_RECEIVED, Counter.CHALLENGE_SENT, Counter.COOKIE_VALIDATED, Counter.COOKIE_INVALID,
-             Counter.SYN_PASSED, Counter.SYN_DROPPED_DENY, Counter.MALFORMED)
-    parts = []
-    for c in shown:
-        rate = "" if before is None else f" ({(now[c] - before[c]) / max(seconds, 1e-9):.0f}/s)"
-        parts.append(f"{c.label} {now[c]}{rate}")
-    return ", ".join(parts)
 
 
 def cmd_run(args) -> int:
@@ -261,21 +242,6 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check_config(args)
     if args.command in ("status", "listeners", "top"):
         return cmd_client(args)
-    if args.command == "bench":
-        from synguard.datapath import DataPathError
-
-        try:
-            from synguard import bench
-
-            bench.run(repeat=args.repeat, rounds=args.rounds)
-        except DataPathError as e:
-            log.error("%s", e)
-            return 1
-        return 0
-    if args.command == "demo":
-        from synguard import demo
-
-        return demo.run(flood=args.flood, seconds=args.seconds, connects=args.connects)
     return 2
 
 

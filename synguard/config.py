@@ -36,11 +36,11 @@ from typing import Any, Callable
 import yaml
 
 from synguard import abi
+from synguard.abi import Mode
+from synguard.datapath.xdp import XDP_MODES
 
 DEFAULT_PATH = "/etc/synguard/synguard.yaml"
 
-MODES = ("observe", "protect", "auto")  # auto: accepted now, implemented later (daemon runs it as observe and says so)
-XDP_MODES = ("auto", "native", "generic")
 LOG_FORMATS = ("human", "json")
 
 # Metrics port. Checked against the Prometheus "Default port allocations" wiki
@@ -159,7 +159,7 @@ class DetectionConfig:
 @dataclass(frozen=True)
 class Config:
     interfaces: tuple[str, ...] = ()  # empty: `synguard run` requires -i
-    mode: str = "observe"
+    mode: Mode = Mode.OBSERVE
     xdp_mode: str = "auto"
     protect: ProtectConfig = field(default_factory=ProtectConfig)
     allow: tuple[Network, ...] = ()
@@ -181,7 +181,7 @@ def _plain(obj: Any) -> Any:
         return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
     if isinstance(obj, tuple):
         return [_plain(x) for x in obj]
-    if isinstance(obj, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+    if isinstance(obj, (ipaddress.IPv4Network, ipaddress.IPv6Network, Mode)):
         return str(obj)
     return obj
 
@@ -363,7 +363,7 @@ def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
 
 # -- checkers: (value, key path, errors) -> checked value or _BAD -----------------------
 
-def _choice(options: tuple[str, ...]) -> Checker:
+def _choice(options: tuple[str, ...], convert: Callable[[str], Any] = str) -> Checker:
     def check(v: _Value, path: str, errs: _Errors) -> Any:
         listing = ", ".join(options)
         if not _expect(v, ("string",), path, errs, f"one of {listing}"):
@@ -372,7 +372,7 @@ def _choice(options: tuple[str, ...]) -> Checker:
         if s not in options:
             errs.add(path, v.line, f"{s!r} is not one of {listing}{_suggest(s, options)}")
             return _BAD
-        return s
+        return convert(s)
     return check
 
 
@@ -707,7 +707,7 @@ _DETECTION_KEYS: dict[str, Checker] = {
 
 _CONFIG_KEYS: dict[str, Checker] = {
     "interfaces": _list_of(_interface, "interface names"),
-    "mode": _choice(MODES),
+    "mode": _choice(Mode.labels(), Mode.parse),
     "xdp_mode": _choice(XDP_MODES),
     "protect": _section(ProtectConfig, _PROTECT_KEYS),
     "allow": _CIDRS,

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from synguard import __version__, abi, config as configmod, hll
+from synguard import __version__, abi, config as configmod, hll, view
 from synguard.abi import Counter, Mode
 from synguard.datapath import DataPath, DataPathError
 
@@ -139,9 +139,9 @@ class Daemon:
 
     @property
     def protecting(self) -> bool:
-        if self.config.mode == "auto":
+        if self.config.mode == Mode.AUTO:
             return bool(self._armed) or bool(self.detector and self.detector.active)
-        return self.config.mode == "protect"
+        return self.config.mode == Mode.PROTECT
 
     def allowlist_size(self) -> int:
         """Entries in the allowlist map, counted without decoding them (scrapes call this)."""
@@ -192,10 +192,10 @@ class Daemon:
                             cfg.detection.hold)
         self._watch_ports()
         self._apply_deny()
-        dp.set_mode({"protect": Mode.PROTECT, "auto": Mode.AUTO}.get(cfg.mode, Mode.OBSERVE))
+        dp.set_mode(cfg.mode)
         ports = ",".join(map(str, cfg.protect.ports)) or "all"
         event("config", f"mode {cfg.mode}, protected ports {ports}, verified sources kept {cfg.protect.allow_ttl}s, "
-              f"allow {len(cfg.allow)} / deny {len(cfg.deny)} CIDRs", mode=cfg.mode, ports=list(cfg.protect.ports))
+              f"allow {len(cfg.allow)} / deny {len(cfg.deny)} CIDRs", mode=cfg.mode.label, ports=list(cfg.protect.ports))
 
     def _rotate_if_due(self) -> None:
         epoch = int(time.time()) // self.config.secret.rotate_every
@@ -364,7 +364,7 @@ class Daemon:
                   f"{','.join(map(str, a['ports'])) or 'all'}, peak {a['peak_pps']:.0f} SYN/s, "
                   f"sources e.g. {', '.join(a['sources_sample'][:3]) or '-'}",
                   level=logging.WARNING if ev["event"] == "attack_start" else logging.INFO, attack=a)
-        if self.config.mode == "auto":
+        if self.config.mode == Mode.AUTO:
             self._enforce(self.detector.mitigation(mono), mono, wall)
         return events
 
@@ -419,7 +419,7 @@ class Daemon:
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
-            "mode": self.config.mode,
+            "mode": self.config.mode.label,
             "protecting": self.protecting,
             "ports": list(self.config.protect.ports),
             "interfaces": [{"name": n, "xdp_mode": m, "counters": {c.name.lower(): v for c, v in
@@ -557,9 +557,8 @@ class Daemon:
                     self.datapath.allow_filter_rebuild()
                     last_filter = now
                 if now - last_log >= self.log_interval:
-                    from synguard.cli import counters_line
 
-                    log.info("%s", counters_line(counters, logged, now - last_log), extra={
+                    log.info("%s", view.counters_line(counters, logged, now - last_log), extra={
                         "event": "counters", "fields": {"counters": {c.name.lower(): v for c, v in counters.items()}}})
                     last_log, logged = now, counters
                 if watchdog_s and now - last_dog >= watchdog_s / 2:

@@ -44,7 +44,7 @@ Contract:
 Cost: one ``listeners()`` call is two netlink dumps (AF_INET, AF_INET6, each
 asking for LISTEN | SYN_RECV at once) parsed with ``struct`` straight from the
 receive buffer. See ``_collect`` for why this does not use pyroute2's
-DiagSocket decoding, and ``python -m synguard.kernel_bench`` for the figures.
+DiagSocket decoding, and ``python -m synguard_lab.kernel_bench`` for the figures.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def _collect(sock: socket.socket, family: int, port: int | None,
     before it reaches the request.) The request is a fixed 56-byte struct plus
     an optional 8-byte bytecode filter, packed by hand above; pyroute2's
     inet_diag_req has no NLA map for the bytecode attribute.
-    ``python -m synguard.kernel_bench`` re-measures the first and last figure.
+    ``python -m synguard_lab.kernel_bench`` re-measures the first and last figure.
     """
     states = (1 << TCP_LISTEN) | (1 << TCP_SYN_RECV)
     sock.send(_request(family, states, port, seq))

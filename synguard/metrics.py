@@ -15,30 +15,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from synguard import __version__
-from synguard.abi import Counter
+from synguard.abi import COUNTER_NAMES, Counter, Mode
 
 if TYPE_CHECKING:
     from synguard.daemon import Daemon
 
-# Counter -> (metric name without _total, help). SYN drops are one metric with a reason label.
-COUNTER_METRICS = {
-    Counter.PACKETS: ("synguard_packets", "Frames seen by the XDP program."),
-    Counter.TCP: ("synguard_tcp_segments", "IPv4/IPv6 TCP segments parsed."),
-    Counter.SYN_RECEIVED: ("synguard_syn_received", "SYNs (without ACK) received."),
-    Counter.CHALLENGE_SENT: ("synguard_challenges_sent", "SYNs answered with a cookie SYN-ACK from XDP."),
-    Counter.COOKIE_VALIDATED: ("synguard_cookies_validated", "Challenge answers (RST) with a valid cookie: source verified."),
-    Counter.COOKIE_INVALID: ("synguard_cookies_invalid", "Bare RSTs from unverified sources with a wrong cookie, dropped."),
-    Counter.SYN_PASSED: ("synguard_syn_passed", "SYNs handed to the kernel."),
-    Counter.SYN_ALLOWLISTED: ("synguard_syn_allowlisted", "SYNs passed because their source is verified."),
-    Counter.SYN_ALLOW_CIDR: ("synguard_syn_allow_cidr", "SYNs passed by the static allow list."),
-    Counter.MALFORMED: ("synguard_malformed", "Frames with truncated or inconsistent headers (passed)."),
-    Counter.FRAGMENT: ("synguard_fragments", "IP fragments (passed, never challenged)."),
-    Counter.COOKIE_COLLISION: ("synguard_cookie_collisions", "SYNs passed because the cookie equalled ISN+1."),
-    Counter.IPV6_EXT_LIMIT: ("synguard_ipv6_ext_limit", "IPv6 packets with more extension headers than parsed (passed)."),
-    Counter.FAST_TRIGGER: ("synguard_fast_triggers", "Auto mode: ports armed in-kernel by the per-second SYN ceiling."),
-}
+# Counters exported one metric each (names and help: synguard.abi.COUNTER_NAMES); SYN
+# drops are one metric with a reason label.
 DROP_REASONS = {Counter.SYN_DROPPED_DENY: "deny"}
-MODES = ("observe", "protect", "auto")
+COUNTER_METRICS = {c: (COUNTER_NAMES[c].metric, COUNTER_NAMES[c].help) for c in Counter if c not in DROP_REASONS}
 
 
 class SynguardCollector(Collector):
@@ -67,16 +52,16 @@ class SynguardCollector(Collector):
             protected.add_metric([ifname], v[Counter.CHALLENGE_SENT] + v[Counter.SYN_ALLOWLISTED]
                                  + v[Counter.SYN_ALLOW_CIDR] + v[Counter.COOKIE_COLLISION])
         yield protected
-        drops = CounterMetricFamily("synguard_syn_dropped", "SYNs dropped by XDP, by reason.",
-                                    labels=["interface", "reason"])
+        drops = CounterMetricFamily(COUNTER_NAMES[Counter.SYN_DROPPED_DENY].metric,
+                                    COUNTER_NAMES[Counter.SYN_DROPPED_DENY].help, labels=["interface", "reason"])
         for ifname, values in by_if.items():
             for counter, reason in DROP_REASONS.items():
                 drops.add_metric([ifname, reason], values[counter])
         yield drops
 
         mode = GaugeMetricFamily("synguard_mode", "1 for the configured mode, 0 for the others.", labels=["mode"])
-        for m in MODES:
-            mode.add_metric([m], 1.0 if d.config.mode == m else 0.0)
+        for m in Mode:
+            mode.add_metric([m.label], 1.0 if d.config.mode == m else 0.0)
         yield mode
         active = GaugeMetricFamily("synguard_protecting", "1 while the XDP program challenges (protect), else 0.")
         active.add_metric([], 1.0 if d.protecting else 0.0)

@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import socket
 
-# Counter names in the order `synguard status` shows them, with the CLI's words.
-STATUS_COUNTERS = (
-    ("syn_received", "SYNs received"),
-    ("challenge_sent", "challenges sent"),
-    ("cookie_validated", "cookies validated"),
-    ("cookie_invalid", "cookies invalid"),
-    ("syn_passed", "SYNs passed"),
-    ("syn_allowlisted", "  from verified sources"),
-    ("syn_dropped_deny", "SYNs dropped (deny)"),
-    ("malformed", "malformed frames"),
-)
+from synguard.abi import Counter
+
+# Counters in the order `synguard status` shows them (words: synguard.abi.COUNTER_NAMES).
+STATUS_COUNTERS = (Counter.SYN_RECEIVED, Counter.CHALLENGE_SENT, Counter.COOKIE_VALIDATED, Counter.COOKIE_INVALID,
+                   Counter.SYN_PASSED, Counter.SYN_ALLOWLISTED, Counter.SYN_DROPPED_DENY, Counter.MALFORMED)
+# The daemon's periodic log line.
+LOG_COUNTERS = (Counter.SYN_RECEIVED, Counter.CHALLENGE_SENT, Counter.COOKIE_VALIDATED, Counter.COOKIE_INVALID,
+                Counter.SYN_PASSED, Counter.SYN_DROPPED_DENY, Counter.MALFORMED)
 KERNEL_COUNTERS = ("TcpExt.SyncookiesSent", "TcpExt.SyncookiesRecv", "TcpExt.SyncookiesFailed",
                    "TcpExt.ListenOverflows", "TcpExt.ListenDrops", "TcpExt.TCPReqQFullDoCookies",
                    "TcpExt.TCPReqQFullDrop")
@@ -82,8 +79,8 @@ def format_status(st: dict, numeric: bool = False) -> str:
         branch = "`-" if i == len(st["interfaces"]) - 1 else "|-"
         out.append(f"|  {branch} {iface['name']:<12} {iface['xdp_mode']} XDP")
     out.append(f"|- counters:{'':15}{'total':>10} {'per s':>10}")
-    for key, words in STATUS_COUNTERS:
-        out.append(f"|  |- {words:<22} {n(st['counters'][key]):>10} {n(st['rates'][key]):>10}")
+    for c in STATUS_COUNTERS:
+        out.append(f"|  |- {c.words:<22} {n(st['counters'][c.key]):>10} {n(st['rates'][c.key]):>10}")
     al = st["allowlist"]
     out.append(f"|- allowlist:   {n(al['size'])} verified sources (capacity {al['capacity']}), "
                f"kept {duration(al['ttl_s'])}")
@@ -126,3 +123,12 @@ def format_top(rows: list[dict], header: bool = True, numeric: bool = False) -> 
     if not rows and header:
         lines.append("(no SYNs sampled yet: one SYN in 16 per CPU is recorded)")
     return "\n".join(lines)
+
+
+def counters_line(now: dict, before: dict | None, seconds: float) -> str:
+    """The daemon's counter log line: "SYNs received 10 (2/s), challenges sent ..."."""
+    parts = []
+    for c in LOG_COUNTERS:
+        rate = "" if before is None else f" ({(now[c] - before[c]) / max(seconds, 1e-9):.0f}/s)"
+        parts.append(f"{c.words} {now[c]}{rate}")
+    return ", ".join(parts)

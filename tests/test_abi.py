@@ -100,3 +100,24 @@ def test_allow_filter_bit_matches_kernel(dp):
     assert set_bits == {bit}
     dp.allowlist_clear()
     assert not any(v.value for v in table.values())
+
+
+def test_one_name_per_counter_through_every_layer():
+    """SG_CNT_X (C) -> Counter.X -> COUNTER_NAMES[X] -> metric and CLI words, each unique."""
+    from synguard import view
+    from synguard.abi import COUNTER_NAMES, Counter
+    from synguard.metrics import COUNTER_METRICS, DROP_REASONS
+
+    assert set(COUNTER_NAMES) == set(Counter)
+    metrics = [n.metric for n in COUNTER_NAMES.values()]
+    words = [n.words for n in COUNTER_NAMES.values()]
+    assert len(set(metrics)) == len(metrics) and len(set(words)) == len(words)
+    assert all(m.startswith("synguard_") and not m.endswith("_total") for m in metrics)
+    # every counter is exported exactly once, by the table's name
+    assert set(COUNTER_METRICS) | set(DROP_REASONS) == set(Counter)
+    assert {c: COUNTER_METRICS[c][0] for c in COUNTER_METRICS} == {c: COUNTER_NAMES[c].metric for c in COUNTER_METRICS}
+    # the CLI shows the table's words
+    line = view.counters_line({c: 7 for c in Counter}, None, 1.0)
+    assert all(f"{c.words} 7" in line for c in view.LOG_COUNTERS)
+    assert Counter.CHALLENGE_SENT.metric == "synguard_challenges_sent_total"
+    assert Counter.CHALLENGE_SENT.words == "challenges sent"

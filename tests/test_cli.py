@@ -77,12 +77,13 @@ def test_missing_headers_message(monkeypatch):
 
     monkeypatch.setattr(platform, "release", lambda: "0.0.0-no-such-kernel")
     with pytest.raises(datapath.DataPathError, match="kernel headers missing.*make setup"):
-        datapath.check_kernel_headers()
+        from synguard.datapath.host import check_kernel_headers
+        check_kernel_headers()
 
 
 @pytest.fixture
 def lab():
-    from synguard.lab import Lab
+    from synguard_lab.lab import Lab
 
     with Lab("sgcli") as lab:
         yield lab
@@ -117,8 +118,8 @@ def test_run_defends_and_detaches_on_sigterm(lab):
         with lab.netns(lab.server_ns):
             assert attached_prog(lab.server_client_if)[1] == "xdp_synguard"
         assert all(t is not None for t in lab.connect_times(3, 8080))
-        lines = _wait_for(proc, "cookie validated 1", 15)
-        assert "challenge sent 1" in lines[-1] and "cookie validated 1" in lines[-1]
+        lines = _wait_for(proc, "cookies validated 1", 15)
+        assert "challenges sent 1" in lines[-1] and "cookies validated 1" in lines[-1]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert "SIGTERM: detaching" in proc.stderr.read()

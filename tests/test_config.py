@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 
 import pytest
+
+from synguard.abi import Mode
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -44,7 +46,7 @@ def test_empty_file_is_all_defaults(text):
 def test_default_values():
     d = config.DEFAULTS
     assert d.interfaces == ()
-    assert d.mode == "observe"
+    assert d.mode == Mode.OBSERVE
     assert d.xdp_mode == "auto"
     assert d.protect.ports == () and d.protect.allow_ttl == 3600
     assert d.allow == () and d.deny == ()
@@ -91,7 +93,7 @@ def test_full_config_values_and_types():
           format: json
         """))
     assert cfg.interfaces == ("eth0", "bond0.100")
-    assert cfg.mode == "protect" and cfg.xdp_mode == "native"
+    assert cfg.mode == Mode.PROTECT and cfg.xdp_mode == "native"
     assert cfg.protect.ports == (80, 443)  # sorted
     assert cfg.protect.allow_ttl == 5400
     assert cfg.allow == (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32"),
@@ -104,7 +106,7 @@ def test_full_config_values_and_types():
 
 
 def test_auto_mode_is_accepted():
-    assert parse("mode: auto").mode == "auto"
+    assert parse("mode: auto").mode == Mode.AUTO
 
 
 # -- the example file -------------------------------------------------------------------
@@ -639,10 +641,10 @@ def test_override_replaces_given_values_only():
     new = config.override(cfg, interfaces=["eth1", "eth2"], mode="protect", ports=[443, 80],
                           allow_ttl="2h", xdp_mode="generic")
     assert new.interfaces == ("eth1", "eth2")
-    assert new.mode == "protect" and new.xdp_mode == "generic"
+    assert new.mode == Mode.PROTECT and new.xdp_mode == "generic"
     assert new.protect == config.ProtectConfig(ports=(80, 443), allow_ttl=7200)
     assert new.log.format == "json"  # untouched
-    assert cfg.protect.ports == (80,) and cfg.mode == "observe"  # original unchanged
+    assert cfg.protect.ports == (80,) and cfg.mode == Mode.OBSERVE  # original unchanged
 
 
 def test_override_empty_ports_means_every_port():
@@ -854,7 +856,7 @@ def valid_configs(draw):
             into_doc[key], into_want[key] = draw(strat)
 
     put("interfaces", pair(st.lists(ifnames, unique=True, max_size=4), tuple))
-    put("mode", pair(st.sampled_from(config.MODES)))
+    put("mode", pair(st.sampled_from(Mode.labels())))
     put("xdp_mode", pair(st.sampled_from(config.XDP_MODES)))
     cidrs = draw(st.lists(nets, unique=True, max_size=8))
     cut = draw(st.integers(0, len(cidrs)))

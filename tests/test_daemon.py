@@ -91,7 +91,7 @@ def sample(text: str, name: str, **labels) -> float | None:
 
 @pytest.fixture
 def lab():
-    from synguard.lab import Lab
+    from synguard_lab.lab import Lab
 
     with Lab("sgd") as lab:
         yield lab

@@ -283,7 +283,7 @@ class Live:
 def live(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("needs root (BPF, XDP, network namespaces)")
-    from synguard.lab import Lab
+    from synguard_lab.lab import Lab
     from test_daemon import Running, config_text
 
     tmp = tmp_path_factory.mktemp("live")

@@ -62,7 +62,7 @@ def test_unit_passes_systemd_analyze_verify(staged, tmp_path):
 def lab(tmp_path):
     """A lab, and a bpffs for pins: `ip netns exec` remounts /sys, hiding /sys/fs/bpf,
     so the daemons of this test pin under a bpffs mounted elsewhere (SYNGUARD_PIN_DIR)."""
-    from synguard.lab import Lab
+    from synguard_lab.lab import Lab
 
     pins = tmp_path / "bpffs"
     pins.mkdir()

@@ -37,7 +37,7 @@ import pytest
 
 from helpers import hard_timeout
 
-from synguard import lab as labmod
+from synguard_lab import lab as labmod
 from synguard.abi import Counter, Mode
 
 PORT = 8080
@@ -90,7 +90,7 @@ def guarded(e2e_datapath):
 
     Not conftest's session `datapath`: that one runs on a frozen clock for
     BPF_PROG_TEST_RUN; this one ticks the real clock, as the daemon does."""
-    from synguard.lab import Lab
+    from synguard_lab.lab import Lab
 
     dp = e2e_datapath
     with Lab("sge") as lab:

@@ -28,7 +28,7 @@ RUN_LIMIT_S = 240  # hard limit for the whole short run (it takes ~85-105 s)
 
 @pytest.fixture(scope="module")
 def results(request):
-    from synguard import evaluate
+    from synguard_lab import evaluate
 
     def boom(signum, frame):
         raise TimeoutError(f"evaluation exceeded its hard timeout ({RUN_LIMIT_S} s)")
@@ -59,7 +59,7 @@ def events(r) -> str:
 
 @evaluation
 def test_every_scenario_ran(results):
-    from synguard.evaluate import SCENARIOS
+    from synguard_lab.evaluate import SCENARIOS
 
     names = [sc.name for sc in SCENARIOS if sc.short_seconds is not None]
     assert [n for n in names if not any(r.startswith(n) for r in results)] == []
@@ -140,7 +140,7 @@ def test_daemon_clean(results):
 @pytest.mark.parametrize("ramp", ["linear", "exp"])
 def test_flood_pacing_schedule(ramp):
     """flood.schedule: cumulative frames allowed; its slope is the rate (pps at 0, ramp_to at the end)."""
-    from synguard.flood import schedule
+    from synguard_lab.flood import schedule
 
     assert schedule(None, 5) is None
     const = schedule(1000, 5)

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.netns, needs_lab]
 
 @hard_timeout(300)
 def _short_run() -> dict:
-    from synguard import floodbench
+    from synguard_lab import floodbench
 
     out = io.StringIO()
     res = floodbench.run(seconds=2, short=True, out=out, log=None)

@@ -1,4 +1,4 @@
-"""Differential fuzzing: the real XDP program (BPF_PROG_TEST_RUN) against synguard.model.
+"""Differential fuzzing: the real XDP program (BPF_PROG_TEST_RUN) against synguard_lab.model.
 
 A seeded generator makes frames: random bytes, valid SYN/RST/ACK/... frames for
 IPv4 and IPv6 (VLAN tags, IP options, IPv6 extension headers, TCP options,
@@ -35,7 +35,7 @@ import pytest
 
 from synguard import abi, cookie
 from synguard.abi import Counter as C, Mode
-from synguard.model import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, Model
+from synguard_lab.model import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, Model
 
 from helpers import ones_sum
 

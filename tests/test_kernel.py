@@ -21,9 +21,9 @@ import pytest
 from helpers import hard_timeout, needs_lab
 
 from synguard import kernel
-from synguard import lab as labmod
+from synguard_lab import lab as labmod
 from synguard.kernel import Listener
-from synguard.kernel_bench import HOLDER_CODE
+from synguard_lab.kernel_bench import HOLDER_CODE
 
 
 

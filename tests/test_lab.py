@@ -19,9 +19,9 @@ import pytest
 
 from helpers import hard_timeout, needs_lab, ones_sum
 
-from synguard import flood as fl
-from synguard import lab as labmod
-from synguard.lab import Lab
+from synguard_lab import flood as fl
+from synguard_lab import lab as labmod
+from synguard_lab.lab import Lab
 
 
 
@@ -126,7 +126,7 @@ def test_flood_refuses_non_lab_targets():
     # The test process runs in the host's netns, not in an `ip netns` one.
     with pytest.raises(ValueError, match="named network namespace"):
         fl.check_lab_target("10.77.2.1")
-    r = subprocess.run([sys.executable, "-m", "synguard.flood", "--iface", "lo",
+    r = subprocess.run([sys.executable, "-m", "synguard_lab.flood", "--iface", "lo",
                         "--dst-mac", "02:00:00:00:00:01", "--src-mac",
                         "02:00:00:00:00:02", "--dst", "192.0.2.1", "--count", "1",
                         "--seconds", "1"], capture_output=True, text=True,

@@ -55,8 +55,8 @@ def test_exposition_parses_and_names_follow_conventions(registry, dp):
 STATUS = {
     "version": "0.1.0", "pid": 42, "uptime_s": 3725.0, "mode": "protect", "protecting": True, "ports": [80, 443],
     "interfaces": [{"name": "eth0", "xdp_mode": "native", "counters": {}}],
-    "counters": {k: 1234567 for k, _ in view.STATUS_COUNTERS},
-    "rates": {k: 21045.5 for k, _ in view.STATUS_COUNTERS},
+    "counters": {c.key: 1234567 for c in view.STATUS_COUNTERS},
+    "rates": {c.key: 21045.5 for c in view.STATUS_COUNTERS},
     "allowlist": {"size": 212, "capacity": 262144, "ttl_s": 3600},
     "secret": {"generation": 2834, "age_s": 252, "rotate_every_s": 600, "source": "random"},
     "kernel": {"counters": {"TcpExt.SyncookiesSent": 5}, "sysctls": {"net.ipv4.tcp_syncookies": 1}},

@@ -5,7 +5,7 @@ chosen fields (source address, source port, sequence number) with xorshift64*
 values and tail-calls the program under test, so one BPF_PROG_TEST_RUN with a
 large repeat count sends millions of *different* frames in seconds. The
 generator is deterministic (seeded here, one CPU per run) and mirrored bit for
-bit by synguard.bench.RandomHarness, so the frames of a run can be recomputed.
+bit by synguard_lab.bench.RandomHarness, so the frames of a run can be recomputed.
 Checksums are not fixed: the program does not verify them (documented).
 
 1. Cookie guessing: random bare RSTs (source, source port, seq) against a fresh
@@ -65,7 +65,7 @@ RSS_PLATEAU = 4 * MB  # the last phase over the one before (slow test: 4 phases)
 
 
 def _fields():
-    from synguard.bench import RandField
+    from synguard_lab.bench import RandField
 
     # Source address (any 32-bit value), source port, sequence number.
     return [RandField(OFF_SADDR4, 4), RandField(OFF_SPORT, 2), RandField(OFF_SEQ, 4)]
@@ -95,7 +95,7 @@ def _cpu() -> int:
 @hard_timeout(60)
 def test_random_harness_matches_its_python_model():
     """Frames and generator state of xdp_bench_random are exactly the Python mirror's."""
-    from synguard.bench import RandField, RandomHarness, xorshift64_jump
+    from synguard_lab.bench import RandField, RandomHarness, xorshift64_jump
 
     h = RandomHarness()
     try:
@@ -134,7 +134,7 @@ def test_random_harness_matches_its_python_model():
 def fresh():
     """A fresh DataPath (not the session's) in protect mode on port 80, and the harness."""
     from synguard.abi import Mode
-    from synguard.bench import RandomHarness
+    from synguard_lab.bench import RandomHarness
     from synguard.datapath import DataPath
 
     dp = h = None
@@ -158,7 +158,7 @@ def fresh():
 
 def _flood(dp, h, frame: bytes, n: int, seed: int, label: str):
     """n random frames through the program; checks the generator ran exactly n times."""
-    from synguard.bench import xorshift64_jump
+    from synguard_lab.bench import xorshift64_jump
 
     cpu = _cpu()
     h.seed(seed)
@@ -238,9 +238,9 @@ def test_cookie_guessing_flood_10m(fresh):
 
 
 def _lib():
-    from synguard.datapath import _lib as lib
+    from synguard.datapath.libbpf import lib as _lib
 
-    lib = lib()
+    lib = _lib()
     lib.bpf_obj_get.argtypes = [ct.c_char_p]
     lib.bpf_map_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
     return lib
@@ -384,7 +384,7 @@ class _Daemon:
 def daemon(tmp_path):
     """A lab, a bpffs for the pins (`ip netns exec` remounts /sys, hiding /sys/fs/bpf),
     and a running daemon; stopped by PID, bpffs unmounted, on success or failure."""
-    from synguard.lab import Lab
+    from synguard_lab.lab import Lab
 
     pins = tmp_path / "bpffs"
     pins.mkdir()
@@ -406,7 +406,7 @@ def _spoofed_sources(d: _Daemon, phases: list[int], settle_s: float):
     """Random-source SYNs into the daemon's pinned program, in phases (each followed by
     settle_s of quiet, so the daemon's tick reads the full table); returns the table rows."""
     from synguard import abi
-    from synguard.bench import RandomHarness, xorshift64_jump
+    from synguard_lab.bench import RandomHarness, xorshift64_jump
 
     n = sum(phases)
     fds, h, t = [], None, None
@@ -548,7 +548,7 @@ def _sustained(d: _Daemon, seconds: float):
     """Random-source SYNs without pause for `seconds`, so the daemon's periodic full read of
     sg_src_syns happens while the LRU churns: the daemon must keep ticking, its RSS bounded."""
     from synguard import abi
-    from synguard.bench import RandomHarness
+    from synguard_lab.bench import RandomHarness
 
     fds, h, t = [], None, None
     try:

@@ -62,9 +62,8 @@ ATTACKER_IF = "a0"
 
 NETNS_DIR = Path("/run/netns")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-XDP_FLAGS_DRV_MODE = 1 << 2
+from synguard.datapath.xdp import XDP_FLAGS_DRV_MODE  # noqa: E402  (one definition)
 
-XDP_PASS_SRC = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }\n"
 
 _seq = itertools.count()
 
@@ -99,7 +98,7 @@ def _xdp_pass_fn():
             from bcc import BPF   # Debian python3-bpfcc
             # -Wno-ignored-attributes: silence the kernel headers' nocf_check
             # warnings clang prints for every compile on this box.
-            b = BPF(text=XDP_PASS_SRC, cflags=["-Wno-ignored-attributes"])
+            b = BPF(src_file=str(REPO_ROOT / "ebpf" / "lab_pass.bpf.c").encode(), cflags=["-Wno-ignored-attributes"])
             _xdp_prog = (b, b.load_func(b"xdp_pass", BPF.XDP))
         return _xdp_prog
 
@@ -525,7 +524,7 @@ class Lab:
                        SERVER_ATTACKER_IP6):
             # Safety: only ever target the lab server's own addresses.
             raise ValueError(f"flood target {dst} is not a lab server address")
-        argv = [sys.executable, "-m", "synguard.flood",
+        argv = [sys.executable, "-m", "synguard_lab.flood",
                 "--iface", self.attacker_if,
                 "--src-mac", self.mac(self.attacker_ns, self.attacker_if),
                 "--dst-mac", self.mac(self.server_ns, self.server_attacker_if),
@@ -546,10 +545,9 @@ class Lab:
         return argv
 
     def _flood_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        return env
+        from synguard_lab.common import repo_env
+
+        return repo_env()
 
     def flood(self, count: int, seconds: float, *, dport: int = 80, seed: int = 0,
               sources: int | None = None, ipv6: bool = False,

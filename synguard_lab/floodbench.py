@@ -1,9 +1,9 @@
 """The same spoofed SYN flood against the kernel alone and against synguard.
 
-``python -m synguard.floodbench [--seconds S] [--short] [--senders N] [--json]``
+``python -m synguard_lab.floodbench [--seconds S] [--short] [--senders N] [--json]``
 (root; builds its own network-namespace labs and removes them again).
 
-One invocation runs the same bounded flood (``synguard.flood``: prebuilt
+One invocation runs the same bounded flood (``synguard_lab.flood``: prebuilt
 frames, AF_PACKET + sendmmsg, unpaced, random spoofed IPv4 sources, several
 sender processes in parallel, each bounded in packets and seconds) into a
 fresh lab per run, the server listening on :8080 with backlog 1024:
@@ -71,13 +71,13 @@ import select
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from synguard import lab as labmod
-from synguard.lab import Lab
+from synguard_lab import lab as labmod
+from synguard_lab.common import REPO_ROOT, LabDaemon, percentile
+from synguard_lab.lab import Lab
 
 PORT = 8080
 BACKLOG = 1024
@@ -92,55 +92,8 @@ QUIET_PCT = 15.0                   # machine busy % below which we call it quiet
 
 TARGETS = {"answered_pct": 95.0, "legit_pct": 100.0, "p99_ms": 25.0, "cpu_ratio": 0.5}
 
-# The attacker's sink (on a0) and the floor run's drop program (on s1): counts
-# TCP frames (SYN-ACKs apart), drops them, passes everything else.
-SINK_SRC = r"""
-#include <uapi/linux/bpf.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/ip.h>
-#include <uapi/linux/ipv6.h>
-#include <uapi/linux/tcp.h>
-
-BPF_PERCPU_ARRAY(sink_cnt, u64, 2);   /* 0: SYN-ACKs, 1: other TCP */
-
-static __always_inline int sink_count(struct tcphdr *th)
-{
-    u32 k = (th->syn && th->ack) ? 0 : 1;
-    u64 *v = sink_cnt.lookup(&k);
-    if (v)
-        *v += 1;
-    return XDP_DROP;
-}
-
-int xdp_sink(struct xdp_md *ctx)
-{
-    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > end)
-        return XDP_PASS;
-    if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-        struct iphdr *ip = (void *)(eth + 1);
-        if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_TCP)
-            return XDP_PASS;
-        struct tcphdr *th = (void *)ip + ip->ihl * 4;
-        if ((void *)(th + 1) > end)
-            return XDP_PASS;
-        return sink_count(th);
-    }
-    if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-        struct ipv6hdr *ip6 = (void *)(eth + 1);
-        if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_TCP)
-            return XDP_PASS;
-        struct tcphdr *th = (void *)(ip6 + 1);
-        if ((void *)(th + 1) > end)
-            return XDP_PASS;
-        return sink_count(th);
-    }
-    return XDP_PASS;
-}
-"""
-
+# The attacker's sink (on a0) and the floor run's drop program (on s1):
+# ebpf/lab_sink.bpf.c counts TCP frames (SYN-ACKs apart), drops them, passes the rest.
 # Legit client (client netns): connect every `gap` s, round robin over the
 # given source addresses, until stdin closes or `max_s` passes (hard bound).
 CLIENT_CODE = r"""
@@ -254,14 +207,6 @@ def _delta(a: dict, b: dict) -> dict:
     return {k: (_delta(a[k], b[k]) if isinstance(b[k], dict) else b[k] - a.get(k, 0)) for k in b}
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..1)."""
-    if not values:
-        return None
-    v = sorted(values)
-    return v[max(0, math.ceil(q * len(v)) - 1)]
-
-
 # ---- the attacker's sink --------------------------------------------------------------
 
 _sink_lock = threading.Lock()
@@ -273,7 +218,7 @@ def _sink_prog():
     with _sink_lock:
         if _sink is None:
             from bcc import BPF
-            b = BPF(text=SINK_SRC.encode(), cflags=["-w"])
+            b = BPF(src_file=str(REPO_ROOT / "ebpf" / "lab_sink.bpf.c").encode(), cflags=["-w"])
             _sink = (b, b.load_func(b"xdp_sink", BPF.XDP), b[b"sink_cnt"])
         return _sink
 
@@ -443,44 +388,18 @@ def stop_client(lab: Lab, p: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def daemon_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(labmod.REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
-
-
-def start_daemon(lab: Lab, tmpdir: str, timeout: float = 90) -> tuple[subprocess.Popen, str, Path]:
+def start_daemon(lab: Lab, timeout: float = 90) -> LabDaemon:
     """A real `synguard run` in the server ns: protect PORT on s0 and s1. Returns
     once both interfaces are attached and it is protecting."""
-    from synguard import view
-
-    cfg = Path(tmpdir) / "synguard.yaml"
-    cfg.write_text(f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: protect\n"
-                   f"protect:\n  ports: [{PORT}]\n")
-    sock = str(Path(tmpdir) / "control.sock")
-    log_path = Path(tmpdir) / "daemon.log"
-    with open(log_path, "w") as log:
-        p = lab.popen(lab.server_ns, [sys.executable, "-m", "synguard.cli", "run", "-c", str(cfg),
-                                      "--control-socket", sock, "--interval", "5"],
-                      stdout=subprocess.DEVNULL, stderr=log, env=daemon_env())
-    end = time.monotonic() + timeout
+    d = LabDaemon(lab, f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: protect\n"
+                       f"protect:\n  ports: [{PORT}]\n", args=("--interval", "5"))
     want = {lab.server_client_if, lab.server_attacker_if}
-    while True:
-        try:
-            st = view.request(sock, {"cmd": "status"}, timeout=5)
-            if st.get("protecting") and {i["name"] for i in st["interfaces"]} >= want:
-                return p, sock, log_path
-        except view.DaemonUnavailable:
-            pass
-        if p.poll() is not None or time.monotonic() > end:
-            lab.stop(p)
-            raise RuntimeError(f"synguard run did not come up (exit {p.returncode}):\n{log_path.read_text()}")
-        time.sleep(0.2)
-
-
-def daemon_status(sock: str) -> dict:
-    from synguard import view
-    return view.request(sock, {"cmd": "status"}, timeout=10)
+    try:
+        d.wait_ready(lambda st: st.get("protecting") and {i["name"] for i in st["interfaces"]} >= want, timeout)
+    except Exception:
+        d.stop()
+        raise
+    return d
 
 
 def _iface_counters(status: dict, name: str) -> dict:
@@ -506,7 +425,7 @@ def run_one(mode: str, *, seconds: float, senders: int, seed: int = 7, idle_s: f
                  "flood_count_bound": senders * int(seconds * PER_SENDER_PPS_BOUND)}
     client_on = mode != "floor"
     t_run = time.monotonic()
-    with Lab("fbench") as lab, tempfile.TemporaryDirectory(prefix="synguard-floodbench-") as tmp:
+    with Lab("fbench") as lab:
         sink = Sink(lab)
         sampler = Sampler(lab.server_ns)
         daemon = None
@@ -527,7 +446,7 @@ def run_one(mode: str, *, seconds: float, senders: int, seed: int = 7, idle_s: f
             sampler.start()
             if mode == "synguard":
                 say(f"  {mode}: starting synguard run (protect :{PORT} on s0, s1)")
-                daemon, sock, _ = start_daemon(lab, tmp)
+                daemon = start_daemon(lab)
                 sampler.add_pid("daemon", daemon.pid)
                 time.sleep(1.0)   # past start-up
                 a, c0 = pid_stat(daemon.pid), cpustat()
@@ -540,7 +459,7 @@ def run_one(mode: str, *, seconds: float, senders: int, seed: int = 7, idle_s: f
                                       "host_busy_pct": 100.0 * (sum(dc.values()) - dc["idle"] - dc["iowait"])
                                       / max(1, sum(dc.values()))}
             res["host_busy_before_pct"] = round(wait_quiet(quiet_wait), 1)
-            status0 = daemon_status(sock) if daemon else None
+            status0 = daemon.status() if daemon else None
             links0, net0, sink0 = link_stats(lab), lab.netstat(lab.server_ns), Sink.counts()
             say(f"  {mode}: flood: {senders} sender(s), at most {seconds:g} s / "
                 f"{res['flood_count_bound']} SYNs (host busy before: {res['host_busy_before_pct']:.0f} %)")
@@ -564,7 +483,7 @@ def run_one(mode: str, *, seconds: float, senders: int, seed: int = 7, idle_s: f
             conn = stop_client(lab, client) if client else None
             client = None
             links1, net1, sink1 = link_stats(lab), lab.netstat(lab.server_ns), Sink.counts()
-            status1 = daemon_status(sock) if daemon else None
+            status1 = daemon.status() if daemon else None
             if sampler.error:
                 raise RuntimeError(f"sampler failed: {sampler.error!r}")
             samples = sampler.snapshot()
@@ -575,8 +494,8 @@ def run_one(mode: str, *, seconds: float, senders: int, seed: int = 7, idle_s: f
             if client is not None:
                 lab.stop(client)
             if daemon is not None:
-                lab.stop(daemon, grace=15)
-                res["daemon_exit"] = daemon.returncode
+                daemon.stop(grace=15)
+                res["daemon_exit"] = daemon.exit_code
             sink.close()
 
     # ---- figures ----
@@ -897,7 +816,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m synguard.floodbench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m synguard_lab.floodbench", description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=10.0, help="flood duration bound per run (default 10)")
     p.add_argument("--short", action="store_true",
                    help="2 s floods, 3 s idle, no calibration, no floor run, no waiting for a quiet host")

@@ -3,14 +3,14 @@
 XDP cost per path, control-plane cost under a backlog, and the same spoofed
 flood against the kernel alone and against synguard.
 
-``python -m synguard.benchreport [--short] [--out BENCH.md]`` (root; `make bench`)
+``python -m synguard_lab.benchreport [--short] [--out BENCH.md]`` (root; `make bench`)
 
 Runs, in order:
-1. ``synguard.bench``: ns per packet per XDP path (BPF_PROG_TEST_RUN), as a
+1. ``synguard_lab.bench``: ns per packet per XDP path (BPF_PROG_TEST_RUN), as a
    multiple of an empty XDP program measured in the same run;
-2. ``synguard.kernel_bench``: ``kernel.listeners()`` and a whole /metrics
+2. ``synguard_lab.kernel_bench``: ``kernel.listeners()`` and a whole /metrics
    scrape with 1,000 listeners and 100,000 half-open connections;
-3. ``synguard.floodbench``: kernel SYN cookies vs. synguard under the same
+3. ``synguard_lab.floodbench``: kernel SYN cookies vs. synguard under the same
    flood (answered, CPU per SYN, legit connects, what reached the kernel).
 
 Writes one markdown file (default BENCH.md in the repository root) with the
@@ -43,12 +43,12 @@ FLOOD = {False: {"seconds": 10.0}, True: {"seconds": 2.0}}
 def commands(short: bool) -> dict[str, str]:
     b, k = BENCH[short], KBENCH[short]
     return {
-        "bench": f".venv/bin/synguard bench --repeat {b['repeat']} --rounds {b['rounds']}",
-        "kernel_bench": (f".venv/bin/python -m synguard.kernel_bench --listeners {k['n_listeners']} "
+        "bench": f".venv/bin/python -m synguard_lab.bench --repeat {b['repeat']} --rounds {b['rounds']}",
+        "kernel_bench": (f".venv/bin/python -m synguard_lab.kernel_bench --listeners {k['n_listeners']} "
                          f"--half-open {k['half_open']} --repeat {k['repeat']} --no-pyroute2"),
-        "floodbench": (".venv/bin/python -m synguard.floodbench --short" if short
-                       else f".venv/bin/python -m synguard.floodbench --seconds {FLOOD[short]['seconds']:g}"),
-        "all": "make bench" + (" ARGS=--short" if short else "") + "   # = .venv/bin/python -m synguard.benchreport"
+        "floodbench": (".venv/bin/python -m synguard_lab.floodbench --short" if short
+                       else f".venv/bin/python -m synguard_lab.floodbench --seconds {FLOOD[short]['seconds']:g}"),
+        "all": "make bench" + (" ARGS=--short" if short else "") + "   # = .venv/bin/python -m synguard_lab.benchreport"
                + (" --short" if short else ""),
     }
 
@@ -65,7 +65,7 @@ def _git() -> str:
 
 
 def machine_md() -> str:
-    from synguard.floodbench import machine
+    from synguard_lab.floodbench import machine
 
     m = machine()
     load = ["?"]
@@ -81,7 +81,7 @@ def machine_md() -> str:
 
 
 def bench_md(short: bool) -> str:
-    from synguard import bench
+    from synguard_lab import bench
 
     p = BENCH[short]
     buf = io.StringIO()
@@ -103,7 +103,7 @@ def bench_md(short: bool) -> str:
 
 
 def kernel_bench_md(short: bool) -> str:
-    from synguard import kernel_bench
+    from synguard_lab import kernel_bench
 
     p = KBENCH[short]
     r = kernel_bench.run(p["n_listeners"], p["half_open"], p["repeat"], use_pyroute2=False)
@@ -129,7 +129,7 @@ def kernel_bench_md(short: bool) -> str:
 
 
 def floodbench_md(short: bool) -> str:
-    from synguard import floodbench
+    from synguard_lab import floodbench
 
     res = floodbench.run(seconds=FLOOD[short]["seconds"], short=short, out=None, log=sys.stderr)
     return (floodbench.markdown(res) +
@@ -172,7 +172,7 @@ def run(short: bool = False, out_path: Path | None = None, stream=sys.stdout) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m synguard.benchreport", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m synguard_lab.benchreport", description=__doc__.splitlines()[0])
     p.add_argument("--short", action="store_true", help="smaller runs (a quick check, not figures to quote)")
     p.add_argument("--out", default=str(REPO_ROOT / "BENCH.md"), help="markdown file to write (default BENCH.md)")
     a = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """How long one ``kernel.listeners()`` collection takes under a real backlog.
 
-``python -m synguard.kernel_bench [--listeners 1000] [--half-open 100000]``
+``python -m synguard_lab.kernel_bench [--listeners 1000] [--half-open 100000]``
 (root; builds its own netns lab and removes it again). It prints figures only,
 it asserts nothing about time.
 
@@ -36,8 +36,8 @@ import sys
 import time
 
 from synguard import kernel
-from synguard import lab as labmod
-from synguard.lab import Lab
+from synguard_lab import lab as labmod
+from synguard_lab.lab import Lab
 
 BASE_PORT = 20000
 BIG_BACKLOG = 65536
@@ -249,7 +249,7 @@ def run(n_listeners: int, half_open: int, repeat: int, use_pyroute2: bool,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m synguard.kernel_bench",
+    p = argparse.ArgumentParser(prog="python -m synguard_lab.kernel_bench",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--listeners", type=int, default=1000)
     p.add_argument("--half-open", type=int, default=100_000)

@@ -1,4 +1,4 @@
-"""`synguard bench`: XDP cost per path via BPF_PROG_TEST_RUN, as ratios to an
+"""`python -m synguard_lab.bench` (part of `make bench`): XDP cost per path via BPF_PROG_TEST_RUN, as ratios to an
 empty XDP program measured in the same run (the floor).
 
 Non-rewriting paths are timed directly with a large repeat count. The challenge
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from synguard import cookie
 from synguard.abi import Mode
-from synguard.datapath import DataPath, ebpf_dir, prog_test_run
+from synguard.datapath import DataPath, prog_test_run
+from synguard_lab.common import REPO_ROOT
 
 VERDICTS = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX"}
 SECRET = bytes(range(16))
@@ -67,7 +68,7 @@ class Harness:
     def __init__(self, dp: DataPath):
         from bcc import BPF
 
-        self.bpf = BPF(src_file=str(ebpf_dir() / "bench.bpf.c").encode(), cflags=["-w"])
+        self.bpf = BPF(src_file=str(REPO_ROOT / "ebpf" / "bench.bpf.c").encode(), cflags=["-w"])
         self.empty = self.bpf.load_func(b"xdp_bench_empty", BPF.XDP)
         self.rearm = self.bpf.load_func(b"xdp_bench_rearm", BPF.XDP)
         self.jump = self.bpf[b"sg_bench_jump"]
@@ -152,8 +153,25 @@ def run(repeat: int = 200_000, rounds: int = 7, out=sys.stdout) -> list[dict]:
         dp.close()
 
 
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from synguard.datapath import DataPathError
+
+    p = argparse.ArgumentParser(prog="python -m synguard_lab.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=200_000)
+    p.add_argument("--rounds", type=int, default=7)
+    a = p.parse_args(argv)
+    try:
+        run(repeat=a.repeat, rounds=a.rounds)
+    except DataPathError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    run()
+    sys.exit(main())
 
 
 # ---- Randomising harness (tests/test_reliability.py) ---------------------------------

@@ -1,4 +1,4 @@
-"""`synguard demo`: the main job on an embedded default.
+"""`make demo` (python -m synguard_lab.demo): the main job on an embedded default.
 
 Builds a three-namespace lab (client, server with a real TCP listener,
 attacker), starts the real daemon (`synguard run`, mode auto) on the server's
@@ -15,10 +15,9 @@ Exit status 0 only if the defense held:
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -27,27 +26,10 @@ PORT = 8080
 QUIET_S = 3.0
 
 
-def _pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
-def _events(log_path: str) -> list[dict]:
-    out = []
-    with open(log_path) as f:
-        for line in f:
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            if doc.get("event", "").startswith("attack_"):
-                out.append(doc)
-    return out
-
-
 def run(flood: int = 2_000_000, seconds: float = 8.0, connects: int = 40, out=sys.stdout) -> int:
     from synguard import view
-    from synguard.lab import Lab
+    from synguard_lab.common import LabDaemon, percentile
+    from synguard_lab.lab import Lab
 
     if os.geteuid() != 0:
         print("synguard demo: needs root (network namespaces, XDP)", file=sys.stderr)
@@ -58,28 +40,14 @@ def run(flood: int = 2_000_000, seconds: float = 8.0, connects: int = 40, out=sy
     with Lab("sgdemo") as lab:
         say(f"lab: client {lab.client_ns} -- server {lab.server_ns} (listener :{PORT}) -- attacker {lab.attacker_ns}")
         lab.tcp_server(PORT, backlog=128)
-        sock, log_path = f"/tmp/{lab.id}.sock", f"/tmp/{lab.id}.log"
-        config = f"/tmp/{lab.id}.yaml"
-        with open(config, "w") as f:
-            f.write(f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: auto\n"
-                    f"protect:\n  ports: [{PORT}]\n")
-        log = open(log_path, "w")
-        daemon = lab.popen(lab.server_ns, [sys.executable, "-m", "synguard.cli", "run", "-c", config,
-                                           "--control-socket", sock, "--log-format", "json"],
-                           stderr=log, stdout=subprocess.DEVNULL)
-        status = lambda: json.loads(lab.run(lab.server_ns, [sys.executable, "-m", "synguard.cli", "status",  # noqa: E731
-                                                            "--json", "--socket", sock], timeout=30).stdout)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                st = status()
-                break
-            except Exception:
-                if daemon.poll() is not None or time.monotonic() > deadline:
-                    with open(log_path) as f:
-                        print(f"synguard demo: the daemon did not start:\n{f.read()}", file=sys.stderr)
-                    return 1
-                time.sleep(0.5)
+        daemon = LabDaemon(lab, f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: auto\n"
+                                f"protect:\n  ports: [{PORT}]\n")
+        status = daemon.status
+        try:
+            st = daemon.wait_ready()
+        except (TimeoutError, RuntimeError) as e:
+            print(f"synguard demo: the daemon did not start: {e}", file=sys.stderr)
+            return 1
         ifaces = ", ".join(f"{i['name']} ({i['xdp_mode']} XDP)" for i in st["interfaces"])
         say(f"synguard: mode auto on {ifaces}; learning a quiet baseline for {QUIET_S:.0f} s")
         time.sleep(QUIET_S)
@@ -123,9 +91,8 @@ def run(flood: int = 2_000_000, seconds: float = 8.0, connects: int = 40, out=sy
         time.sleep(1.5)  # the daemon's next tick sees the last of the flood
         st = status()
         kernel1 = lab.netstat(lab.server_ns)
-        lab.stop(daemon)
-        log.close()
-        events = _events(log_path)
+        events = [e for e in daemon.events() if e.get("event", "").startswith("attack_")]
+        daemon.stop()
 
     c1 = st["counters"]
     d = {k: c1[k] - c0[k] for k in c1}
@@ -152,7 +119,7 @@ def run(flood: int = 2_000_000, seconds: float = 8.0, connects: int = 40, out=sy
     if ok_times:
         ms = [t * 1000 for t in ok_times]
         say(f"  legit connects       {len(ok_times)}/{len(times)} succeeded; p50 {statistics.median(ms):.1f} ms, "
-            f"p99 {_pct(ms, 0.99):.1f} ms")
+            f"p99 {percentile(ms, 0.99):.1f} ms")
     else:
         say(f"  legit connects       0/{len(times)} succeeded")
     before_protection = sent["pps"] * ((after or 0) + 1.0)  # sent before detection, plus one tick
@@ -161,3 +128,18 @@ def run(flood: int = 2_000_000, seconds: float = 8.0, connects: int = 40, out=sy
     say(f"  verdict              {'DEFENSE HELD' if held else 'DEFENSE FAILED'} "
         f"(total {time.monotonic() - t0:.0f} s, lab torn down)")
     return 0 if held else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="make demo ARGS=...", description="network-namespace lab under a live spoofed SYN flood")
+    p.add_argument("--flood", type=int, default=2_000_000, metavar="N", help="spoofed SYNs to send, at most (default 2000000)")
+    p.add_argument("--seconds", type=float, default=8.0, help="flood duration bound (default 8)")
+    p.add_argument("--connects", type=int, default=40, help="legit connects during the flood (default 40)")
+    a = p.parse_args(argv)
+    if a.flood <= 0 or a.seconds <= 0 or a.connects <= 0:
+        p.error("--flood, --seconds and --connects must be positive")
+    return run(flood=a.flood, seconds=a.seconds, connects=a.connects)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Detection evaluation suite: the real daemon in auto mode against real traffic.
 
-``python -m synguard.evaluate [--short]`` (or ``run(short)``) plays each scenario
+``python -m synguard_lab.evaluate [--short]`` (or ``run(short)``) plays each scenario
 in a fresh three-namespace Lab (synguard/lab.py):
 
 - a real listener (``Lab.tcp_server``) on PORT in the server ns;
@@ -63,7 +63,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from synguard import lab as labmod
+from synguard_lab import lab as labmod
+from synguard_lab.common import LabDaemon, percentile, repo_env
 
 PORT = 8080
 LISTEN_BACKLOG = 4096
@@ -85,7 +86,6 @@ CROWD_TARGET_PPS = 3000
 CROWD_LOW_FLOOR = 500
 SETTLE_S = 2.0  # after non-attack traffic: ticks in which a late false alarm would show
 DAEMON_START_TIMEOUT = 90.0
-SYNGUARD = [sys.executable, "-m", "synguard.cli"]
 
 
 @dataclass(frozen=True)
@@ -186,94 +186,6 @@ print(json.dumps({"ok": ok, "fail": fail, "errors": errs, "seconds": el, "starte
 """
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(labmod.REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
-
-
-def _pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return v[min(len(v) - 1, int(p * len(v)))]
-
-
-class DaemonRun:
-    """`synguard run` in the lab's server ns, JSON log to a file."""
-
-    def __init__(self, lab, workdir: Path, detection: dict):
-        self.lab = lab
-        self.config = workdir / f"{lab.id}.yaml"
-        det = "".join(f"  {k}: {v}\n" for k, v in detection.items())
-        self.config.write_text(
-            f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: auto\n"
-            f"protect:\n  ports: [{PORT}]\n" + (f"detection:\n{det}" if det else ""))
-        self.logpath = workdir / f"{lab.id}.log"
-        self.socket = f"/tmp/{lab.id}.sock"
-        self._logf = open(self.logpath, "w")
-        self.proc = lab.popen(lab.server_ns, [*SYNGUARD, "run", "-c", str(self.config), "--control-socket",
-                                              self.socket, "--metrics-listen", "127.0.0.1:9046", "--interval", "1",
-                                              "--log-format", "json"],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._logf, env=_env())
-        self.exit_code = None
-
-    def wait_ready(self) -> None:
-        if self.wait_for(lambda e: e.get("event") == "metrics", DAEMON_START_TIMEOUT, "daemon start") is None:
-            raise TimeoutError(f"daemon not ready within {DAEMON_START_TIMEOUT:.0f} s:\n{self.tail()}")
-
-    def events(self) -> list[dict]:
-        out = []
-        with open(self.logpath) as f:
-            for line in f:
-                if line.startswith("{"):
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        pass  # a line being written
-        return out
-
-    def tail(self, n: int = 20) -> str:
-        return "".join(open(self.logpath).readlines()[-n:])
-
-    def wait_for(self, pred, timeout: float, what: str) -> dict | None:
-        """First event matching pred within timeout; raises if the daemon dies."""
-        end = time.monotonic() + timeout
-        while True:
-            for e in self.events():
-                if pred(e):
-                    return e
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited ({self.proc.returncode}) waiting for {what}:\n{self.tail()}")
-            if time.monotonic() >= end:
-                return None
-            time.sleep(0.1)
-
-    def counters_after(self, ts: float, n: int) -> None:
-        """Wait until n counter lines (one per tick) were logged after wall time ts."""
-        end = time.monotonic() + n * 3 + 10
-        while time.monotonic() < end:
-            if sum(1 for e in self.events() if e.get("event") == "counters" and e["ts"] > ts) >= n:
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited ({self.proc.returncode}):\n{self.tail()}")
-            time.sleep(0.1)
-        raise TimeoutError(f"daemon logged fewer than {n} ticks in {n * 3 + 10} s")
-
-    def status(self) -> dict | None:
-        r = self.lab.run(self.lab.server_ns, [*SYNGUARD, "status", "--json", "--socket", self.socket],
-                         check=False, timeout=30, env=_env())
-        if r.returncode != 0:
-            return {"error": r.stderr.strip()}
-        return json.loads(r.stdout)
-
-    def stop(self) -> None:
-        self.lab.stop(self.proc, grace=10)
-        self.exit_code = self.proc.returncode
-        self._logf.close()
-        Path(self.socket).unlink(missing_ok=True)
-
-
 class LegitClient:
     """Connects every LEGIT_INTERVAL s from the client ns until stop()."""
 
@@ -318,7 +230,7 @@ def _flood_source(seed: int) -> str:
     """The address of a sources=1 flood with this seed (flood.build_frames draws it first)."""
     import ipaddress
 
-    from synguard.flood import random_sources
+    from synguard_lab.flood import random_sources
 
     return str(ipaddress.ip_address(random_sources(random.Random(seed), 1, False)[0]))
 
@@ -342,13 +254,17 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
         lab.tcp_server(PORT, backlog=LISTEN_BACKLOG)
         addrs = lab.add_client_addresses(CROWD_ADDRESSES) if sc.traffic == "crowd" else []
         mark("lab")
-        d = DaemonRun(lab, workdir, detection)
+        det = "".join(f"  {k}: {v}\n" for k, v in detection.items())
+        d = LabDaemon(lab, f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: auto\n"
+                           f"protect:\n  ports: [{PORT}]\n" + (f"detection:\n{det}" if det else ""),
+                      args=("--metrics-listen", "127.0.0.1:9046", "--interval", "1"))
         legit = None
         try:
-            d.wait_ready()
+            if d.wait_event(lambda e: e.get("event") == "metrics", DAEMON_START_TIMEOUT, "daemon start") is None:
+                raise TimeoutError(f"daemon not ready within {DAEMON_START_TIMEOUT:.0f} s:\n{d.tail()}")
             mark("daemon start")
             legit = LegitClient(lab)
-            d.counters_after(time.time(), WARMUP_TICKS)  # baseline ticks with the legit client only
+            d.ticks_after(time.time(), WARMUP_TICKS)  # baseline ticks with the legit client only
             mark("warm-up")
             mid_status = None
             if sc.traffic == "quiet":
@@ -363,7 +279,7 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
             else:
                 kw = dict(sc.flood)
                 if "pps" in kw:
-                    from synguard.flood import schedule
+                    from synguard_lab.flood import schedule
 
                     count = int(schedule(kw["pps"], seconds, kw.get("ramp_to"), kw.get("ramp", "linear"))(seconds))
                     count += 256
@@ -377,7 +293,7 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
                 t_launch = time.time()
                 # Status while the mitigation is in force, if the attack is seen before the flood ends.
                 while p.poll() is None:
-                    if d.wait_for(lambda e: e.get("event") == "attack_start" and e["ts"] > t_launch, 0.5,
+                    if d.wait_event(lambda e: e.get("event") == "attack_start" and e["ts"] > t_launch, 0.5,
                                   "attack start") is not None:
                         mid_status = d.status()
                         break
@@ -391,9 +307,9 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
             mark("traffic")
             if sc.expect is not None:
                 clear = int(detection.get("clear_ticks", 5))
-                d.wait_for(lambda e: e.get("event") == "attack_end" and e["ts"] > t0, clear * 2 + 15, "attack end")
+                d.wait_event(lambda e: e.get("event") == "attack_end" and e["ts"] > t0, clear * 2 + 15, "attack end")
             else:
-                d.counters_after(t1, int(SETTLE_S))
+                d.ticks_after(t1, int(SETTLE_S))
             res["status_mid"] = mid_status
             res["status_end"] = d.status()
             mark("clear")
@@ -403,8 +319,7 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
                     res["legit"] = legit.stop()
                 except Exception as e:  # keep tearing down
                     res["legit_error"] = repr(e)
-            d.stop()
-            res["events"] = d.events()
+            res["events"] = d.stop(keep_log=workdir / f"{lab.id}.log")
             res["daemon_exit"] = d.exit_code
         mark("stop")
     mark("teardown")
@@ -457,10 +372,10 @@ def analyse(sc: Scenario, res: dict) -> dict:
     res["legit_failed"] = len(legit) - len(ok)
     res["legit_errnos"] = sorted({err for _, d, err in legit if d is None})
     res["legit_success_pct"] = round(100.0 * len(ok) / len(legit), 2) if legit else 0.0
-    res["legit_p50_ms"] = round(_pct(ok, 0.50) * 1e3, 2) if ok else None
-    res["legit_p99_ms"] = round(_pct(ok, 0.99) * 1e3, 2) if ok else None
+    res["legit_p50_ms"] = round(percentile(ok, 0.50) * 1e3, 2) if ok else None
+    res["legit_p99_ms"] = round(percentile(ok, 0.99) * 1e3, 2) if ok else None
     res["legit_max_ms"] = round(max(ok) * 1e3, 2) if ok else None
-    res["legit_p99_during_ms"] = round(_pct(during, 0.99) * 1e3, 2) if during else None
+    res["legit_p99_during_ms"] = round(percentile(during, 0.99) * 1e3, 2) if during else None
     res["legit"] = None  # raw samples dropped from the result
 
     targets = []
@@ -608,7 +523,7 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m synguard.evaluate",
+    p = argparse.ArgumentParser(prog="python -m synguard_lab.evaluate",
                                 description="Detection evaluation: the real daemon (auto mode) against lab traffic")
     p.add_argument("--short", action="store_true", help="shorter scenarios (whole run <= 2 min)")
     p.add_argument("--only", action="append", default=None, metavar="TEXT",

@@ -32,7 +32,7 @@ Speed: the send loop hands a whole batch of prebuilt frames to the kernel with
 one ``sendmmsg(2)`` through ctypes (one Python-level call per 256 frames). When
 that is unavailable it falls back to ``socket.send`` in a lean loop.
 
-CLI: ``python -m synguard.flood --iface a0 --dst-mac M --src-mac M --dst IP
+CLI: ``python -m synguard_lab.flood --iface a0 --dst-mac M --src-mac M --dst IP
 --dport 80 --count N --seconds S --seed K [--sources N] [--ipv6] [--pps R
 [--ramp-to R2 [--ramp linear|exp]]]`` prints one JSON line: {"sent": n,
 "seconds": t, "pps": x, ...}.
@@ -449,7 +449,7 @@ def flood(iface: str, *, dst: str, dst_mac: str, src_mac: str, dport: int = 80,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m synguard.flood",
+    p = argparse.ArgumentParser(prog="python -m synguard_lab.flood",
                                 description="Bounded spoofed SYN flood (lab use only)")
     p.add_argument("--iface", required=True)
     p.add_argument("--dst-mac", required=True)

@@ -1,0 +1,102 @@
+"""Debian's libbpf1 through ctypes: BPF_PROG_TEST_RUN, object ids and names, pins,
+raw map access by fd. One place for every libbpf signature (argtypes set once)."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+from dataclasses import dataclass
+
+
+class _TestRunOpts(ct.Structure):
+    """struct bpf_test_run_opts (libbpf 1.x)."""
+
+    _fields_ = [
+        ("sz", ct.c_size_t),
+        ("data_in", ct.c_void_p),
+        ("data_out", ct.c_void_p),
+        ("data_size_in", ct.c_uint32),
+        ("data_size_out", ct.c_uint32),
+        ("ctx_in", ct.c_void_p),
+        ("ctx_out", ct.c_void_p),
+        ("ctx_size_in", ct.c_uint32),
+        ("ctx_size_out", ct.c_uint32),
+        ("retval", ct.c_uint32),
+        ("repeat", ct.c_int),
+        ("duration", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("cpu", ct.c_uint32),
+        ("batch_size", ct.c_uint32),
+    ]
+
+
+_libbpf = None
+
+
+def lib():
+    global _libbpf
+    if _libbpf is None:
+        _libbpf = ct.CDLL("libbpf.so.1", use_errno=True)
+        lib = _libbpf
+        lib.bpf_prog_test_run_opts.argtypes = [ct.c_int, ct.POINTER(_TestRunOpts)]
+        lib.bpf_obj_get_info_by_fd.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
+        lib.bpf_prog_get_fd_by_id.argtypes = [ct.c_uint32]
+        lib.bpf_obj_get.argtypes = [ct.c_char_p]
+        lib.bpf_obj_pin.argtypes = [ct.c_int, ct.c_char_p]
+        lib.bpf_map_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+        lib.bpf_map_lookup_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+        lib.bpf_map_update_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]
+    return _libbpf
+
+
+@dataclass(frozen=True)
+class TestRunResult:
+    retval: int  # XDP verdict
+    data: bytes  # the frame after the program
+    duration_ns: int  # kernel-measured average per repetition
+
+    __test__ = False  # not a pytest class
+
+
+def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> TestRunResult:
+    """Run an XDP program on one frame in the kernel (BPF_PROG_TEST_RUN)."""
+    data_in = ct.create_string_buffer(bytes(frame), len(frame))
+    out_size = len(frame) + 256
+    data_out = ct.create_string_buffer(out_size)
+    opts = _TestRunOpts(sz=ct.sizeof(_TestRunOpts))
+    opts.data_in = ct.cast(data_in, ct.c_void_p)
+    opts.data_size_in = len(frame)
+    opts.data_out = ct.cast(data_out, ct.c_void_p)
+    opts.data_size_out = out_size
+    opts.repeat = repeat
+    if lib().bpf_prog_test_run_opts(prog_fd, ct.byref(opts)) != 0:
+        err = ct.get_errno()
+        raise OSError(err, f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
+    return TestRunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
+
+
+def prog_id(prog_fd: int) -> int:
+    """The kernel's id of a loaded program (struct bpf_prog_info: type, id, ...)."""
+    info = (ct.c_uint32 * 2)()
+    size = ct.c_uint32(ct.sizeof(info))
+    if lib().bpf_obj_get_info_by_fd(prog_fd, info, ct.byref(size)) != 0:
+        err = ct.get_errno()
+        raise OSError(err, f"bpf_obj_get_info_by_fd: {os.strerror(err)}")
+    return info[1]
+
+
+def prog_name_by_id(pid: int) -> str:
+    # bpftool is not a dependency; /proc/self/fdinfo of a GET_FD_BY_ID fd has no
+    # name either, so ask libbpf for struct bpf_prog_info.name (offset 64, 16 bytes).
+    lib_ = lib()
+    fd = lib_.bpf_prog_get_fd_by_id(pid)
+    if fd < 0:
+        return "?"
+    try:
+        info = ct.create_string_buffer(80)
+        size = ct.c_uint32(80)
+        if lib_.bpf_obj_get_info_by_fd(fd, info, ct.byref(size)) != 0:
+            return "?"
+        return info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
+    finally:
+        os.close(fd)
