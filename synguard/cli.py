@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from synguard import config as configmod
-    from synguard.daemon import Daemon, setup_logging
+    from synguard.daemon import Daemon
+    from synguard.log import setup_logging
     from synguard.datapath import ebpf_dir
 
     if args.ebpf:

@@ -18,6 +18,7 @@ import ipaddress
 import struct
 
 from synguard import abi
+from synguard.secret import SECRET_LEN, secret_words  # noqa: F401  (re-exported for the tests)
 
 _MASK = 0xFFFFFFFFFFFFFFFF
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -43,8 +44,8 @@ def _sipround(v0: int, v1: int, v2: int, v3: int) -> tuple[int, int, int, int]:
 
 def siphash24(key: bytes, msg: bytes) -> int:
     """SipHash-2-4 of msg under a 16-byte key, as an unsigned 64-bit integer."""
-    if len(key) != 16:
-        raise ValueError(f"SipHash key must be 16 bytes, got {len(key)}")
+    if len(key) != SECRET_LEN:
+        raise ValueError(f"SipHash key must be {SECRET_LEN} bytes, got {len(key)}")
     k0, k1 = struct.unpack("<QQ", key)
     v0 = k0 ^ 0x736F6D6570736575
     v1 = k1 ^ 0x646F72616E646F6D
@@ -66,13 +67,6 @@ def siphash24(key: bytes, msg: bytes) -> int:
     for _ in range(4):
         v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
     return v0 ^ v1 ^ v2 ^ v3
-
-
-def secret_words(secret: bytes) -> tuple[int, int]:
-    """struct sg_secret {k0, k1} for a 16-byte secret."""
-    if len(secret) != 16:
-        raise ValueError(f"secret must be 16 bytes, got {len(secret)}")
-    return struct.unpack("<QQ", secret)
 
 
 def slot_of(now_s: int) -> int:

@@ -14,47 +14,23 @@ talking to the others; the previous generation stays valid in the kernel.
 from __future__ import annotations
 
 import ctypes as ct
-import hashlib
-import json
 import logging
 import os
 import signal
 import socket
-import socketserver
 import threading
 import time
 from collections import deque
-from pathlib import Path
 
-from synguard import __version__, abi, config as configmod, hll, view
+from synguard import __version__, abi, config as configmod, hll, secret, view
 from synguard.abi import Counter, Mode
+from synguard import status
+from synguard.log import event
+from synguard.control import ControlError, ControlServer
+from synguard.ifwatch import check_interfaces
 from synguard.datapath import DataPath, DataPathError
 
 log = logging.getLogger("synguard")
-
-
-# ---- logging -------------------------------------------------------------------
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record):
-        doc = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-               "event": getattr(record, "event", "log"), "msg": record.getMessage()}
-        doc.update(getattr(record, "fields", {}))
-        return json.dumps(doc, sort_keys=False)
-
-
-def setup_logging(fmt: str) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("synguard: %(message)s"))
-    root = logging.getLogger("synguard")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
-
-
-def event(name: str, msg: str, level=logging.INFO, **fields) -> None:
-    log.log(level, msg, extra={"event": name, "fields": fields})
 
 
 # ---- systemd notify (the protocol is one datagram; no library needed for it) --------
@@ -76,28 +52,6 @@ def sd_notify(state: str) -> bool:
 
 
 # ---- secrets -----------------------------------------------------------------------
-
-
-def derive_secret(master: bytes, epoch: int) -> bytes:
-    return hashlib.blake2b(epoch.to_bytes(8, "little"), key=master, digest_size=16, person=b"synguard-cookie").digest()
-
-
-# ---- control socket ------------------------------------------------------------------
-
-
-class _ControlHandler(socketserver.StreamRequestHandler):
-    def handle(self):
-        try:
-            line = self.rfile.readline(65536)
-            request = json.loads(line or b"{}")
-            reply = self.server.daemon.control(request)
-        except Exception as e:  # a bad request must never hurt the daemon
-            reply = {"error": f"{type(e).__name__}: {e}"}
-        self.wfile.write(json.dumps(reply).encode() + b"\n")
-
-
-class _ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
 
 
 # ---- the daemon -------------------------------------------------------------------------
@@ -151,8 +105,8 @@ class Daemon:
 
     def _load_master(self, cfg) -> bytes:
         if cfg.secret.file:
-            return configmod.secret_file_check(cfg.secret.file)
-        return self.master or os.urandom(16)
+            return secret.secret_file_check(cfg.secret.file)
+        return self.master or secret.random_master()
 
     def _apply(self, cfg, *, first: bool) -> None:
         """Apply cfg to the running data path (no program reload, allowlist kept)."""
@@ -204,8 +158,8 @@ class Daemon:
         first = self.epoch < 0
         dp = self.datapath
         # Keep the previous epoch's secret valid (installed first as the "previous" generation).
-        dp.set_secret(epoch - 1, derive_secret(self.master, epoch - 1))
-        dp.set_secret(epoch, derive_secret(self.master, epoch))
+        dp.set_secret(epoch - 1, secret.derive_secret(self.master, epoch - 1))
+        dp.set_secret(epoch, secret.derive_secret(self.master, epoch))
         self.epoch = epoch
         self.secret_since = epoch * self.config.secret.rotate_every
         if not first:
@@ -245,41 +199,7 @@ class Daemon:
     # -- interfaces coming and going ---------------------------------------------------
 
     def check_interfaces(self) -> None:
-        """Notice a removed, re-created or renamed interface; re-attach when it is back."""
-        dp = self.datapath
-        for ifname, idx in list(dp.ifindexes.items()):
-            try:
-                now_idx = socket.if_nametoindex(ifname)
-            except OSError:
-                now_idx = None
-            if now_idx == idx:
-                continue
-            try:
-                new_name = socket.if_indextoname(idx)
-            except OSError:
-                new_name = None
-            if new_name and new_name != ifname:
-                dp.rename(ifname, new_name)
-                event("interface_renamed", f"{ifname} was renamed {new_name}: the program followed the device "
-                      f"and still protects it; {ifname} is protected again if it reappears",
-                      level=logging.WARNING, interface=ifname, new_name=new_name)
-            else:
-                dp.forget(ifname)
-                event("interface_lost", f"{ifname} is gone (the kernel detached the program with the device); "
-                      f"waiting for it to come back", level=logging.ERROR, interface=ifname)
-        for ifname in self.config.interfaces:
-            if ifname in dp.attached:
-                continue
-            try:
-                socket.if_nametoindex(ifname)
-            except OSError:
-                continue
-            try:
-                how = dp.attach(ifname, self.config.xdp_mode)
-            except DataPathError as e:
-                event("interface_lost", f"{ifname} is back but cannot be attached: {e}", level=logging.ERROR)
-                continue
-            event("interface_restored", f"{ifname} is back: attached ({how} XDP)", interface=ifname, xdp_mode=how)
+        check_interfaces(self.datapath, self.config.interfaces, self.config.xdp_mode)
 
     # -- detection and auto mitigation -------------------------------------------------
 
@@ -393,7 +313,7 @@ class Daemon:
     def control(self, request: dict) -> dict:
         cmd = request.get("cmd")
         if cmd == "status":
-            return self.status()
+            return status.document(self)
         if cmd == "top":
             return {"sources": self.top(int(request.get("n", 10)))}
         if cmd == "ping":
@@ -402,67 +322,13 @@ class Daemon:
 
     def rates(self) -> dict[str, float]:
         with self._lock:
-            if len(self.history) < 2:
-                return {c.name.lower(): 0.0 for c in Counter}
-            (t0, c0), (t1, c1) = self.history[max(0, len(self.history) - 11)], self.history[-1]
-        dt = max(t1 - t0, 1e-9)
-        return {c.name.lower(): (c1[c] - c0[c]) / dt for c in Counter}
+            return status.rates(list(self.history))
 
     def status(self) -> dict:
-        from synguard import kernel
-
-        dp = self.datapath
-        counters = dp.counters()
-        rows = kernel.listeners()
-        worst = max(rows, key=lambda r: (r.synq_pct, r.syn_recv), default=None)
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started, 1),
-            "mode": self.config.mode.label,
-            "protecting": self.protecting,
-            "ports": list(self.config.protect.ports),
-            "interfaces": [{"name": n, "xdp_mode": m, "counters": {c.name.lower(): v for c, v in
-                                                                     dp.counters(n).items()}}
-                           for n, m in dp.attached.items()],
-            "counters": {c.name.lower(): v for c, v in counters.items()},
-            "rates": self.rates(),
-            "allowlist": {"size": self.allowlist_size(), "capacity": self.allowlist_capacity,
-                          "ttl_s": self.config.protect.allow_ttl},
-            "secret": {"generation": self.epoch, "age_s": round(time.time() - self.secret_since, 1),
-                       "rotate_every_s": self.config.secret.rotate_every,
-                       "source": "file" if self.config.secret.file else "random"},
-            "kernel": {"counters": kernel.tcp_counters(), "sysctls": kernel.sysctls()},
-            "worst_listener": None if worst is None else kernel.to_json([worst])[0],
-            "listeners": len(rows),
-            "config": {"path": self.config_path, "last_reload_ok": self.last_reload_ok, **self.reloads},
-            "detection": self.detection_status(),
-        }
-
-    def detection_status(self) -> dict:
-        d = self.detector
-        m = d.mitigation() if d else {"protect_ports": set(), "deny_sources": []}
-        return {
-            "attack": d.active if d else None,
-            "attacks_total": dict(d.attacks_total) if d else {},
-            "cusum": round(d.cusum, 3) if d else 0.0,
-            "baseline_pps": round(d.baseline, 1) if d else 0.0,
-            "sources_distinct": round(self.sources_distinct),
-            "protected_ports": sorted(m["protect_ports"]),
-            "denied_sources": [a for a, _ in m["deny_sources"]],
-            "events": list(self.events),
-        }
+        return status.document(self)
 
     def top(self, n: int = 10) -> list[dict]:
-        """The n heaviest sources of the per-source map; only the n largest are
-        kept while reading (bounded memory)."""
-        import heapq
-
-        from synguard.datapath import addr_of_key
-
-        rows = (_src_row(key, leaf) for key, leaf in self.datapath.entries("sg_src_syns"))
-        return [{"source": str(addr_of_key(raw)), "syns": syns, "last_seen_s": last_seen, "last_dport": last_dport}
-                for syns, raw, last_seen, last_dport in heapq.nlargest(n, rows, key=lambda r: r[0])]
+        return status.top_sources(self.datapath, n)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -490,24 +356,7 @@ class Daemon:
         event("metrics", f"metrics on http://{m.listen}/metrics", listen=m.listen)
 
     def _start_control(self) -> None:
-        path = Path(self.config.control.socket)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists() or path.is_socket():
-                # A live daemon answers; a stale socket from a crash does not.
-                with socket.socket(socket.AF_UNIX) as s:
-                    try:
-                        s.connect(str(path))
-                        raise DataPathError(f"another synguard is running (control socket {path} answers)")
-                    except (ConnectionRefusedError, FileNotFoundError):
-                        path.unlink(missing_ok=True)
-            server = _ControlServer(str(path), _ControlHandler)
-            os.chmod(path, 0o660)
-        except OSError as e:
-            raise DataPathError(f"control socket {path}: {e.strerror or e}") from None
-        server.daemon = self
-        threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
-        self._control = server
+        self._control = ControlServer(self.config.control.socket, self.control)
 
     def run(self, overrides: dict | None = None) -> int:
         self.overrides = overrides or {}
@@ -525,7 +374,7 @@ class Daemon:
             self._start_control()
             self._apply(self.config, first=True)
             self._start_metrics()
-        except (DataPathError, configmod.ConfigError) as e:
+        except (DataPathError, ControlError, configmod.ConfigError) as e:
             for line in str(e).splitlines():
                 log.error("%s", line)
             self.close()
@@ -591,20 +440,13 @@ class Daemon:
             return
         self._closed = True
         if self._control is not None:
-            self._control.shutdown()
-            self._control.server_close()
-            Path(self.config.control.socket).unlink(missing_ok=True)
+            self._control.close()
         if self._http is not None:
             server = self._http[0] if isinstance(self._http, tuple) else None
             if server is not None:
                 server.shutdown()
         if self.datapath is not None and detach:
             self.datapath.close()
-
-
-def _src_row(key, leaf) -> tuple[int, bytes, int, int]:
-    """(syns, 16-byte address, last_seen_s, last_dport), copied out of BCC's buffers."""
-    return int(leaf.syns), bytes(key.addr), int(leaf.last_seen_s), int(leaf.last_dport)
 
 
 def _replace(cfg, **kw):

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synguard_lab import lab as labmod
-from synguard_lab.common import LabDaemon, percentile, repo_env
+from synguard_lab.common import LabDaemon, percentile
 
 PORT = 8080
 LISTEN_BACKLOG = 4096

@@ -63,7 +63,6 @@ import argparse
 import bisect
 import contextlib
 import json
-import math
 import os
 import platform
 import resource

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from synguard import secret
 from synguard.abi import Mode
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -717,20 +718,20 @@ def secret_file(tmp_path: Path, data: bytes, mode: int = 0o600) -> Path:
 
 @pytest.mark.parametrize("mode", [0o600, 0o400, 0o700])
 def test_secret_raw_bytes_with_strict_mode(tmp_path, mode):
-    assert config.secret_file_check(secret_file(tmp_path, SECRET, mode)) == SECRET
+    assert secret.secret_file_check(secret_file(tmp_path, SECRET, mode)) == SECRET
 
 
 @pytest.mark.parametrize("data", [SECRET.hex().encode(), SECRET.hex().encode() + b"\n",
                                   SECRET.hex().upper().encode() + b"\n"])
 def test_secret_hex(tmp_path, data):
-    assert config.secret_file_check(secret_file(tmp_path, data)) == SECRET
+    assert secret.secret_file_check(secret_file(tmp_path, data)) == SECRET
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o666])
 def test_secret_readable_by_others_is_refused_naming_the_mode(tmp_path, mode):
     p = secret_file(tmp_path, SECRET, mode)
     with pytest.raises(ConfigError) as ei:
-        config.secret_file_check(p)
+        secret.secret_file_check(p)
     assert f"mode {mode:04o}" in str(ei.value) and "0600 or stricter" in str(ei.value)
     assert str(ei.value).startswith(f"{p}: ")
 
@@ -750,28 +751,28 @@ def test_secret_readable_by_others_is_refused_naming_the_mode(tmp_path, mode):
 ])
 def test_secret_wrong_content(tmp_path, data, message):
     with pytest.raises(ConfigError) as ei:
-        config.secret_file_check(secret_file(tmp_path, data))
+        secret.secret_file_check(secret_file(tmp_path, data))
     assert message in str(ei.value)
     assert "\n" not in str(ei.value)
 
 
 def test_secret_missing(tmp_path):
     with pytest.raises(ConfigError, match="secret file does not exist; create one with"):
-        config.secret_file_check(tmp_path / "nope")
+        secret.secret_file_check(tmp_path / "nope")
 
 
 def test_secret_not_a_regular_file(tmp_path):
     d = tmp_path / "dir"
     d.mkdir(mode=0o700)
     with pytest.raises(ConfigError, match="not a regular file"):
-        config.secret_file_check(d)
+        secret.secret_file_check(d)
 
 
 def test_secret_fifo_does_not_hang(tmp_path):
     p = tmp_path / "fifo"
     os.mkfifo(p, 0o600)
     result = []
-    t = threading.Thread(target=lambda: result.append(_raises(config.secret_file_check, p)), daemon=True)
+    t = threading.Thread(target=lambda: result.append(_raises(secret.secret_file_check, p)), daemon=True)
     t.start()
     t.join(5)
     assert not t.is_alive(), "secret_file_check blocked on a FIFO"
@@ -790,10 +791,10 @@ def test_secret_through_symlink_checks_the_target(tmp_path):
     target = secret_file(tmp_path, SECRET)
     link = tmp_path / "link"
     link.symlink_to(target)
-    assert config.secret_file_check(link) == SECRET
+    assert secret.secret_file_check(link) == SECRET
     target.chmod(0o644)
     with pytest.raises(ConfigError, match="mode 0644"):
-        config.secret_file_check(link)
+        secret.secret_file_check(link)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
@@ -801,7 +802,7 @@ def test_secret_owned_by_another_user_is_refused(tmp_path):
     p = secret_file(tmp_path, SECRET)
     os.chown(p, 12345, 12345)
     with pytest.raises(ConfigError, match="owned by uid 12345"):
-        config.secret_file_check(p)
+        secret.secret_file_check(p)
 
 
 # -- property: any valid config dict survives YAML ------------------------------------------------
@@ -856,7 +857,7 @@ def valid_configs(draw):
             into_doc[key], into_want[key] = draw(strat)
 
     put("interfaces", pair(st.lists(ifnames, unique=True, max_size=4), tuple))
-    put("mode", pair(st.sampled_from(Mode.labels())))
+    put("mode", pair(st.sampled_from(Mode.labels()), Mode.parse))
     put("xdp_mode", pair(st.sampled_from(config.XDP_MODES)))
     cidrs = draw(st.lists(nets, unique=True, max_size=8))
     cut = draw(st.integers(0, len(cidrs)))

@@ -12,6 +12,7 @@ import contextlib
 import ctypes as ct
 import ipaddress
 import itertools
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -236,7 +237,7 @@ class DataPath:
         The slot written (gen & 1) held generation gen - 2, already invalid, so
         cookies of the previous generation keep validating across a rotation.
         """
-        from synguard.cookie import secret_words
+        from synguard.secret import secret_words
 
         table = self.map("sg_secrets")
         leaf = table.Leaf()

@@ -1,0 +1,78 @@
+"""The status document the control socket serves (`synguard status --json`), and
+the per-second rates and top sources it shows. Read-only over the daemon and maps."""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+
+from synguard import __version__, kernel
+from synguard.abi import Counter
+from synguard.datapath import addr_of_key
+
+
+def rates(history: list) -> dict[str, float]:
+    """Counters per second over the last ~10 ticks of history [(monotonic time, counters)]."""
+    if len(history) < 2:
+        return {c.key: 0.0 for c in Counter}
+    (t0, c0), (t1, c1) = history[max(0, len(history) - 11)], history[-1]
+    dt = max(t1 - t0, 1e-9)
+    return {c.key: (c1[c] - c0[c]) / dt for c in Counter}
+
+
+def document(d) -> dict:
+    """The status of daemon d (synguard.daemon.Daemon)."""
+    dp = d.datapath
+    rows = kernel.listeners()
+    worst = max(rows, key=lambda r: (r.synq_pct, r.syn_recv), default=None)
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "uptime_s": round(time.time() - d.started, 1),
+        "mode": d.config.mode.label,
+        "protecting": d.protecting,
+        "ports": list(d.config.protect.ports),
+        "interfaces": [{"name": n, "xdp_mode": m, "counters": {c.key: v for c, v in dp.counters(n).items()}}
+                       for n, m in dp.attached.items()],
+        "counters": {c.key: v for c, v in dp.counters().items()},
+        "rates": d.rates(),
+        "allowlist": {"size": d.allowlist_size(), "capacity": d.allowlist_capacity,
+                      "ttl_s": d.config.protect.allow_ttl},
+        "secret": {"generation": d.epoch, "age_s": round(time.time() - d.secret_since, 1),
+                   "rotate_every_s": d.config.secret.rotate_every,
+                   "source": "file" if d.config.secret.file else "random"},
+        "kernel": {"counters": kernel.tcp_counters(), "sysctls": kernel.sysctls()},
+        "worst_listener": None if worst is None else kernel.to_json([worst])[0],
+        "listeners": len(rows),
+        "config": {"path": d.config_path, "last_reload_ok": d.last_reload_ok, **d.reloads},
+        "detection": detection(d),
+    }
+
+
+def detection(d) -> dict:
+    det = d.detector
+    m = det.mitigation() if det else {"protect_ports": set(), "deny_sources": []}
+    return {
+        "attack": det.active if det else None,
+        "attacks_total": dict(det.attacks_total) if det else {},
+        "cusum": round(det.cusum, 3) if det else 0.0,
+        "baseline_pps": round(det.baseline, 1) if det else 0.0,
+        "sources_distinct": round(d.sources_distinct),
+        "protected_ports": sorted(m["protect_ports"]),
+        "denied_sources": [a for a, _ in m["deny_sources"]],
+        "events": list(d.events),
+    }
+
+
+def top_sources(dp, n: int = 10) -> list[dict]:
+    """The n heaviest sources of sg_src_syns; only the n largest are kept while reading
+    (bounded memory)."""
+    rows = (_src_row(key, leaf) for key, leaf in dp.entries("sg_src_syns"))
+    return [{"source": str(addr_of_key(raw)), "syns": syns, "last_seen_s": last_seen, "last_dport": last_dport}
+            for syns, raw, last_seen, last_dport in heapq.nlargest(n, rows, key=lambda r: r[0])]
+
+
+def _src_row(key, leaf) -> tuple[int, bytes, int, int]:
+    """(syns, 16-byte address, last_seen_s, last_dport), copied out of BCC's buffers."""
+    return int(leaf.syns), bytes(key.addr), int(leaf.last_seen_s), int(leaf.last_dport)
