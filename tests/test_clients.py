@@ -188,6 +188,8 @@ def _rst_challenge(attach):
     return engaged
 
 
+# name -> setup(attach) returning engaged(n_contacts) -> None | why the defense
+# never saw the SYNs. A new defense adds its own entry (its own counters).
 DEFENSES = {
     # synguard protect mode today: the SYN-ACK acknowledges a cookie, the
     # client's RST allowlists its address.
@@ -195,13 +197,16 @@ DEFENSES = {
 }
 
 RST_CHALLENGE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="RST challenge: its SYN-ACK acknowledges a cookie instead of ISN+1; "
-           "conntrack marks it INVALID ('ACK is over the upper bound') whenever the "
-           "cookie lies above ISN+1, so INVALID-dropping clients never answer and "
-           "NAT routers do not reverse-translate it (their own stack answers the RST, "
-           "the client waits a 1 s RTO). Flip to a requirement when the one-round-trip "
-           "defense (real SYN-ACK, cookie seq, tc completion) lands.")
+    strict=True, raises=AssertionError,   # a broken lab (error) still fails
+    reason="RST challenge: its SYN-ACK acknowledges a cookie instead of ISN+1. Cookie "
+           "above ISN+1: conntrack marks it INVALID ('ACK over the upper bound'), an "
+           "INVALID-dropping client never answers and retries the same ISN (same cookie) "
+           "until connect() times out; a NAT router does not reverse-translate it, its own "
+           "stack answers the RST (allowlisting the router) and the client waits a 1 s RTO. "
+           "Cookie below ISN+1 behind NAT: the client's RST confuses the router's conntrack "
+           "and the handshake's ACK leaves un-NATed (private source): connect() succeeds, "
+           "the server never gets the connection. Flip to a requirement when the "
+           "one-round-trip defense (real SYN-ACK, cookie seq, tc completion) lands.")
 
 
 @hard_timeout(420)
