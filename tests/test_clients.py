@@ -31,7 +31,7 @@ import pytest
 from helpers import hard_timeout, needs_lab
 
 from synguard.abi import Counter, Mode
-from synguard.clientlab import KINDS, ClientMatrix
+from synguard.clientlab import ALL_OPTS, KINDS, ClientMatrix
 from synguard.lab import NETNS_DIR, Lab
 
 PORT = 8080
@@ -131,13 +131,13 @@ def _problems(results) -> list[str]:
             if c.server is None:
                 out.append(f"{where}: server never saw the connection")
                 continue
-            if c.server.options & 7 != want:
+            if c.server.options & ALL_OPTS != want:
                 out.append(f"{where}: server negotiated options {c.server.options:#x}, "
                            f"client offers {want:#x}")
     return out
 
 
-def _check_fresh(results, matrix) -> None:
+def _check_fresh(results) -> None:
     """The lab itself: each contact from a new address, which the server saw
     (NAT'ed to the router's WAN address for the NAT kinds)."""
     seen = set()
@@ -165,7 +165,7 @@ def test_kernel_alone_every_kind_connects_at_first_contact(clients, attach, prog
                    f"addresses per case", results)
     print("\n" + table)
     record_property("first_contact", table)
-    _check_fresh(results, matrix)
+    _check_fresh(results)
     assert not _problems(results), "\n".join(_problems(results))
     if dp is not None:
         after = dp.counters()
@@ -222,7 +222,7 @@ def test_every_kind_connects_at_first_contact_under_defense(clients, attach, def
                    f"fresh addresses per case", results)
     print("\n" + table)
     record_property("first_contact", table)
-    _check_fresh(results, matrix)
+    _check_fresh(results)
     # A defense that never saw the SYNs would pass vacuously.
     why_not = engaged(sum(len(v) for v in results.values()))
     assert why_not is None, why_not
