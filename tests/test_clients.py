@@ -22,6 +22,7 @@ namespaces go at module teardown, also on failure. Hard timeouts everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -176,7 +177,8 @@ def test_kernel_alone_every_kind_connects_at_first_contact(clients, attach, prog
 
 # --- 2. under a defense -----------------------------------------------------------------
 
-def _rst_challenge(attach):
+@contextlib.contextmanager
+def _rst_challenge(lab, attach):
     dp = attach(Mode.PROTECT)
     before = dp.counters()
 
@@ -185,15 +187,38 @@ def _rst_challenge(attach):
         if sent < n_contacts:
             return f"only {sent} challenges for {n_contacts} first contacts"
         return None
-    return engaged
+    yield engaged
 
 
-# name -> setup(attach) returning engaged(n_contacts) -> None | why the defense
-# never saw the SYNs. A new defense adds its own entry (its own counters).
+@contextlib.contextmanager
+def _kernel_syncookies(lab, attach):
+    """The control: the server kernel's own SYN cookies for every SYN
+    (tcp_syncookies=2), no XDP program. Stateless like synguard's defense,
+    and it must pass."""
+    key = "net/ipv4/tcp_syncookies"
+    with lab.netns(lab.server_ns), open(f"/proc/sys/{key}") as f:
+        old = int(f.read())
+    before = lab.netstat(lab.server_ns)["TcpExt"]["SyncookiesSent"]
+    lab._sysctls(lab.server_ns, {key: 2})
+
+    def engaged(n_contacts: int) -> str | None:
+        sent = lab.netstat(lab.server_ns)["TcpExt"]["SyncookiesSent"] - before
+        if sent < n_contacts:
+            return f"only {sent} kernel syncookies for {n_contacts} first contacts"
+        return None
+    try:
+        yield engaged
+    finally:
+        lab._sysctls(lab.server_ns, {key: old})
+
+
+# name -> context manager (lab, attach) yielding engaged(n_contacts): None, or why
+# the defense never saw the SYNs. A new defense adds its own entry (own counters).
 DEFENSES = {
     # synguard protect mode today: the SYN-ACK acknowledges a cookie, the
     # client's RST allowlists its address.
     "rst-challenge": _rst_challenge,
+    "kernel-syncookies": _kernel_syncookies,
 }
 
 RST_CHALLENGE_XFAIL = pytest.mark.xfail(
@@ -212,13 +237,14 @@ RST_CHALLENGE_XFAIL = pytest.mark.xfail(
 @hard_timeout(420)
 @pytest.mark.parametrize("defense", [
     pytest.param("rst-challenge", marks=RST_CHALLENGE_XFAIL),
+    "kernel-syncookies",
 ])
 def test_every_kind_connects_at_first_contact_under_defense(clients, attach, defense,
                                                             record_property):
     lab, matrix = clients
-    engaged = DEFENSES[defense](attach)
-    results = _run_matrix(matrix)
-    table = _table(f"first contact under {defense} (protect, port {PORT}), {CONTACTS} "
+    with DEFENSES[defense](lab, attach) as engaged:
+        results = _run_matrix(matrix)
+    table = _table(f"first contact under {defense} (port {PORT}), {CONTACTS} "
                    f"fresh addresses per case", results)
     print("\n" + table)
     record_property("first_contact", table)
