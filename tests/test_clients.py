@@ -32,8 +32,8 @@ import pytest
 from helpers import hard_timeout, needs_lab
 
 from synguard.abi import Counter, Mode
-from synguard.clientlab import ALL_OPTS, KINDS, ClientMatrix
-from synguard.lab import NETNS_DIR, Lab
+from synguard_lab.clientlab import ALL_OPTS, KINDS, ClientMatrix
+from synguard_lab.lab import NETNS_DIR, Lab
 
 PORT = 8080
 FIRST_CONTACT_MS = 50.0   # one round trip on a veth is < 1 ms; an RTO is 1 s

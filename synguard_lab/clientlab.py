@@ -2,7 +2,7 @@
 fresh address, against the lab's server ("test like the Internet").
 
 Contract:
-- ``ClientMatrix(lab)`` is a context manager on top of a built ``synguard.lab.Lab``.
+- ``ClientMatrix(lab)`` is a context manager on top of a built ``synguard_lab.lab.Lab``.
   ``__enter__`` adds, per client kind, one veth link into the lab's server
   namespace and the kind's own namespace(s); ``__exit__``/``close()`` detach the
   XDP pass programs, close the in-process sockets and delete every namespace it
@@ -22,7 +22,7 @@ Contract:
   state carried over. The server reaches each kind's pool over the kind's own
   link (10.<80+i>.0.0/16, fd80:<i>::/64; server .1 / ::1 on ``k<i>``).
 - Clients connect with real kernel sockets made in the client namespace (setns
-  in the calling thread, ``synguard.lab.netns``); timings are connect() only.
+  in the calling thread, ``synguard_lab.lab.netns``); timings are connect() only.
 - XDP_TX replies from a program on ``k<i>`` reach the edge only because the edge
   veth ``w0`` carries the lab's XDP_PASS program (DESIGN.md, known pitfalls).
 - Safety: only addresses on veths made here and the lab's server are used.
@@ -46,7 +46,7 @@ import subprocess
 import threading
 import time
 
-from synguard.lab import NETNS_DIR, Lab, netns
+from synguard_lab.lab import NETNS_DIR, Lab, netns
 
 EDGE_IF = "w0"          # kind's veth facing the server (client or router side)
 LAN_ROUTER_IF = "l0"    # NAT router, LAN side
