@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 #   PYTEST_ADDOPTS="-m slow" make test    or    make test PYTEST_ADDOPTS="-k cookie"
 export PYTEST_ADDOPTS
 
-.PHONY: all setup test demo bench install clean
+.PHONY: all setup test demo bench deb ebpf clean
 
 all: test
 
@@ -24,9 +24,20 @@ demo: setup
 bench: setup
 	$(PY) -m synguard_lab.benchreport $(ARGS)
 
-install: setup
-	@bash scripts/install.sh
+# The Debian package (debian/, scripts/build-deb.sh): ./synguard_<version>_all.deb.
+deb: setup
+	@bash scripts/build-deb.sh
+
+# eBPF objects compiled ahead of time with clang (BCC compiles synguard.bpf.c at start).
+# Only ebpf/synguard_tc.bpf.c, when it exists: without it this target does nothing.
+CLANG ?= $(firstword $(shell command -v clang clang-14 2>/dev/null) clang)
+EBPF_OBJS := $(patsubst %.c,%.o,$(wildcard ebpf/synguard_tc.bpf.c))
+
+ebpf: $(EBPF_OBJS)
+
+ebpf/%.bpf.o: ebpf/%.bpf.c ebpf/synguard_abi.h
+	$(CLANG) -O2 -g -target bpf -I ebpf -c $< -o $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info synguard_*.deb ebpf/*.bpf.o
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

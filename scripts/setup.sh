@@ -28,6 +28,10 @@ PKGS=(python3-bpfcc bpfcc-tools python3-venv python3-pip iproute2 ethtool tcpdum
 
 export DEBIAN_FRONTEND=noninteractive
 APT_OPTS=(-y -q --no-install-recommends -o DPkg::Lock::Timeout=300)
+# make deb + tests/test_deb.py: build tools, lintian, and the package's runtime dependencies
+# from Debian (the venv's pip-installed versions shadow them; the installed package uses them).
+PKGS+=(debhelper dh-python dpkg-dev lintian clang-14 libbpf-dev man-db
+       python3-prometheus-client python3-pyroute2 python3-yaml libbpf1)
 
 is_installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
