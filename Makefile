@@ -24,19 +24,23 @@ demo: setup
 bench: setup
 	$(PY) -m synguard_lab.benchreport $(ARGS)
 
-# The Debian package (debian/, scripts/build-deb.sh): ./synguard_<version>_all.deb.
+# The Debian package (debian/, scripts/build-deb.sh): ./synguard_<version>_<arch>.deb.
 deb: setup
 	@bash scripts/build-deb.sh
 
 # eBPF objects compiled ahead of time with clang (BCC compiles synguard.bpf.c at start).
 # Only ebpf/synguard_tc.bpf.c, when it exists: without it this target does nothing.
+# -target bpf is the host's byte order and asm/ comes from the host's multiarch include
+# dir: the object is architecture-dependent (the package ships it in /usr/lib/synguard).
 CLANG ?= $(firstword $(shell command -v clang clang-14 2>/dev/null) clang)
+MULTIARCH := $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null)
+EBPF_CFLAGS := -O2 -g -target bpf -Wall -Wno-unused-function -I ebpf $(if $(MULTIARCH),-I/usr/include/$(MULTIARCH))
 EBPF_OBJS := $(patsubst %.c,%.o,$(wildcard ebpf/synguard_tc.bpf.c))
 
 ebpf: $(EBPF_OBJS)
 
 ebpf/%.bpf.o: ebpf/%.bpf.c ebpf/synguard_abi.h
-	$(CLANG) -O2 -g -target bpf -I ebpf -c $< -o $@
+	$(CLANG) $(EBPF_CFLAGS) -c $< -o $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info synguard_*.deb ebpf/*.bpf.o

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the Debian package (`make deb`): ./synguard_<version>_all.deb.
+# Build the Debian package (`make deb`): ./synguard_<version>_<arch>.deb.
 # dpkg-buildpackage runs in a clean copy of the checkout (build/deb/src: the files git
 # knows or would add, so no .venv, caches or stale build output), because it writes
 # into debian/ and puts its results in the parent directory.
@@ -24,6 +24,8 @@ git ls-files -z --cached --others --exclude-standard \
 export SOURCE_DATE_EPOCH="$(dpkg-parsechangelog -S Timestamp)"
 (cd "$out/src" && dpkg-buildpackage -b -us -uc --no-sign) > "$out/build.log" 2>&1 \
     || { tail -n 40 "$out/build.log" >&2; die "dpkg-buildpackage failed (full log: $out/build.log)"; }
-cp "$out/synguard_${ver}_all.deb" "$ROOT/"
-echo "deb: $ROOT/synguard_${ver}_all.deb (log: $out/build.log)"
-echo "deb: install with: apt install ./synguard_${ver}_all.deb"
+deb="synguard_${ver}_$(dpkg --print-architecture).deb"
+rm -f "$ROOT"/synguard_*.deb
+cp "$out/$deb" "$ROOT/"
+echo "deb: $ROOT/$deb (log: $out/build.log)"
+echo "deb: install with: apt install ./$deb"

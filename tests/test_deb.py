@@ -29,7 +29,8 @@ from synguard.abi import Counter
 from synguard.datapath import attached_prog
 
 ROOT = Path(__file__).resolve().parents[1]
-DEB = ROOT / f"synguard_{__version__}_all.deb"
+ARCH = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
+DEB = ROOT / f"synguard_{__version__}_{ARCH}.deb"
 EXE = "/usr/sbin/synguard"
 UNIT = "/lib/systemd/system/synguard.service"
 CONF = "/etc/synguard/synguard.yaml"
@@ -90,8 +91,12 @@ def test_package_contents(package):
     assert not [p for p in paths if "synguard_lab" in p or "__pycache__" in p or p.endswith(".pyc")], paths
     ebpf = sorted(Path(p).name for p in paths if p.startswith("/usr/share/synguard/ebpf/") and not p.endswith("/"))
     assert not [n for n in ebpf if n.startswith(("lab_", "bench"))], ebpf
-    tc = ROOT / "ebpf" / "synguard_tc.bpf.c"
-    assert ("synguard_tc.bpf.c" in ebpf and "synguard_tc.bpf.o" in ebpf) == tc.exists(), ebpf
+    # The tc program, when the checkout has it: its C beside the other, its object (built by
+    # `make ebpf` at package build time, arch-dependent) under /usr/lib.
+    tc = (ROOT / "ebpf" / "synguard_tc.bpf.c").exists()
+    assert ("synguard_tc.bpf.c" in ebpf) == tc, ebpf
+    assert ("/usr/lib/synguard/ebpf/synguard_tc.bpf.o" in paths) == tc, paths
+    assert not [p for p in paths if p.endswith(".o") and not p.startswith("/usr/lib/synguard/ebpf/")], paths
     conffiles = sh(["sh", "-c", f"dpkg-deb --ctrl-tarfile {package} | tar -xOf - ./conffiles"]).stdout.split()
     assert conffiles == [CONF]
     control = sh(["dpkg-deb", "-f", str(package), "Depends"]).stdout
