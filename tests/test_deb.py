@@ -12,6 +12,7 @@ installed, or has an /etc/synguard of its own, is skipped: the test would purge 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -35,6 +36,9 @@ EXE = "/usr/sbin/synguard"
 UNIT = "/lib/systemd/system/synguard.service"
 CONF = "/etc/synguard/synguard.yaml"
 PAGE = "/usr/share/man/man8/synguard.8.gz"
+# One package test at a time on this machine (several worktrees run `make test`): a lock
+# in /run, writable by root only.
+LOCK = "/run/synguard-test-deb.lock"
 # What the package and its daemon create outside dpkg's file list; purge removes them.
 CREATED = ("/etc/synguard", "/var/lib/synguard", "/run/synguard")
 
@@ -131,7 +135,17 @@ def _wait_log(log: Path, needle: str, proc: subprocess.Popen, timeout: float = 1
     raise AssertionError(f"{needle!r} not logged (exit {proc.poll()}): {log.read_text()[-3000:]}")
 
 
-def test_install_run_and_purge(package, tmp_path):
+@pytest.fixture
+def machine_lock():
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_install_run_and_purge(package, tmp_path, machine_lock):
     if installed():
         pytest.skip("a synguard package is installed on this machine: the test would purge it")
     if Path("/etc/synguard").exists():
