@@ -186,3 +186,15 @@ def _ebpf_dir_default() -> Path:
 
 
 EBPF_DIR_DEFAULT = _ebpf_dir_default()
+
+
+def _ebpf_obj_dir_default() -> Path:
+    """Where eBPF objects compiled ahead of time (`make ebpf`) are: beside the C in a
+    checkout; in <prefix>/lib/synguard/ebpf when the C is in <prefix>/share/synguard/ebpf
+    (the Debian package: objects are architecture-dependent, /usr/share is not for them)."""
+    if EBPF_DIR_DEFAULT.parent.parent.name == "share":
+        return EBPF_DIR_DEFAULT.parent.parent.parent / "lib" / "synguard" / "ebpf"
+    return EBPF_DIR_DEFAULT
+
+
+EBPF_OBJ_DIR_DEFAULT = _ebpf_obj_dir_default()

@@ -170,6 +170,9 @@ def test_install_run_and_purge(package, tmp_path, machine_lock):
         assert r.returncode == 2 and "no interface" in r.stderr, r.stdout + r.stderr
         r = sh([EXE, "run", "--ebpf"])  # the installed C, found without a checkout
         assert r.returncode == 0 and "int xdp_synguard(struct xdp_md *ctx)" in r.stdout, r.stderr
+        r = sh(["/usr/bin/python3", "-I", "-c", "import sys; sys.path.insert(0, '/usr/share/synguard'); "
+                "from synguard import abi; print(abi.EBPF_DIR_DEFAULT, abi.EBPF_OBJ_DIR_DEFAULT)"])
+        assert r.stdout.split() == ["/usr/share/synguard/ebpf", "/usr/lib/synguard/ebpf"], r.stdout + r.stderr
 
         # The unit: valid for systemd, installed disabled (nothing starts before the admin enables it).
         r = sh(["systemd-analyze", "verify", UNIT])
@@ -210,6 +213,15 @@ def test_install_run_and_purge(package, tmp_path, machine_lock):
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(timeout=10)
         assert attached_prog(dummy) == prog  # still protecting, pinned
+
+        # An upgrade (here: the same version again) keeps the admin's config and leaves
+        # the attached program alone: prerm detaches on removal only.
+        with open(CONF, "a") as f:
+            f.write("# edited by the admin\n")
+        r = dpkg("-i", str(package))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert Path(CONF).read_text().endswith("# edited by the admin\n")
+        assert attached_prog(dummy) == prog, "an upgrade detached the program"
 
         r = dpkg("--purge", "synguard")
         assert r.returncode == 0, r.stdout + r.stderr
