@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
 from synguard import __version__
 from synguard.abi import Mode
-from synguard.config import DEFAULT_CONTROL_SOCKET
+from synguard import config as configmod
+from synguard.config import DEFAULT_CONTROL_SOCKET, DEFAULT_PATH
 from synguard.datapath.xdp import XDP_MODES
 
 log = logging.getLogger("synguard")
@@ -95,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true", help="machine-readable output")
         c.add_argument("-H", "--no-header", action="store_true", help="no header line")
         c.add_argument("-n", "--numeric", action="store_true", help="exact numbers (no k/M rounding)")
-        c.add_argument("--socket", default=DEFAULT_CONTROL_SOCKET, help=f"daemon control socket (default {DEFAULT_CONTROL_SOCKET})")
+        if name != "listeners":
+            c.add_argument("-c", "--config", metavar="FILE",
+                           help=f"take the control socket from this config (default: {DEFAULT_PATH} if it exists)")
+            c.add_argument("--socket", default=None,
+                           help=f"daemon control socket (default: the config's, else {DEFAULT_CONTROL_SOCKET})")
         return c
 
     status = client("status", "daemon status: mode, interfaces, counters with rates, queues")
@@ -198,6 +204,16 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def _client_socket(args) -> str:
+    """--socket, else the socket of -c FILE, else of the default config if it exists, else the default."""
+    if args.socket:
+        return args.socket
+    path = args.config or (DEFAULT_PATH if os.path.exists(DEFAULT_PATH) else None)
+    if path is None:
+        return DEFAULT_CONTROL_SOCKET
+    return configmod.load(path).control.socket
+
+
 def cmd_client(args) -> int:
     from synguard import view
 
@@ -208,8 +224,15 @@ def cmd_client(args) -> int:
         if args.json:
             print(json.dumps(kernel.to_json(rows), indent=2))
         else:
-            print(kernel.format_listeners(rows, header=not args.no_header), end="")
+            text = kernel.format_listeners(rows, header=not args.no_header)
+            if text:
+                print(text)
         return 0
+    try:
+        args.socket = _client_socket(args)
+    except configmod.ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
     try:
         while True:
             if args.command == "status":
@@ -218,7 +241,8 @@ def cmd_client(args) -> int:
             else:
                 reply = view.request(args.socket, {"cmd": "top", "n": args.count})
                 text = (json.dumps(reply["sources"], indent=2) if args.json else
-                        view.format_top(reply["sources"], header=not args.no_header, numeric=args.numeric))
+                        view.format_top(reply["sources"], header=not args.no_header, numeric=args.numeric,
+                                        now_s=reply.get("now_s")))
             if getattr(args, "watch", None):
                 print("\033[H\033[J" + text, flush=True)
                 time.sleep(args.watch)

@@ -315,7 +315,7 @@ class Daemon:
         if cmd == "status":
             return status.document(self)
         if cmd == "top":
-            return {"sources": self.top(int(request.get("n", 10)))}
+            return {"sources": self.top(int(request.get("n", 10))), "now_s": self.datapath.config()["now_s"]}
         if cmd == "ping":
             return {"ok": True, "version": __version__}
         return {"error": f"unknown command {cmd!r}"}

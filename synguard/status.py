@@ -25,7 +25,10 @@ def document(d) -> dict:
     """The status of daemon d (synguard.daemon.Daemon)."""
     dp = d.datapath
     rows = kernel.listeners()
-    worst = max(rows, key=lambda r: (r.synq_pct, r.syn_recv), default=None)
+    m = d.config.metrics
+    ours = [r for r in rows if m.enabled and r.port == m.port and r.address == m.host]  # our own /metrics
+    busy = [r for r in rows if r not in ours and r.syn_recv > 0]
+    worst = max(busy, key=lambda r: (r.synq_pct, r.syn_recv), default=None)
     return {
         "version": __version__,
         "pid": os.getpid(),
@@ -47,6 +50,7 @@ def document(d) -> dict:
         "listeners": len(rows),
         "config": {"path": d.config_path, "last_reload_ok": d.last_reload_ok, **d.reloads},
         "detection": detection(d),
+        "top_sources": top_sources(dp, 3) if d.detector and d.detector.active else [],
     }
 
 

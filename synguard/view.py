@@ -96,30 +96,51 @@ def format_status(st: dict, numeric: bool = False) -> str:
     if det:
         a = det["attack"]
         if a:
+            sample = a["sources_sample"][:3]
+            sources = (f"heaviest sources {', '.join(sample)}" if sample else
+                       f"top sampled sources {', '.join(r['source'] for r in st.get('top_sources', [])[:3]) or '-'}")
             out.append(f"|- ATTACK:      {a['kind']} on ports {','.join(map(str, a['ports'])) or 'all'}, "
-                       f"peak {n(a['peak_pps'])} SYN/s, detected after {a['detected_after_s']:.1f}s, "
-                       f"sources e.g. {', '.join(a['sources_sample'][:3]) or '-'}")
+                       f"peak {n(a['peak_pps'])} SYN/s, detected after {a['detected_after_s']:.1f}s, {sources}")
         else:
             out.append("|- attack:      none detected")
         prot = ",".join(map(str, det["protected_ports"])) or "-"
         out.append(f"|  |- detector:  baseline {n(det['baseline_pps'])} SYN/s, distinct sources "
                    f"{n(det['sources_distinct'])}/s, cusum {det['cusum']:.2f}")
-        out.append(f"|  `- auto:      armed ports {prot}; denied sources {len(det['denied_sources'])}; attacks so far "
-                   + (", ".join(f"{k} {v}" for k, v in det["attacks_total"].items()) or "0"))
+        so_far = ", ".join(f"{k} {v}" for k, v in det["attacks_total"].items()) or "0"
+        if st["mode"] == "auto":
+            out.append(f"|  `- auto:      armed ports {prot}; denied sources {len(det['denied_sources'])}; "
+                       f"attacks so far {so_far}")
+        else:
+            out.append(f"|  `- attacks so far {so_far}")
+    if st["mode"] == "protect":
+        out.append(f"|- protect:     every SYN to ports {','.join(map(str, st['ports'])) or 'all'} is answered "
+                   f"in XDP, attack or not (the detector only reports)")
+    elif st["mode"] == "observe":
+        out.append("|- observe:     counting only: nothing is answered or dropped")
     w = st.get("worst_listener")
     if w:
         addr = f"[{w['address']}]" if ":" in w["address"] else w["address"]
         out.append(f"`- worst listener: {addr}:{w['port']}  SynRecv {w['syn_recv']}/{w['backlog']} "
                    f"({w['synq_pct']:.1f}%)  AcceptQ {w['accept_queue']}  of {st['listeners']} listeners")
+    elif st["listeners"]:
+        out.append(f"`- listeners:   {st['listeners']}, none with half-open connections")
     else:
         out.append("`- worst listener: (no TCP listeners)")
     return "\n".join(out)
 
 
-def format_top(rows: list[dict], header: bool = True, numeric: bool = False) -> str:
+def ago(now_s: int | None, then_s: int) -> str:
+    """"3s ago" from two readings of the program's clock (sg_config.now_s)."""
+    if now_s is None:
+        return "?"
+    return f"{duration(max(0, now_s - then_s))} ago"
+
+
+def format_top(rows: list[dict], header: bool = True, numeric: bool = False, now_s: int | None = None) -> str:
     lines = [f"{'Source':<40} {'SYNs(est)':>10} {'LastPort':>8} {'LastSeen':>10}"] if header else []
     for r in rows:
-        lines.append(f"{r['source']:<40} {human(r['syns'], numeric):>10} {r['last_dport']:>8} {r['last_seen_s']:>10}")
+        lines.append(f"{r['source']:<40} {human(r['syns'], numeric):>10} {r['last_dport']:>8} "
+                     f"{ago(now_s, r['last_seen_s']):>10}")
     if not rows and header:
         lines.append("(no SYNs sampled yet: one SYN in 16 per CPU is recorded)")
     return "\n".join(lines)

@@ -78,6 +78,22 @@ def test_format_status():
 
 def test_format_top():
     rows = [{"source": "198.51.100.7", "syns": 123456, "last_dport": 443, "last_seen_s": 99}]
-    text = view.format_top(rows)
-    assert text.splitlines()[1].split() == ["198.51.100.7", "123.5k", "443", "99"]
+    text = view.format_top(rows, now_s=102)
+    assert text.splitlines()[1].split() == ["198.51.100.7", "123.5k", "443", "3s", "ago"]
+    assert view.format_top(rows, now_s=99 + 3725).splitlines()[1].endswith("1h02m ago")
     assert len(view.format_top(rows, header=False).splitlines()) == 1
+
+
+def test_format_status_says_what_each_mode_does_and_skips_idle_listeners():
+    protect = view.format_status(STATUS)
+    assert "|- protect:     every SYN to ports 80,443 is answered in XDP" in protect and "armed ports" not in protect
+    auto = view.format_status({**STATUS, "mode": "auto", "detection": {
+        "attack": {"kind": "botnet", "ports": [80], "peak_pps": 160000, "detected_after_s": 0.9,
+                   "sources_sample": []},
+        "attacks_total": {"botnet": 1}, "cusum": 1.0, "baseline_pps": 10, "sources_distinct": 300,
+        "protected_ports": [80], "denied_sources": [], "events": []},
+        "top_sources": [{"source": "203.0.113.9", "syns": 512, "last_dport": 80, "last_seen_s": 1}]})
+    assert "auto:      armed ports 80" in auto
+    assert "top sampled sources 203.0.113.9" in auto and "e.g. -" not in auto
+    idle = view.format_status({**STATUS, "worst_listener": None})
+    assert idle.splitlines()[-1] == "`- listeners:   7, none with half-open connections"
