@@ -21,10 +21,17 @@ log = logging.getLogger("synguard")
 
 
 def _ports(text: str) -> list[int]:
-    """"80,443" -> [80, 443]; "" -> [] (every port)."""
+    """"80,443" -> [80, 443]; "all" -> [] (every port). An empty list or an empty
+    element ("", "80,,443") is an error, not a silent "every port"."""
+    if text.strip().lower() == "all":
+        return []
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or "" in parts:
+        raise argparse.ArgumentTypeError(f"invalid port list {text!r}: an empty entry; give ports like 80,443 "
+                                         f"(or 'all' for every port)")
     ports = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if not part.isdigit() or not 1 <= int(part) <= 65535:
+    for part in parts:
+        if not (part.isascii() and part.isdigit()) or len(part) > 5 or not 1 <= int(part) <= 65535:
             raise argparse.ArgumentTypeError(f"invalid port {part!r}: ports are integers 1-65535, comma-separated")
         ports.append(int(part))
     return sorted(set(ports))
@@ -68,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", choices=Mode.labels(), default=None,
                      help="observe: count only; protect: challenge unverified sources (default: observe)")
     run.add_argument("--ports", type=_ports, default=None, metavar="LIST",
-                     help="protected TCP ports, e.g. 80,443 (default: every port)")
+                     help="protected TCP ports, e.g. 80,443, or all (default: every port)")
     run.add_argument("--allow-ttl", type=_seconds, default=None, metavar="DURATION",
                      help="how long a verified source stays verified (default: 1h)")
     run.add_argument("--xdp-mode", choices=XDP_MODES, default=None,

@@ -32,6 +32,12 @@ def test_version():
     (["run"], "no interface: give -i IFACE"),
     (["run", "-i", "lo", "--ports", "80,99999"], "invalid port '99999'"),
     (["run", "-i", "lo", "--ports", "http"], "invalid port 'http'"),
+    # An empty list or entry is not a silent "every port" (issue 11, finding 9). No real
+    # interface: a parser that accepted them must fail on the interface, not attach.
+    (["run", "-i", "nosuchif0", "--metrics-listen", "", "--ports", ""], "invalid port list '': an empty entry"),
+    (["run", "-i", "nosuchif0", "--metrics-listen", "", "--ports", "80,,443"],
+     "invalid port list '80,,443': an empty entry"),
+    (["run", "-i", "nosuchif0", "--metrics-listen", "", "--ports", "80,"], "invalid port list '80,': an empty entry"),
     (["run", "-i", "lo", "--mode", "block"], "invalid choice: 'block'"),
     (["run", "-i", "lo", "--allow-ttl", "5x"], "invalid duration"),
     (["run", "-i", "lo", "--allow-ttl", "0"], "must be positive"),
