@@ -171,7 +171,13 @@ class Daemon:
             event("reload", "SIGHUP: no config file to reload (started without -c)", level=logging.WARNING)
             return False
         try:
-            cfg = configmod.load(self.config_path)
+            try:
+                cfg = configmod.load(self.config_path)
+            except configmod.ConfigError:
+                raise
+            except Exception as e:  # a parser bug must never stop a running daemon
+                raise configmod.ConfigError([f"cannot load: {type(e).__name__}: {str(e)[:200]}"],
+                                            source=self.config_path) from None
             cfg = configmod.override(cfg, **self.overrides)
             for key in ("metrics", "control"):
                 if getattr(cfg, key) != getattr(self.config, key):
