@@ -164,6 +164,7 @@ def cmd_detach(args) -> int:
     Only a program that is ours (pinned id, or name xdp_synguard) is removed."""
     from synguard import config as configmod
     from synguard.datapath import DataPathError, detach_orphan, unpin
+    from synguard.datapath.pins import pin_problem
 
     if args.service_result in RESTARTED_RESULTS:
         print(f"synguard detach: service result {args.service_result!r}: leaving our program attached "
@@ -180,14 +181,23 @@ def cmd_detach(args) -> int:
         print("synguard detach: error: give -i IFACE or -c FILE", file=sys.stderr)
         return 2
     status = 0
+    problem = pin_problem()
+    if problem:
+        print(f"synguard detach: {problem}", file=sys.stderr)
     for ifname in interfaces:
         try:
-            done = detach_orphan(ifname)
+            done, found = detach_orphan(ifname)
         except DataPathError as e:
             print(f"synguard detach: {e}", file=sys.stderr)
             status = 1
             continue
-        print(f"synguard detach: {ifname}: {'detached our program' if done else 'no synguard program attached'}")
+        if done:
+            print(f"synguard detach: {ifname}: detached our program")
+        elif found is None:
+            print(f"synguard detach: {ifname}: no synguard program attached")
+        else:
+            print(f"synguard detach: {ifname}: XDP program id {found[0]} is not synguard's "
+                  f"(not our pinned program): left attached")
     unpin()
     return status
 
@@ -195,10 +205,21 @@ def cmd_detach(args) -> int:
 def cmd_check_config(args) -> int:
     from synguard import config as configmod
 
+    from synguard.preflight import host_problems
+
     try:
         cfg = configmod.load(args.file)
     except configmod.ConfigError as e:
         print(str(e), file=sys.stderr)
+        return 1
+    except Exception as e:  # a parser bug: still one line, never a traceback
+        print(f"{args.file}: cannot load: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+        return 1
+    # What the daemon would refuse at start, checked without compiling anything.
+    problems = host_problems(cfg)
+    for line in problems:
+        print(line if line.startswith(f"{args.file}: ") else f"{args.file}: {line}", file=sys.stderr)
+    if problems:
         return 1
     print(f"{args.file}: OK (mode {cfg.mode}, {len(cfg.interfaces)} interface(s), "
           f"ports {','.join(map(str, cfg.protect.ports)) or 'all'})")
