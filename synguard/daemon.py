@@ -131,7 +131,7 @@ class Daemon:
             if ifname not in dp.attached:
                 how = dp.attach(ifname, cfg.xdp_mode)
                 event("attached", f"attached to {ifname} ({how} XDP)", interface=ifname, xdp_mode=how)
-                if dp.pin_error:
+                if dp.pin_error and dp.pin_error != dp.state_note:  # a foreign directory: said once
                     event("pin_failed", f"cannot pin the program ({dp.pin_error}): after a crash, a restarted "
                           f"daemon will not recognise its leftover program", level=logging.WARNING)
                     dp.pin_error = None

@@ -39,8 +39,8 @@ def control_socket_problem(path: str) -> str | None:
     p = Path(path)
     try:
         st = p.lstat()
-    except FileNotFoundError:
-        st = None
+    except (FileNotFoundError, NotADirectoryError):
+        st = None  # the walk up below says which part is wrong
     except OSError as e:
         return f"control.socket: {p}: {e.strerror}"
     if st is not None and not stat.S_ISSOCK(st.st_mode):

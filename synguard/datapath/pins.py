@@ -34,6 +34,12 @@ class ForeignPin(Exception):
     """A pin or pin directory synguard did not make (str: the one-line reason)."""
 
 
+def foreign_note(e: ForeignPin) -> str:
+    """The one line a daemon logs about a foreign pin directory (state_dir() and pin() agree)."""
+    return (f"{e}: looks foreign; state is not kept across a crash and the program is not pinned "
+            f"(remove it once you know who made it)")
+
+
 def pin_root() -> Path:
     return Path(os.environ.get("SYNGUARD_PIN_DIR", "/sys/fs/bpf/synguard"))
 
@@ -159,7 +165,7 @@ def pin(prog_fd: int) -> str | None:
         if check_pin(path):
             path.unlink()
     except ForeignPin as e:
-        return f"{e}: not pinning there"
+        return foreign_note(e)
     except OSError as e:
         return f"{pin_path()}: {e.strerror}"
     if lib.bpf_obj_pin(prog_fd, str(path).encode()) != 0:
@@ -202,8 +208,7 @@ def state_dir() -> tuple[Path | None, str | None]:
     try:
         trusted_pin_dir(create=True)
     except ForeignPin as e:
-        return None, (f"{e}: looks foreign; state is not kept across a crash and the program is not pinned "
-                      f"(remove it once you know who made it)")
+        return None, foreign_note(e)
     except OSError as e:
         return None, f"{path}: {e.strerror}: state is not kept across a crash"
     return path, None
