@@ -370,7 +370,7 @@ class Daemon:
             signal.signal(sig, self._on_signal)
         from synguard.preflight import host_problems
 
-        problems = host_problems(self.config)  # before compiling, before touching a crashed run's pins
+        problems = host_problems(self.config, starting=True)  # before compiling or touching a crashed run's pins
         if problems:
             for line in problems:
                 log.error("%s", line)

@@ -13,8 +13,10 @@ from pathlib import Path
 from synguard import config as configmod
 
 
-def host_problems(cfg: configmod.Config) -> list[str]:
-    """One line per problem (empty: nothing found)."""
+def host_problems(cfg: configmod.Config, starting: bool = False) -> list[str]:
+    """One line per problem (empty: nothing found). starting (`synguard run`): also
+    refuse when another daemon answers on the control socket, before this one copies
+    and re-pins the kept maps that daemon is still writing."""
     problems = []
     if cfg.secret.file:
         from synguard.secret import secret_file_check
@@ -31,7 +33,19 @@ def host_problems(cfg: configmod.Config) -> list[str]:
     problem = control_socket_problem(cfg.control.socket)
     if problem:
         problems.append(problem)
+    elif starting and _answers(cfg.control.socket):
+        problems.append(f"another synguard is running (control socket {cfg.control.socket} answers)")
     return problems
+
+
+def _answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(2)
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def control_socket_problem(path: str) -> str | None:

@@ -422,3 +422,47 @@ def test_half_sent_requests_do_not_pile_up_threads(lab, world):
         for s in conns:
             s.close()
         assert d.stop() == 0, d.text()
+
+
+def _pinned_map_id(path: Path) -> int:
+    from synguard.datapath.libbpf import lib
+
+    fd = lib().bpf_obj_get(str(path).encode())
+    assert fd >= 0, os.strerror(ct.get_errno())
+    try:
+        info = (ct.c_uint32 * 2)()
+        size = ct.c_uint32(ct.sizeof(info))
+        assert lib().bpf_obj_get_info_by_fd(fd, info, ct.byref(size)) == 0
+        return info[1]  # struct bpf_map_info: type, id
+    finally:
+        os.close(fd)
+
+
+@hard_timeout(240)
+def test_second_daemon_leaves_the_running_ones_state_alone(lab, world):
+    """A second `synguard run` on the same control socket refuses before compiling, and
+    before copying and re-pinning the kept maps the running daemon still writes."""
+    from synguard import view
+
+    mnt = world / "bpffs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "-o", "mode=0700", "bpf", str(mnt)], check=True)
+    a = None
+    try:
+        env = {"SYNGUARD_PIN_DIR": str(mnt / "synguard")}
+        a = Daemon(lab, world, "-i", lab.server_client_if, env=env)
+        a.wait("attached to")
+        ns_dir = netns_dir(mnt, lab)
+        ids = {name: _pinned_map_id(ns_dir / name) for name in ("sg_allowlist", "sg_counters")}
+        b = Daemon(lab, world, "-i", lab.server_client_if, env=env)
+        try:
+            assert b.exit_code(timeout=30) == 1, b.text()
+        finally:
+            b.stop()
+        assert f"another synguard is running (control socket {a.socket} answers)" in b.text(), b.text()
+        assert {name: _pinned_map_id(ns_dir / name) for name in ids} == ids
+        assert view.request(a.socket, {"cmd": "ping"})["ok"]
+    finally:
+        if a is not None:
+            assert a.stop() == 0, a.text()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
