@@ -112,8 +112,9 @@ def pin_problem() -> str | None:
     """Why this namespace's pins are not trusted (one line), or None."""
     try:
         d = trusted_pin_dir()
-        if d is not None:
-            pinned_prog_fd_checked(d / "xdp_synguard")
+        fd = pinned_prog_fd_checked(d / "xdp_synguard") if d is not None else None
+        if fd is not None:
+            os.close(fd)
     except ForeignPin as e:
         return f"{e}: not trusted as synguard's (a pin another user could plant is never used)"
     except OSError:
