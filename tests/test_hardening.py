@@ -466,3 +466,22 @@ def test_second_daemon_leaves_the_running_ones_state_alone(lab, world):
         if a is not None:
             assert a.stop() == 0, a.text()
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@hard_timeout(240)
+def test_close_unpins_a_program_pinned_in_another_namespace(lab, bpffs, monkeypatch):
+    """DataPath.close() from the namespace it was made in removes the pin it made while
+    attaching in a lab namespace (the trust check looks at that pin's directory)."""
+    from synguard.datapath import DataPath
+
+    monkeypatch.setenv("SYNGUARD_PIN_DIR", str(bpffs / "synguard"))
+    dp = DataPath()
+    try:
+        with lab.netns(lab.server_ns):
+            dp.attach(lab.server_client_if, "generic")
+        pin = netns_dir(bpffs, lab) / "xdp_synguard"
+        assert pin.exists() and dp.pin_error is None
+    finally:
+        dp.close()
+    assert not pin.exists()
+    assert attached(lab, lab.server_client_if) is None

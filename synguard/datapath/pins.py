@@ -72,16 +72,17 @@ def _check_dir(path: Path, create: bool) -> bool:
     return True
 
 
-def trusted_pin_dir(create: bool = False) -> Path | None:
-    """The directory of this namespace's pins, if it exists (or was created) and is
-    ours; None if it does not exist; ForeignPin if it or its parent is not trusted."""
-    root = pin_root()
+def trusted_pin_dir(create: bool = False, ns_dir: Path | None = None) -> Path | None:
+    """The directory of this namespace's pins (or ns_dir, one recorded in another
+    namespace), if it exists (or was created) and is ours; None if it does not
+    exist; ForeignPin if it or the directories above it are not trusted."""
+    path = ns_dir or pin_path().parent
+    root = path.parent
     parent = os.lstat(root.parent) if root.parent.exists() else None
     if parent is not None and parent.st_mode & 0o002 and not parent.st_mode & stat.S_ISVTX:
         raise ForeignPin(f"{root.parent} is world-writable without the sticky bit: anyone may swap {root.name}")
     if not _check_dir(root, create):
         return None
-    path = pin_path().parent
     return path if _check_dir(path, create) else None
 
 
@@ -178,7 +179,7 @@ def unpin(path: Path | None = None, expected_id: int | None = None) -> None:
     """Remove our pin (only if it still holds expected_id, when given); a foreign pin
     or directory is left alone."""
     try:
-        d = trusted_pin_dir()
+        d = trusted_pin_dir(ns_dir=path.parent if path else None)
         if d is None:
             return
         path = path or d / "xdp_synguard"
