@@ -115,7 +115,7 @@ esac
 
 # ---------------------------------------------------------------- bpffs
 if ! awk '$2 == "/sys/fs/bpf" && $3 == "bpf" {found=1} END {exit !found}' /proc/mounts; then
-    if mkdir -p /sys/fs/bpf 2>/dev/null && mount -t bpf bpf /sys/fs/bpf 2>/dev/null; then
+    if mkdir -p /sys/fs/bpf 2>/dev/null && mount -t bpf -o mode=0700 bpf /sys/fs/bpf 2>/dev/null; then
         say "mounted bpffs at /sys/fs/bpf"
     else
         warn "could not mount bpffs at /sys/fs/bpf (pinning will be unavailable)"

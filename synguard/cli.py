@@ -23,10 +23,17 @@ log = logging.getLogger("synguard")
 
 
 def _ports(text: str) -> list[int]:
-    """"80,443" -> [80, 443]; "" -> [] (every port)."""
+    """"80,443" -> [80, 443]; "all" -> [] (every port). An empty list or an empty
+    element ("", "80,,443") is an error, not a silent "every port"."""
+    if text.strip().lower() == "all":
+        return []
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or "" in parts:
+        raise argparse.ArgumentTypeError(f"invalid port list {text!r}: an empty entry; give ports like 80,443 "
+                                         f"(or 'all' for every port)")
     ports = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if not part.isdigit() or not 1 <= int(part) <= 65535:
+    for part in parts:
+        if not (part.isascii() and part.isdigit()) or len(part) > 5 or not 1 <= int(part) <= 65535:
             raise argparse.ArgumentTypeError(f"invalid port {part!r}: ports are integers 1-65535, comma-separated")
         ports.append(int(part))
     return sorted(set(ports))
@@ -70,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", choices=Mode.labels(), default=None,
                      help="observe: count only; protect: challenge unverified sources (default: observe)")
     run.add_argument("--ports", type=_ports, default=None, metavar="LIST",
-                     help="protected TCP ports, e.g. 80,443 (default: every port)")
+                     help="protected TCP ports, e.g. 80,443, or all (default: every port)")
     run.add_argument("--allow-ttl", type=_seconds, default=None, metavar="DURATION",
                      help="how long a verified source stays verified (default: 1h)")
     run.add_argument("--xdp-mode", choices=XDP_MODES, default=None,
@@ -163,6 +170,7 @@ def cmd_detach(args) -> int:
     Only a program that is ours (pinned id, or name xdp_synguard) is removed."""
     from synguard import config as configmod
     from synguard.datapath import DataPathError, detach_orphan, unpin
+    from synguard.datapath.pins import pin_problem
 
     if args.service_result in RESTARTED_RESULTS:
         print(f"synguard detach: service result {args.service_result!r}: leaving our program attached "
@@ -179,14 +187,23 @@ def cmd_detach(args) -> int:
         print("synguard detach: error: give -i IFACE or -c FILE", file=sys.stderr)
         return 2
     status = 0
+    problem = pin_problem()
+    if problem:
+        print(f"synguard detach: {problem}", file=sys.stderr)
     for ifname in interfaces:
         try:
-            done = detach_orphan(ifname)
+            done, found = detach_orphan(ifname)
         except DataPathError as e:
             print(f"synguard detach: {e}", file=sys.stderr)
             status = 1
             continue
-        print(f"synguard detach: {ifname}: {'detached our program' if done else 'no synguard program attached'}")
+        if done:
+            print(f"synguard detach: {ifname}: detached our program")
+        elif found is None:
+            print(f"synguard detach: {ifname}: no synguard program attached")
+        else:
+            print(f"synguard detach: {ifname}: XDP program id {found[0]} is not synguard's "
+                  f"(not our pinned program): left attached")
     unpin()
     return status
 
@@ -194,10 +211,21 @@ def cmd_detach(args) -> int:
 def cmd_check_config(args) -> int:
     from synguard import config as configmod
 
+    from synguard.preflight import host_problems
+
     try:
         cfg = configmod.load(args.file)
     except configmod.ConfigError as e:
         print(str(e), file=sys.stderr)
+        return 1
+    except Exception as e:  # a parser bug: still one line, never a traceback
+        print(f"{args.file}: cannot load: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+        return 1
+    # What the daemon would refuse at start, checked without compiling anything.
+    problems = host_problems(cfg)
+    for line in problems:
+        print(line if line.startswith(f"{args.file}: ") else f"{args.file}: {line}", file=sys.stderr)
+    if problems:
         return 1
     print(f"{args.file}: OK (mode {cfg.mode}, {len(cfg.interfaces)} interface(s), "
           f"ports {','.join(map(str, cfg.protect.ports)) or 'all'})")

@@ -28,6 +28,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -66,6 +67,15 @@ DURATION_MAX_S = 365 * 86400
 SUN_PATH_MAX = 107
 # IFNAMSIZ is 16 including the NUL (linux/if.h).
 IFNAME_MAX = 15
+# Hostile input bounds. A config is a few KiB; load() reads at most this much.
+FILE_MAX_BYTES = 1 << 20
+# No setting takes a number near this long ("18_446_744_073_709_551_615" is 26):
+# longer integer literals are refused unread (int() of 5,001 digits is a ValueError).
+INT_TEXT_MAX = 40
+# "<<" merge keys are expanded by copying (PyYAML's flatten_mapping): a 419-byte
+# file could ask for billions of copies. A mapping may expand to this many keys.
+MERGED_KEYS_MAX = 1000
+MERGE_DEPTH_MAX = 32
 
 
 class ConfigError(ValueError):
@@ -246,10 +256,17 @@ class _NodeValue(_Value):
         if type(node) in standard and node.tag != standard[type(node)]:
             self.problem = f"unsupported tag {node.tag!r}"
         elif isinstance(node, yaml.ScalarNode):
+            if node.tag == "tag:yaml.org,2002:int" and len(node.value) > INT_TEXT_MAX:
+                self.problem = f"a number of {len(node.value)} characters, far out of range of every setting"
+                return
             try:
                 self._obj = loader.construct_object(node)
             except yaml.YAMLError as e:
                 self.problem = str(getattr(e, "problem", None) or e)
+            except (ValueError, OverflowError) as e:  # never a traceback for a scalar
+                self.problem = f"unreadable {node.tag.rsplit(':', 1)[-1]}: {_short(str(e))}"
+        elif isinstance(node, yaml.MappingNode):
+            self.problem = _merge_problem(node)
 
     @property
     def kind(self) -> str:
@@ -328,6 +345,55 @@ _BAD = object()  # a checker found a problem (already reported)
 Checker = Callable[[_Value, str, _Errors], Any]
 
 
+def _short(text: str, limit: int = 60) -> str:
+    """text, cut to limit characters (hostile values must not make kilobyte-long lines)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _merge_problem(node: yaml.MappingNode) -> str | None:
+    """Why node's "<<" merge keys must not be expanded, or None.
+
+    Counts the keys the expansion would produce (each merged mapping once,
+    memoised, so an alias bomb costs one visit per distinct node) before PyYAML
+    copies anything; refuses merges of non-mappings, self-merges and deep chains."""
+    sizes: dict[int, int | None] = {}  # id(node) -> keys once expanded; None while being counted
+
+    def size(n: yaml.MappingNode, depth: int) -> int:
+        if id(n) in sizes:
+            if sizes[id(n)] is None:
+                raise ValueError("a '<<' merge includes the mapping it is in")
+            return sizes[id(n)]  # type: ignore[return-value]
+        if depth > MERGE_DEPTH_MAX:
+            raise ValueError(f"'<<' merges nested more than {MERGE_DEPTH_MAX} deep")
+        sizes[id(n)] = None
+        total = 0
+        for knode, vnode in n.value:
+            if knode.tag != "tag:yaml.org,2002:merge":
+                total += 1
+            else:
+                subs = [vnode] if isinstance(vnode, yaml.MappingNode) else (
+                    vnode.value if isinstance(vnode, yaml.SequenceNode) else None)
+                if subs is None or not all(isinstance(sub, yaml.MappingNode) for sub in subs):
+                    raise ValueError("'<<' (merge key) takes a mapping or a list of mappings")
+                for sub in subs:
+                    total += size(sub, depth + 1)
+                    if total > MERGED_KEYS_MAX:
+                        break
+            if total > MERGED_KEYS_MAX:
+                raise ValueError(f"'<<' merges expand this mapping past {MERGED_KEYS_MAX} keys "
+                                 f"(a merge-key bomb?); refused unexpanded")
+        sizes[id(n)] = total
+        return total
+
+    if not any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value):
+        return None
+    try:
+        size(node, 0)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _describe(v: _Value) -> str:
     kind = v.kind
     if kind == "invalid":
@@ -340,8 +406,8 @@ def _describe(v: _Value) -> str:
     if kind == "boolean":
         return f"boolean {str(val).lower()} (YAML reads yes/no/on/off/true/false as booleans; quote it)"
     if kind == "string":
-        return f"string {val!r}"
-    return f"{kind} {val!r}" if kind in ("integer", "float") else f"a {kind}"
+        return f"string {_short(repr(val))}"
+    return f"{kind} {_short(repr(val))}" if kind in ("integer", "float") else f"a {kind}"
 
 
 def _expect(v: _Value, kinds: tuple[str, ...], path: str, errs: _Errors, what: str) -> bool:
@@ -393,6 +459,8 @@ def parse_duration(value: int | str) -> int:
         raise ValueError(f"expected seconds or a duration like 90s, 10m, 1h30m, got {value!r}")
     if isinstance(value, int):
         seconds = value
+    elif len(value) > INT_TEXT_MAX:
+        raise ValueError(f"invalid duration {_short(repr(value))}: far too long")
     elif value.isdigit() and value.isascii():
         seconds = int(value)
     else:
@@ -739,6 +807,8 @@ def parse(text: str, source: str = "<string>") -> Config:
     try:
         loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
+    except RecursionError:
+        raise ConfigError(["not valid YAML for a config: nested too deeply"], source) from None
     except yaml.MarkedYAMLError as e:
         raise ConfigError([_yaml_problem(e)], source) from None
     except yaml.reader.ReaderError as e:
@@ -776,19 +846,42 @@ def _yaml_problem(e: yaml.MarkedYAMLError) -> str:
 
 
 def load(path: str | os.PathLike = DEFAULT_PATH) -> Config:
-    """Read and parse a config file; unreadable files are a one-line ConfigError."""
+    """Read and parse a config file; unreadable files are a one-line ConfigError.
+
+    Only a regular file is read (a FIFO or a device is refused, never waited on:
+    opened non-blocking, checked on the fd), and at most FILE_MAX_BYTES of it."""
     source = os.fspath(path)
     try:
-        with open(source, "rb") as f:
-            data = f.read()
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
         raise ConfigError(["no such file"], source) from None
     except PermissionError:
         raise ConfigError([f"permission denied (running as uid {os.geteuid()})"], source) from None
-    except IsADirectoryError:
-        raise ConfigError(["is a directory, not a config file"], source) from None
     except OSError as e:
         raise ConfigError([f"cannot read: {e.strerror or e}"], source) from None
+    too_big = f"larger than {FILE_MAX_BYTES // 1024} KiB: not a synguard config"
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(["is a directory, not a config file"], source)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(["is not a regular file (a FIFO, device or socket): give a config file"], source)
+        if st.st_size > FILE_MAX_BYTES:
+            raise ConfigError([too_big], source)
+        chunks, size = [], 0
+        while size <= FILE_MAX_BYTES:
+            chunk = os.read(fd, FILE_MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > FILE_MAX_BYTES:  # grew while we read
+            raise ConfigError([too_big], source)
+        data = b"".join(chunks)
+    except OSError as e:
+        raise ConfigError([f"cannot read: {e.strerror or e}"], source) from None
+    finally:
+        os.close(fd)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -131,7 +131,7 @@ class Daemon:
             if ifname not in dp.attached:
                 how = dp.attach(ifname, cfg.xdp_mode)
                 event("attached", f"attached to {ifname} ({how} XDP)", interface=ifname, xdp_mode=how)
-                if dp.pin_error:
+                if dp.pin_error and dp.pin_error != dp.state_note:  # a foreign directory: said once
                     event("pin_failed", f"cannot pin the program ({dp.pin_error}): after a crash, a restarted "
                           f"daemon will not recognise its leftover program", level=logging.WARNING)
                     dp.pin_error = None
@@ -171,7 +171,13 @@ class Daemon:
             event("reload", "SIGHUP: no config file to reload (started without -c)", level=logging.WARNING)
             return False
         try:
-            cfg = configmod.load(self.config_path)
+            try:
+                cfg = configmod.load(self.config_path)
+            except configmod.ConfigError:
+                raise
+            except Exception as e:  # a parser bug must never stop a running daemon
+                raise configmod.ConfigError([f"cannot load: {type(e).__name__}: {str(e)[:200]}"],
+                                            source=self.config_path) from None
             cfg = configmod.override(cfg, **self.overrides)
             for key in ("metrics", "control"):
                 if getattr(cfg, key) != getattr(self.config, key):
@@ -362,6 +368,13 @@ class Daemon:
         self.overrides = overrides or {}
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        from synguard.preflight import host_problems
+
+        problems = host_problems(self.config, starting=True)  # before compiling or touching a crashed run's pins
+        if problems:
+            for line in problems:
+                log.error("%s", line)
+            return 1
         try:
             self.datapath = DataPath(keep_state=True)
             dp = self.datapath
@@ -377,7 +390,7 @@ class Daemon:
         except (DataPathError, ControlError, configmod.ConfigError) as e:
             for line in str(e).splitlines():
                 log.error("%s", line)
-            self.close()
+            self.close(keep_state=True)  # a failed start never deletes what a crashed run kept
             return 1
         sd_notify("READY=1\nSTATUS=" + self._status_line())
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
@@ -432,10 +445,12 @@ class Daemon:
         return (f"mode {self.config.mode}; SYN {r['syn_received']:.0f}/s, challenges "
                 f"{r['challenge_sent']:.0f}/s, validated {r['cookie_validated']:.0f}/s")
 
-    def close(self, detach: bool = True) -> None:
+    def close(self, detach: bool = True, keep_state: bool = False) -> None:
         """Idempotent: stop servers, remove the socket, detach our program (orderly stop).
 
-        detach=False (a crash) leaves the program attached and the state pinned."""
+        detach=False (a crash) leaves the program attached and the state pinned;
+        keep_state (a failed start) detaches what this run attached but leaves the
+        kept maps pinned for the next start."""
         if self._closed:
             return
         self._closed = True
@@ -446,7 +461,7 @@ class Daemon:
             if server is not None:
                 server.shutdown()
         if self.datapath is not None and detach:
-            self.datapath.close()
+            self.datapath.close(keep_state=keep_state)
 
 
 def _replace(cfg, **kw):

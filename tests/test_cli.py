@@ -8,6 +8,7 @@ import platform
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -32,6 +33,12 @@ def test_version():
     (["run"], "no interface: give -i IFACE"),
     (["run", "-i", "lo", "--ports", "80,99999"], "invalid port '99999'"),
     (["run", "-i", "lo", "--ports", "http"], "invalid port 'http'"),
+    # An empty list or entry is not a silent "every port" (issue 11, finding 9). No real
+    # interface: a parser that accepted them must fail on the interface, not attach.
+    (["run", "-i", "nosuchif0", "--metrics-listen", "", "--ports", ""], "invalid port list '': an empty entry"),
+    (["run", "-i", "nosuchif0", "--metrics-listen", "", "--ports", "80,,443"],
+     "invalid port list '80,,443': an empty entry"),
+    (["run", "-i", "nosuchif0", "--metrics-listen", "", "--ports", "80,"], "invalid port list '80,': an empty entry"),
     (["run", "-i", "lo", "--mode", "block"], "invalid choice: 'block'"),
     (["run", "-i", "lo", "--allow-ttl", "5x"], "invalid duration"),
     (["run", "-i", "lo", "--allow-ttl", "0"], "must be positive"),
@@ -47,7 +54,7 @@ def test_missing_interface_is_one_clear_line(tmp_path):
     r = synguard("run", "-i", "nosuchif0", "--control-socket", str(tmp_path / "ctl.sock"), "--metrics-listen", "")
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
-    assert lines == ["synguard: interface 'nosuchif0' does not exist (in this network namespace)"]
+    assert lines == ["synguard: interfaces: 'nosuchif0' does not exist (in this network namespace)"]
 
 
 def test_ebpf_flag_prints_the_c():
@@ -68,7 +75,11 @@ def test_verifier_rejection_keeps_the_log(tmp_path):
                  env={"SYNGUARD_EBPF_DIR": str(broken), "TMPDIR": str(tmp_path)})
     assert r.returncode == 1
     assert "verifier log kept in" in r.stderr
-    log = tmp_path / "synguard.verifier.log"
+    # In a fresh private directory under TMPDIR, never a fixed name in it (issue 11, finding 1).
+    log = Path(r.stderr.split("verifier log kept in ", 1)[1].split()[0])
+    assert log.parent.parent == tmp_path and log.parent.name.startswith("synguard-log-")
+    st = log.parent.lstat()
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
     assert "invalid access to packet" in log.read_text()
 
 

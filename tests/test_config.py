@@ -524,19 +524,6 @@ def test_directory_instead_of_file(tmp_path):
         config.load(tmp_path)
 
 
-def test_permission_denied(tmp_path, monkeypatch):
-    p = tmp_path / "c.yaml"
-    p.write_text("mode: observe\n")
-
-    def denied(*a, **k):
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(config, "open", denied, raising=False)
-    with pytest.raises(ConfigError) as ei:
-        config.load(p)
-    assert str(ei.value) == f"{p}: permission denied (running as uid {os.geteuid()})"
-
-
 def test_permission_denied_for_real(tmp_path):
     """Root reads mode-000 files, so load it as nobody (setpriv, util-linux)."""
     import subprocess
@@ -936,3 +923,115 @@ def test_property_any_text_gives_a_config_or_clean_errors(case):
         parse(case)
     except ConfigError as e:
         assert e.errors and all(isinstance(m, str) and m and "\n" not in m for m in e.errors)
+
+
+# -- hostile input (issue 11, findings 4 and 5): one line, fast, never a traceback ------
+# Each case runs `synguard check-config` (the unit's ExecStartPre) in a child with
+# its address space and time bounded: a regression fails here, it cannot eat the box.
+
+import resource
+import subprocess
+import sys
+import time
+
+
+def _check_config(path, timeout=20.0):
+    def limits():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # the 484-byte bomb took 1.5 GB
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "synguard.cli", "check-config", str(path)], capture_output=True,
+                       text=True, timeout=timeout, preexec_fn=limits)
+    return r, time.monotonic() - t0
+
+
+def merge_bomb(levels: int, fan: int, size: int) -> str:
+    """A "<<" merge-key bomb of exactly size bytes under `protect:`: each level merges
+    fan copies of the level below (anchored at its first use), fan**levels keys."""
+    body = "{" + ", ".join(f"k{i}: 0" for i in range(fan)) + "}"
+    for lv in range(1, levels):
+        name = f"l{lv}"
+        body = f"{{<<: [&{name} {body}, " + ", ".join([f"*{name}"] * (fan - 1)) + "]}"
+    text = f"protect: {body}\n"
+    assert len(text) < size, len(text)
+    return text + "#" * (size - len(text) - 1) + "\n"
+
+
+HOSTILE_NUMBERS = {
+    "int_5001_digits": ("protect:\n  allow_ttl: " + "9" * 5001 + "\n", "protect.allow_ttl (line 2)"),
+    "port_5001_digits": ("protect:\n  ports: [80, " + "9" * 5001 + "]\n", "protect.ports[1] (line 2)"),
+    "floor_5001_digits": ("detection:\n  floor_pps: -" + "9" * 5001 + "\n", "detection.floor_pps (line 2)"),
+    "interfaces_5001_digits": ("interfaces: " + "9" * 5001 + "\n", "interfaces (line 1)"),
+    "hex_4000_digits": ("protect:\n  ports: [0x" + "f" * 4000 + "]\n", "protect.ports[0] (line 2)"),
+    "duration_5001_digits": ("protect:\n  allow_ttl: '" + "9" * 5001 + "s'\n", "protect.allow_ttl (line 2)"),
+    "float_5001_digits": ("detection:\n  ewma_alpha: " + "9" * 5001 + ".5\n", "detection.ewma_alpha (line 2)"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_NUMBERS)
+def test_huge_numbers_are_one_config_error_line(tmp_path, name):
+    text, where = HOSTILE_NUMBERS[name]
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as ei:
+        config.load(p)
+    assert len(ei.value.errors) == 1 and where in ei.value.errors[0], ei.value.errors
+    assert len(str(ei.value)) < 300  # the number is not echoed back in full
+    r, _ = _check_config(p)
+    assert r.returncode == 1 and r.stderr.strip() == str(ei.value), r.stderr[-2000:]
+
+
+def test_bombs_are_built_as_described():
+    """The bombs below expand as claimed (PyYAML's own loader, on a small instance)."""
+    small = yaml.safe_load(merge_bomb(3, 3, 200))
+    assert small["protect"] == {f"k{i}": 0 for i in range(3)}  # 27 pairs before de-duplication
+    loader = yaml.SafeLoader(merge_bomb(3, 3, 200))
+    node = loader.get_single_node().value[0][1]
+    loader.flatten_mapping(node)
+    assert len(node.value) == 27
+
+
+@pytest.mark.parametrize("levels, fan, size", [(6, 9, 419), (7, 9, 484)])
+def test_merge_key_bombs_are_refused_fast(tmp_path, levels, fan, size):
+    p = tmp_path / "bomb.yaml"
+    p.write_text(merge_bomb(levels, fan, size))
+    assert p.stat().st_size == size
+    r, took = _check_config(p)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith(f"{p}: protect (line 1): cannot read value: '<<' merges expand this mapping past ")
+    assert took < 5  # measured 0.3 s (interpreter start included); 9.1 s / past 30 s before
+
+
+@pytest.mark.parametrize("text, message", [
+    ("protect: {<<: 5}\n", "'<<' (merge key) takes a mapping or a list of mappings"),
+    ("protect: &p {<<: *p}\n", "a '<<' merge includes the mapping it is in"),
+    ("interfaces: " + "[" * 100000 + "\n", "nested too deeply"),
+    ("interfaces: " + "[" * 900 + "]" * 900 + "\n", "nested too deeply"),
+])
+def test_hostile_yaml_shapes_are_one_line(tmp_path, text, message):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    r, _ = _check_config(p)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and message in lines[0], r.stderr[-2000:]
+
+
+def test_legitimate_merge_keys_still_work():
+    cfg = parse("protect: {<<: {ports: [80, 443]}, allow_ttl: 10m}\n")
+    assert cfg.protect.ports == (80, 443) and cfg.protect.allow_ttl == 600
+
+
+def test_fifo_device_and_huge_files_are_one_line_without_hanging(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as f:  # sparse: 2 GiB of zeros costs no disk
+        f.truncate(2 << 30)
+    cases = {fifo: "is not a regular file", Path("/dev/zero"): "is not a regular file",
+             huge: "KiB: not a synguard config"}
+    for path, message in cases.items():
+        r, took = _check_config(path, timeout=20)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and lines == [f"{path}: {lines[0].split(': ', 1)[1]}"], (path, r.stderr[-2000:])
+        assert message in lines[0], lines
+        assert took < 5, (path, took)

@@ -184,6 +184,42 @@ def test_sighup_keeps_the_running_config_on_errors(lab, tmp_path):
         lab.stop(d.proc)
 
 
+def test_sighup_survives_hostile_configs(lab, tmp_path):
+    """Issue 11, finding 4/5: a reload of a 5,001-digit integer, a merge-key bomb, a FIFO
+    or /dev/zero is a logged failure; the daemon keeps running with its last good config."""
+    import os
+
+    from test_config import merge_bomb
+
+    d = Running(lab, tmp_path, config_text(lab))
+    try:
+        good = d.config.read_text()
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo, 0o600)
+        hostile = {
+            "5001 digits": lambda: d.config.write_text(good + "detection:\n  floor_pps: " + "9" * 5001 + "\n"),
+            "merge bomb": lambda: d.config.write_text(merge_bomb(7, 9, 484)),
+            "fifo": lambda: (d.config.unlink(), d.config.symlink_to(fifo)),
+            "/dev/zero": lambda: (d.config.unlink(), d.config.symlink_to("/dev/zero")),
+        }
+        for n, (what, make) in enumerate(hostile.items(), 1):
+            make()
+            d.proc.send_signal(signal.SIGHUP)
+            d.wait_log("config NOT reloaded", timeout=20)
+            assert d.proc.poll() is None, f"{what}: the daemon exited"
+            st = d.status()
+            assert st["mode"] == "protect" and st["ports"] == [PORT], what
+            assert st["config"]["failure"] == n and st["config"]["success"] == 0, (what, st["config"])
+        assert not any("Traceback" in line for line in d.log), "".join(d.log)
+        d.config.unlink()
+        d.config.write_text(config_text(lab, ports=(PORT, 9999)))
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log("config reloaded")
+        assert d.status()["ports"] == [PORT, 9999]
+    finally:
+        lab.stop(d.proc)
+
+
 def test_sigterm_detaches_and_cli_reports_no_daemon(lab, tmp_path):
     from synguard.datapath import attached_prog
 

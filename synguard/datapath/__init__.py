@@ -13,14 +13,14 @@ import ctypes as ct
 import ipaddress
 import itertools
 import os
-import tempfile
+import shutil
 import time
 from pathlib import Path
 
 from synguard import abi
 from synguard.abi import Counter, Mode
 from synguard.datapath.host import (DataPathError, capture_fd2, check_kernel_headers, check_privileges,
-                                    ebpf_dir, ifindex)
+                                    ebpf_dir, ifindex, private_log_dir)
 from synguard.datapath.libbpf import TestRunResult, lib, prog_id, prog_test_run
 from synguard.datapath.maps import addr_key, addr_of_key, cidr_key, read_struct, write_struct
 from synguard.datapath.netns import current_netns_fd, in_netns
@@ -50,9 +50,10 @@ class DataPath:
         if not self.src_file.is_file():
             raise DataPathError(f"XDP source not found at {self.src_file} (set SYNGUARD_EBPF_DIR)")
         self.cflags = [f"-I{ebpf_dir()}", "-Wno-unused-command-line-argument", *cflags]
-        log_dir = Path(log_dir or tempfile.gettempdir())
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / "synguard.verifier.log"
+        # Logs in a private directory (never a fixed /tmp name); removed by close()
+        # when we made it, kept (and named) when the program is refused.
+        self._log_dir_made = log_dir is None
+        self.log_path = private_log_dir(log_dir) / "synguard.verifier.log"
         self.state_dir: Path | None = None  # where kept maps are pinned
         self.adopted: list[str] = []  # kept maps found pinned by an earlier run
         self.state_note: str | None = None
@@ -406,14 +407,19 @@ class DataPath:
             with contextlib.suppress(Exception):
                 self.detach(ifname)
 
-    def close(self) -> None:
-        """Idempotent: detach everywhere, unpin, then free the program and maps."""
+    def close(self, keep_state: bool = False) -> None:
+        """Idempotent: detach everywhere, unpin, then free the program and maps.
+        keep_state (a failed start): the kept maps stay pinned for the next start."""
         self.detach_all()
         for path in getattr(self, "_pins", ()):
             unpin(path, self.prog_id)
         self._pins = set()
-        forget_state(getattr(self, "state_dir", None))
+        if not keep_state:
+            forget_state(getattr(self, "state_dir", None))
         self.state_dir = None
         bpf, self.bpf = getattr(self, "bpf", None), None
         if bpf is not None:
             bpf.cleanup()
+        if getattr(self, "_log_dir_made", False):
+            self._log_dir_made = False
+            shutil.rmtree(self.log_path.parent, ignore_errors=True)

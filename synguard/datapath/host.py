@@ -7,6 +7,8 @@ import contextlib
 import os
 import platform
 import socket
+import stat
+import tempfile
 from pathlib import Path
 
 from synguard import abi
@@ -54,12 +56,32 @@ def ifindex(ifname: str) -> int:
         raise DataPathError(f"interface {ifname!r} does not exist (in this network namespace)") from None
 
 
+def private_log_dir(given: Path | None = None) -> Path:
+    """The directory for the compiler/verifier and attach logs: given (it must be a real
+    directory of ours that nobody else may write), else a fresh mkdtemp() in $TMPDIR
+    (0700, a name nobody can predict). A root daemon never writes a fixed name in a
+    world-writable /tmp, where another user could plant a symlink."""
+    if given is None:
+        return Path(tempfile.mkdtemp(prefix="synguard-log-"))
+    path = Path(given)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise DataPathError(f"log directory {path}: not a directory of uid {os.geteuid()} closed to group/other "
+                            f"writes (symlink, foreign owner or mode {stat.S_IMODE(st.st_mode):04o}); not writing there")
+    return path
+
+
 @contextlib.contextmanager
 def capture_fd2(path: Path):
-    """Send fd 2 (where clang and the verifier write) to a file for the block."""
+    """Send fd 2 (where clang and the verifier write) to a file for the block.
+
+    path lies in a private_log_dir(); O_NOFOLLOW all the same (a symlink is never followed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     saved = os.dup(2)
-    with open(path, "w") as f:
-        os.dup2(f.fileno(), 2)
+    os.dup2(fd, 2)
+    os.close(fd)
     try:
         yield
     finally:

@@ -9,6 +9,7 @@ import contextlib
 import ctypes as ct
 import os
 import re
+import stat
 from pathlib import Path
 
 from synguard.datapath.libbpf import lib as _lib, prog_id
@@ -17,21 +18,139 @@ from synguard.datapath.libbpf import lib as _lib, prog_id
 # The kernel gives a program's name only with CAP_SYS_ADMIN (BPF_PROG_GET_FD_BY_ID),
 # which the systemd unit does not grant. The daemon therefore pins its program in
 # bpffs, one pin per network namespace, and compares program ids.
+#
+# Trust: a pin says "this program is synguard's, detach or replace it freely", so
+# a pin another user could plant must never count. On a bpffs mounted 1777 any
+# local user can create synguard/netns-N/xdp_synguard (a symlink to another
+# program's pin, or a directory where our pins would land under their control).
+# Both directories must be real directories of our euid, closed to group/other
+# writes (we create them 0700), under a parent where nobody else can swap them
+# (not world-writable without the sticky bit); a pin must be a regular bpffs
+# object of our euid, of the expected kind. Anything else is foreign: never read,
+# never replaced, never removed; synguard says so in one line.
+
+
+class ForeignPin(Exception):
+    """A pin or pin directory synguard did not make (str: the one-line reason)."""
+
+
+def foreign_note(e: ForeignPin) -> str:
+    """The one line a daemon logs about a foreign pin directory (state_dir() and pin() agree)."""
+    return (f"{e}: looks foreign; state is not kept across a crash and the program is not pinned "
+            f"(remove it once you know who made it)")
+
+
+def pin_root() -> Path:
+    return Path(os.environ.get("SYNGUARD_PIN_DIR", "/sys/fs/bpf/synguard"))
 
 
 def pin_path() -> Path:
-    root = Path(os.environ.get("SYNGUARD_PIN_DIR", "/sys/fs/bpf/synguard"))
-    return root / f"netns-{os.stat('/proc/thread-self/ns/net').st_ino}" / "xdp_synguard"
+    return pin_root() / f"netns-{os.stat('/proc/thread-self/ns/net').st_ino}" / "xdp_synguard"
+
+
+def _check_dir(path: Path, create: bool) -> bool:
+    """True if path is a trusted directory of ours (made 0700 if create and missing),
+    False if it does not exist; ForeignPin if it exists and is not trusted."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if not create:
+            return False
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass  # someone raced us: checked below like any other
+        st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise ForeignPin(f"{path} is a symlink")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ForeignPin(f"{path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise ForeignPin(f"{path} is owned by uid {st.st_uid}, not by us (uid {os.geteuid()})")
+    if st.st_mode & 0o022:
+        raise ForeignPin(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}: group/other may write in it")
+    return True
+
+
+def trusted_pin_dir(create: bool = False, ns_dir: Path | None = None) -> Path | None:
+    """The directory of this namespace's pins (or ns_dir, one recorded in another
+    namespace), if it exists (or was created) and is ours; None if it does not
+    exist; ForeignPin if it or the directories above it are not trusted."""
+    path = ns_dir or pin_path().parent
+    root = path.parent
+    parent = os.lstat(root.parent) if root.parent.exists() else None
+    if parent is not None and parent.st_mode & 0o002 and not parent.st_mode & stat.S_ISVTX:
+        raise ForeignPin(f"{root.parent} is world-writable without the sticky bit: anyone may swap {root.name}")
+    if not _check_dir(root, create):
+        return None
+    return path if _check_dir(path, create) else None
+
+
+def check_pin(path: Path) -> bool:
+    """True if path is a pin of ours (a bpffs object; its kind is checked on the fd); False if none;
+    ForeignPin otherwise (a symlink, not a bpffs object, another owner)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        raise ForeignPin(f"{path} is a symlink (to {os.readlink(path)})")
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        raise ForeignPin(f"{path} is not a bpffs pin of uid {os.geteuid()} (owner uid {st.st_uid})")
+    return True
+
+
+def _fd_kind(fd: int) -> dict[str, str]:
+    """The kernel's fdinfo of a BPF object fd (prog_type / map_type lines)."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+XDP_PROG_TYPE = 6  # enum bpf_prog_type BPF_PROG_TYPE_XDP
+
+
+def pin_problem() -> str | None:
+    """Why this namespace's pins are not trusted (one line), or None."""
+    try:
+        d = trusted_pin_dir()
+        fd = pinned_prog_fd_checked(d / "xdp_synguard") if d is not None else None
+        if fd is not None:
+            os.close(fd)
+    except ForeignPin as e:
+        return f"{e}: not trusted as synguard's (a pin another user could plant is never used)"
+    except OSError:
+        pass
+    return None
+
+
+def pinned_prog_fd_checked(path: Path) -> int | None:
+    """An fd of the XDP program pinned at path (None if no pin); ForeignPin if the pin
+    is not ours or not an XDP program."""
+    if not check_pin(path):
+        return None
+    fd = _lib().bpf_obj_get(str(path).encode())
+    if fd < 0:
+        return None
+    info = _fd_kind(fd)
+    if info.get("prog_type") != str(XDP_PROG_TYPE):
+        os.close(fd)
+        raise ForeignPin(f"{path} is not an XDP program")
+    return fd
 
 
 def pinned_prog_id(path: Path | None = None) -> int | None:
-    """Id of the program pinned by a synguard in this namespace (maybe a dead one's)."""
-    lib = _lib()
-    path = path or pin_path()
-    if not path.exists():
+    """Id of the program pinned by a synguard in this namespace (maybe a dead one's);
+    None if there is none, or if the pin or its directory is foreign (pin_problem())."""
+    try:
+        if path is None:
+            d = trusted_pin_dir()
+            if d is None:
+                return None
+            path = d / "xdp_synguard"
+        fd = pinned_prog_fd_checked(path)
+    except (ForeignPin, OSError):
         return None
-    fd = lib.bpf_obj_get(str(path).encode())
-    if fd < 0:
+    if fd is None:
         return None
     try:
         return prog_id(fd)
@@ -40,22 +159,34 @@ def pinned_prog_id(path: Path | None = None) -> int | None:
 
 
 def pin(prog_fd: int) -> str | None:
-    """Pin our program (replacing an older pin); returns an error text or None."""
+    """Pin our program (replacing an older pin of ours); returns an error text or None."""
     lib = _lib()
-    path = pin_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
+        d = trusted_pin_dir(create=True)
+        path = d / "xdp_synguard"
+        if check_pin(path):
+            path.unlink()
+    except ForeignPin as e:
+        return foreign_note(e)
     except OSError as e:
-        return f"{path}: {e.strerror}"
+        return f"{pin_path()}: {e.strerror}"
     if lib.bpf_obj_pin(prog_fd, str(path).encode()) != 0:
         return f"{path}: {os.strerror(ct.get_errno())}"
     return None
 
 
 def unpin(path: Path | None = None, expected_id: int | None = None) -> None:
-    """Remove the pin (only if it still holds expected_id, when given)."""
-    path = path or pin_path()
+    """Remove our pin (only if it still holds expected_id, when given); a foreign pin
+    or directory is left alone."""
+    try:
+        d = trusted_pin_dir(ns_dir=path.parent if path else None)
+        if d is None:
+            return
+        path = path or d / "xdp_synguard"
+        if not check_pin(path):
+            return
+    except (ForeignPin, OSError):
+        return
     if expected_id is None or pinned_prog_id(path) == expected_id:
         with contextlib.suppress(OSError):
             path.unlink()
@@ -63,7 +194,7 @@ def unpin(path: Path | None = None, expected_id: int | None = None) -> None:
 
 
 def state_dir() -> tuple[Path | None, str | None]:
-    """Pin directory for kept maps, if it is on a bpffs; else (None, why not)."""
+    """Pin directory for kept maps, if it is on a bpffs and ours; else (None, why not)."""
     path = pin_path().parent
     best = ("", "")
     try:
@@ -75,9 +206,11 @@ def state_dir() -> tuple[Path | None, str | None]:
     except (OSError, ValueError, IndexError):
         pass
     if best[1] != "bpf":
-        return None, f"{path} is not on a bpffs (mount -t bpf bpf /sys/fs/bpf): state is not kept across a crash"
+        return None, f"{path} is not on a bpffs (mount -t bpf -o mode=0700 bpf /sys/fs/bpf): state is not kept across a crash"
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        trusted_pin_dir(create=True)
+    except ForeignPin as e:
+        return None, foreign_note(e)
     except OSError as e:
         return None, f"{path}: {e.strerror}: state is not kept across a crash"
     return path, None
@@ -88,7 +221,9 @@ def forget_state(path: Path | None) -> None:
     if path is None:
         return
     for pinned in path.glob("sg_*"):
-        pinned.unlink(missing_ok=True)
+        with contextlib.suppress(ForeignPin, OSError):
+            if check_pin(pinned):
+                pinned.unlink()
     with contextlib.suppress(OSError):
         path.rmdir()
 
@@ -97,10 +232,6 @@ def kept_map_names(c_source: str) -> list[str]:
     """Maps the C declares with SG_KEPT: their content outlives a crashed daemon."""
     return re.findall(r'^SG_KEPT\("[^"]+",[^,]+,[^,]+,\s*(\w+),', c_source, re.M)
 
-
-    def kept_maps(self) -> list[str]:
-        """Maps whose content outlives a crashed daemon: those the C declares with SG_KEPT."""
-        return re.findall(r'^SG_KEPT\("[^"]+",[^,]+,[^,]+,\s*(\w+),', self.src_file.read_text(), re.M)
 
 def map_layout(fd: int) -> tuple[int, int, int, int]:
     """(type, key_size, value_size, max_entries) of a map fd (struct bpf_map_info's head)."""
@@ -124,7 +255,12 @@ def adopt_state(directory: Path, tables: dict) -> tuple[list[str], str | None]:
     adopted, note = [], None
     for name, table in tables.items():
         path = directory / name
-        if path.exists():
+        try:
+            ours = check_pin(path)
+        except ForeignPin as e:
+            note = f"{e}: not adopted"
+            continue  # never read, replaced or removed
+        if ours:
             old = lib.bpf_obj_get(str(path).encode())
             if old < 0:
                 note = f"{path}: {os.strerror(ct.get_errno())}: not adopted"

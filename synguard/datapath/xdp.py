@@ -37,14 +37,17 @@ def is_ours(current: tuple[int, str] | None) -> bool:
     return current is not None and (current[1] == PROG_NAME or current[0] == pinned_prog_id())
 
 
-def detach_orphan(ifname: str) -> bool:
-    """Detach a synguard program left on ifname by a daemon that died (ExecStopPost)."""
+def detach_orphan(ifname: str) -> tuple[bool, tuple[int, str] | None]:
+    """Detach a synguard program left on ifname by a daemon that died (ExecStopPost).
+
+    Returns (detached, the program found there). Only ours is removed: named
+    xdp_synguard, or the id of our (trusted) pin; a foreign pin never counts."""
     from bcc import BPF
 
     current = attached_prog(ifname)
     if not is_ours(current):
-        return False
+        return False, current
     for flag in MODE_FLAGS.values():
         with contextlib.suppress(Exception):
             BPF.remove_xdp(ifname.encode(), flag)
-    return True
+    return True, current
