@@ -23,7 +23,8 @@ KSOURCE="/lib/modules/$KREL/source"
 
 PKGS=(python3-bpfcc bpfcc-tools python3-venv python3-pip iproute2 ethtool tcpdump
       hping3 procps kmod ca-certificates make
-      prometheus)   # promtool + prometheus: tests/test_deploy_monitoring.py
+      prometheus    # promtool + prometheus: tests/test_deploy_monitoring.py
+      clang-14 libbpf-dev bpftool)   # tc program (ebpf/synguard_tc.bpf.c): clang + libbpf headers; bpftool for BTF checks
 
 export DEBIAN_FRONTEND=noninteractive
 APT_OPTS=(-y -q --no-install-recommends -o DPkg::Lock::Timeout=300)

@@ -1,0 +1,366 @@
+"""Loader for the tc ingress program (ebpf/synguard_tc.bpf.c): clang + libbpf.
+
+BCC cannot emit kfunc calls, so this program is compiled with clang into a private
+temporary directory and loaded with Debian's libbpf1 through ctypes. Its maps are
+the XDP program's: pass their fds (DataPath(...).map(name).map_fd) and libbpf
+reuses them (bpf_map__reuse_fd) instead of creating its own. Without fds (tests)
+libbpf creates fresh maps, reachable with TcProgram.map_fd().
+
+Attachment: a cls_bpf filter in direct-action mode on the clsact ingress hook, at
+a fixed handle/priority (TC_HANDLE, TC_PRIORITY). We replace or detach a filter
+there only when it is ours: our program id, or the id pinned by a synguard in this
+network namespace (a daemon that died). Foreign filters are never touched, and the
+clsact qdisc is left in place (removing it would remove other people's filters).
+
+Errors the operator can fix are raised as DataPathError with a one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import errno
+import os
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from synguard.datapath import (
+    DataPathError,
+    _capture_fd2,
+    current_netns_fd,
+    ebpf_dir,
+    ifindex,
+    in_netns,
+    pin_path,
+    prog_id,
+    prog_test_run,
+)
+
+PROG_NAME = "tc_synguard"
+SRC_NAME = "synguard_tc.bpf.c"
+SHARED_MAPS = ("sg_config", "sg_ports", "sg_secrets", "sg_counters", "sg_ifaces")
+KFUNC = "bpf_sk_assign_tcp_reqsk"
+TC_HANDLE = 0x5347  # "SG"
+TC_PRIORITY = 1  # first on the hook: the program returns TC_ACT_UNSPEC, so later filters still run
+
+# libbpf.h
+BPF_TC_INGRESS = 1 << 0
+BPF_TC_F_REPLACE = 1 << 0
+
+
+class _TcHook(ct.Structure):
+    """struct bpf_tc_hook (libbpf 1.1)."""
+
+    _fields_ = [("sz", ct.c_size_t), ("ifindex", ct.c_int), ("attach_point", ct.c_int), ("parent", ct.c_uint32)]
+
+
+class _TcOpts(ct.Structure):
+    """struct bpf_tc_opts (libbpf 1.1)."""
+
+    _fields_ = [
+        ("sz", ct.c_size_t),
+        ("prog_fd", ct.c_int),
+        ("flags", ct.c_uint32),
+        ("prog_id", ct.c_uint32),
+        ("handle", ct.c_uint32),
+        ("priority", ct.c_uint32),
+    ]
+
+
+_libbpf = None
+
+
+def _lib():
+    global _libbpf
+    if _libbpf is None:
+        lib = ct.CDLL("libbpf.so.1", use_errno=True)
+        vp = ct.c_void_p
+        lib.bpf_object__open_file.argtypes = [ct.c_char_p, vp]
+        lib.bpf_object__open_file.restype = vp
+        lib.bpf_object__find_map_by_name.argtypes = [vp, ct.c_char_p]
+        lib.bpf_object__find_map_by_name.restype = vp
+        lib.bpf_map__reuse_fd.argtypes = [vp, ct.c_int]
+        lib.bpf_map__fd.argtypes = [vp]
+        lib.bpf_object__load.argtypes = [vp]
+        lib.bpf_object__find_program_by_name.argtypes = [vp, ct.c_char_p]
+        lib.bpf_object__find_program_by_name.restype = vp
+        lib.bpf_program__fd.argtypes = [vp]
+        lib.bpf_object__close.argtypes = [vp]
+        lib.bpf_object__close.restype = None
+        for fn in ("bpf_tc_hook_create",):
+            getattr(lib, fn).argtypes = [ct.POINTER(_TcHook)]
+        for fn in ("bpf_tc_attach", "bpf_tc_detach", "bpf_tc_query"):
+            getattr(lib, fn).argtypes = [ct.POINTER(_TcHook), ct.POINTER(_TcOpts)]
+        lib.bpf_obj_get.argtypes = [ct.c_char_p]
+        lib.bpf_obj_pin.argtypes = [ct.c_int, ct.c_char_p]
+        lib.libbpf_num_possible_cpus.argtypes = []
+        _libbpf = lib
+    return _libbpf
+
+
+def _errno_of(ret: int) -> int:
+    """libbpf 1.x returns -errno (and sets errno); NULL-returning calls set errno only."""
+    return -ret if ret < 0 else ct.get_errno()
+
+
+# ---- Preconditions, each with an operator-facing message ------------------------
+
+
+def find_clang() -> str:
+    for name in (os.environ.get("SYNGUARD_CLANG"), "clang", "clang-14"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    raise DataPathError("clang not found: the tc program is compiled with clang (apt-get install clang-14 libbpf-dev)")
+
+
+def kernel_has_kfunc(btf: Path = Path("/sys/kernel/btf/vmlinux")) -> bool:
+    """The kernel exports bpf_sk_assign_tcp_reqsk() (Linux >= 6.9 with BTF)."""
+    try:
+        return b"\0" + KFUNC.encode() + b"\0" in btf.read_bytes()
+    except OSError:
+        return False
+
+
+def check_kfunc() -> None:
+    if not kernel_has_kfunc():
+        raise DataPathError(
+            f"this kernel has no {KFUNC}() kfunc (needs Linux >= 6.9 with BTF, /sys/kernel/btf/vmlinux): "
+            f"cookie ACKs cannot be turned into connections"
+        )
+
+
+def check_syncookies() -> None:
+    """The kernel completes our cookie ACKs only with net.ipv4.tcp_syncookies != 0 (this netns)."""
+    try:
+        value = int(Path("/proc/sys/net/ipv4/tcp_syncookies").read_text())
+    except (OSError, ValueError):
+        return  # cannot tell; the kernel will
+    if value == 0:
+        raise DataPathError(
+            "net.ipv4.tcp_syncookies is 0 in this network namespace: the kernel resets cookie ACKs; "
+            "set it to 1 (sysctl -w net.ipv4.tcp_syncookies=1)"
+        )
+
+
+def tc_pin_path() -> Path:
+    """Our pinned tc program in this network namespace (beside the XDP program's pin)."""
+    return pin_path().parent / PROG_NAME
+
+
+def pinned_tc_prog_id(path: Path | None = None) -> int | None:
+    lib = _lib()
+    path = path or tc_pin_path()
+    if not path.exists():
+        return None
+    fd = lib.bpf_obj_get(str(path).encode())
+    if fd < 0:
+        return None
+    try:
+        return prog_id(fd)
+    finally:
+        os.close(fd)
+
+
+def _hook(ifidx: int) -> _TcHook:
+    return _TcHook(sz=ct.sizeof(_TcHook), ifindex=ifidx, attach_point=BPF_TC_INGRESS)
+
+
+def _opts(**fields) -> _TcOpts:
+    return _TcOpts(sz=ct.sizeof(_TcOpts), handle=TC_HANDLE, priority=TC_PRIORITY, **fields)
+
+
+def filter_prog_id(ifname: str) -> int | None:
+    """Id of the program in the filter at our handle/priority on ifname's ingress, or None."""
+    hook, opts = _hook(ifindex(ifname)), _opts()
+    ret = _lib().bpf_tc_query(ct.byref(hook), ct.byref(opts))
+    if ret != 0:
+        err = _errno_of(ret)
+        if err in (errno.ENOENT, errno.EINVAL):  # no filter there (EINVAL: no clsact qdisc)
+            return None
+        raise DataPathError(f"cannot query tc filters on {ifname}: {os.strerror(err)}")
+    return opts.prog_id
+
+
+def _detach_filter(ifname: str) -> None:
+    hook, opts = _hook(ifindex(ifname)), _opts()
+    ret = _lib().bpf_tc_detach(ct.byref(hook), ct.byref(opts))
+    if ret != 0 and _errno_of(ret) != errno.ENOENT:
+        raise DataPathError(f"cannot detach the tc filter on {ifname}: {os.strerror(_errno_of(ret))}")
+
+
+def detach_orphan(ifname: str) -> bool:
+    """Detach a synguard tc filter a dead daemon left on ifname (pinned id matches)."""
+    current = filter_prog_id(ifname)
+    if current is None or current != pinned_tc_prog_id():
+        return False
+    _detach_filter(ifname)
+    return True
+
+
+def unpin(expected_id: int | None = None) -> None:
+    path = tc_pin_path()
+    if expected_id is None or pinned_tc_prog_id(path) == expected_id:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # only when empty (the XDP pin lives there too)
+
+
+# ---- The program -----------------------------------------------------------------
+
+
+class TcProgram:
+    """The compiled tc program, its (shared) maps and its attachments."""
+
+    def __init__(self, map_fds: dict[str, int] | None = None, *, cflags: tuple[str, ...] = ()):
+        """map_fds: the XDP program's maps by name (all of SHARED_MAPS), or None for fresh ones."""
+        check_kfunc()
+        self.obj = None
+        self.attached: dict[str, int] = {}  # ifname -> netns fd it was attached in
+        self._pins: set[Path] = set()
+        self.pin_error: str | None = None
+        self.work_dir = Path(tempfile.mkdtemp(prefix="synguard-tc-"))  # 0700, ours alone
+        self.src_file = ebpf_dir() / SRC_NAME
+        self.cflags = tuple(cflags)
+        self.log_path = self.work_dir / "load.log"
+        obj_file = self._compile(find_clang())
+        self._load(obj_file, map_fds)
+
+    def _compile(self, clang: str) -> Path:
+        out = self.work_dir / "synguard_tc.bpf.o"
+        log = self.work_dir / "compile.log"
+        multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+        cmd = [clang, "-O2", "-g", "-target", "bpf", "-Wall", "-Wno-unused-function",
+               f"-I{self.src_file.parent}"]
+        if multiarch and Path(f"/usr/include/{multiarch}").is_dir():
+            cmd.append(f"-I/usr/include/{multiarch}")  # asm/types.h for linux/*.h
+        cmd += [*self.cflags, "-c", str(self.src_file), "-o", str(out)]
+        with open(log, "w") as f:
+            f.write(" ".join(cmd) + "\n")
+            f.flush()
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+        if rc != 0:
+            raise DataPathError(f"cannot compile {self.src_file.name} with {clang}: see {log}")
+        return out
+
+    def _load(self, obj_file: Path, map_fds: dict[str, int] | None) -> None:
+        lib = _lib()
+        with _capture_fd2(self.log_path):  # libbpf and the verifier write to fd 2
+            obj = lib.bpf_object__open_file(str(obj_file).encode(), None)
+            if not obj:
+                raise DataPathError(f"libbpf cannot open {obj_file.name}: {os.strerror(ct.get_errno())} (see {self.log_path})")
+            self.obj = obj
+            if map_fds is not None:
+                missing = [name for name in SHARED_MAPS if name not in map_fds]
+                if missing:
+                    raise DataPathError(f"tc program: no fd for shared maps {', '.join(missing)}")
+                for name in SHARED_MAPS:
+                    m = lib.bpf_object__find_map_by_name(obj, name.encode())
+                    ret = lib.bpf_map__reuse_fd(m, map_fds[name]) if m else -errno.ENOENT
+                    if ret != 0:
+                        raise DataPathError(f"tc program: cannot share map {name}: {os.strerror(_errno_of(ret))}")
+            ret = lib.bpf_object__load(obj)
+        if ret != 0:
+            raise DataPathError(f"cannot load the tc program: {os.strerror(_errno_of(ret))} (verifier log: {self.log_path})")
+        prog = lib.bpf_object__find_program_by_name(obj, PROG_NAME.encode())
+        if not prog:
+            raise DataPathError(f"{PROG_NAME} not found in {obj_file.name}")
+        self.prog_fd = lib.bpf_program__fd(prog)
+        self.prog_id = prog_id(self.prog_fd)
+
+    def map_fd(self, name: str) -> int:
+        lib = _lib()
+        m = lib.bpf_object__find_map_by_name(self.obj, name.encode())
+        if not m:
+            raise KeyError(name)
+        return lib.bpf_map__fd(m)
+
+    def test_run(self, frame: bytes, repeat: int = 1):
+        """BPF_PROG_TEST_RUN on one Ethernet frame (retval = the tc verdict)."""
+        return prog_test_run(self.prog_fd, frame, repeat)
+
+    # -- attachments -------------------------------------------------------------
+
+    def attach(self, ifname: str) -> None:
+        """Attach at ifname's clsact ingress; replaces only our own (or a dead synguard's) filter."""
+        check_syncookies()
+        lib = _lib()
+        hook = _hook(ifindex(ifname))
+        ret = lib.bpf_tc_hook_create(ct.byref(hook))
+        if ret != 0 and _errno_of(ret) != errno.EEXIST:
+            raise DataPathError(f"cannot create the clsact qdisc on {ifname}: {os.strerror(_errno_of(ret))}")
+        current = filter_prog_id(ifname)
+        flags = 0
+        if current is not None:
+            if current not in (self.prog_id, pinned_tc_prog_id()):
+                raise DataPathError(
+                    f"{ifname} ingress already has tc program id {current} at handle {TC_HANDLE:#x} priority "
+                    f"{TC_PRIORITY}; synguard replaces only its own filter: remove that one first"
+                )
+            flags = BPF_TC_F_REPLACE  # ours, maybe a dead daemon's: swap in one step
+        opts = _opts(prog_fd=self.prog_fd, flags=flags)
+        ret = lib.bpf_tc_attach(ct.byref(hook), ct.byref(opts))
+        if ret != 0:
+            raise DataPathError(f"cannot attach the tc program to {ifname}: {os.strerror(_errno_of(ret))}")
+        old = self.attached.pop(ifname, None)
+        if old is not None:
+            os.close(old)
+        self.attached[ifname] = current_netns_fd()
+        if pinned_tc_prog_id() != self.prog_id:
+            self._pin()
+
+    def _pin(self) -> None:
+        path = tc_pin_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            self.pin_error = f"{path}: {e.strerror}"
+            return
+        if _lib().bpf_obj_pin(self.prog_fd, str(path).encode()) != 0:
+            self.pin_error = f"{path}: {os.strerror(ct.get_errno())}"
+            return
+        self._pins.add(path)
+
+    def detach(self, ifname: str) -> bool:
+        """Detach from ifname (in the namespace it was attached in) if our filter is still there."""
+        fd = self.attached.pop(ifname, None)
+        if fd is None:
+            return False
+        try:
+            with in_netns(fd):
+                try:
+                    if filter_prog_id(ifname) != self.prog_id:
+                        return False  # gone, or someone else's now
+                except DataPathError:
+                    return False  # interface gone
+                _detach_filter(ifname)
+                return True
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Idempotent: detach everywhere, unpin (if the pin is still ours), free the program."""
+        for ifname in list(self.attached):
+            with contextlib.suppress(Exception):
+                self.detach(ifname)
+        for path in self._pins:
+            if pinned_tc_prog_id(path) == self.prog_id:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
+        self._pins = set()
+        obj, self.obj = self.obj, None
+        if obj:
+            _lib().bpf_object__close(obj)
+        shutil.rmtree(getattr(self, "work_dir", ""), ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
