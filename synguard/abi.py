@@ -10,17 +10,14 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 # Compile-time limits (the header's defaults; the loader may override with -D).
-ALLOWLIST_SIZE = 262144
 CIDR_SIZE = 4096
 SLOT_SHIFT = 4
 SRC_SIZE = 65536
 SRC_SAMPLE = 16
-ALLOW_FILTER_BITS = 20
-ALLOW_FILTER_WORDS = 1 << (ALLOW_FILTER_BITS - 6)
-ALLOW_FILTER_MULT = 0x9E3779B1
+SIP_CACHE = 16
 PORTS = 65536
 PORT_SLOTS = 64
 HLL_BITS = 10
@@ -39,16 +36,16 @@ class Counter(enum.IntEnum):
     SYN_RECEIVED = 2
     CHALLENGE_SENT = 3
     COOKIE_VALIDATED = 4
-    COOKIE_INVALID = 5
+    COOKIE_REFUSED = 5
     SYN_PASSED = 6
-    SYN_ALLOWLISTED = 7
-    SYN_ALLOW_CIDR = 8
-    SYN_DROPPED_DENY = 9
-    MALFORMED = 10
-    FRAGMENT = 11
-    COOKIE_COLLISION = 12
-    IPV6_EXT_LIMIT = 13
-    FAST_TRIGGER = 14
+    SYN_ALLOW_CIDR = 7
+    SYN_DROPPED_DENY = 8
+    MALFORMED = 9
+    FRAGMENT = 10
+    IPV6_EXT_LIMIT = 11
+    FAST_TRIGGER = 12
+    ACK_CHECKED = 13
+    COOKIE_NO_LISTENER = 14
 
     @property
     def label(self) -> str:
@@ -57,6 +54,14 @@ class Counter(enum.IntEnum):
 
 
 COUNTER_MAX = 15
+
+
+# TCP options the server's stack accepts (sg_config.tcp_opts).
+OPT_TS = 0x1
+OPT_SACK = 0x2
+OPT_WSCALE = 0x4
+OPT_ECN = 0x8
+COOKIE_WSCALE_NONE = 0xF
 
 
 class Mode(enum.IntEnum):
@@ -71,13 +76,16 @@ class Mode(enum.IntEnum):
 CONFIG_FIELDS = (
     "mode",
     "all_ports",
-    "allow_ttl_s",
-    "secret_gen",
     "now_s",
+    "slot",
     "allow_cidrs",
     "deny_cidrs",
     "fast_trigger_syns",
     "fast_hold_s",
+    "synack_mss4",
+    "synack_mss6",
+    "synack_wscale",
+    "tcp_opts",
     "reserved",
 )
 PORT_FIELDS = ("protect", "watch_slot", "reserved", "auto_until_s")
@@ -85,21 +93,10 @@ PORT_SYNS_FIELDS = ("syns", "window_s", "window_syns")
 HLL_FIELDS = ("reg",)
 COUNTER_BLOCK_FIELDS = ("cnt", "ports", "hll_window", "hll")
 SECRET_FIELDS = ("k0", "k1")
-ALLOW_ENTRY_FIELDS = ("expires_s", "validated")
 SRC_STAT_FIELDS = ("syns", "last_seen_s", "last_dport", "reserved")
 CIDR_KEY_FIELDS = ("prefixlen", "addr")
 ADDR_FIELDS = ("addr",)
 
-
-
-def allow_filter_bit(addr16: bytes) -> int:
-    """Bit of sg_allow_filter for a 16-byte (IPv4-mapped) address, as the program computes it.
-
-    The program XORs the four u32 words as loaded (little-endian host)."""
-    import struct
-
-    a0, a1, a2, a3 = struct.unpack("<4I", addr16)
-    return (((a0 ^ a1 ^ a2 ^ a3) * ALLOW_FILTER_MULT) & 0xFFFFFFFF) >> (32 - ALLOW_FILTER_BITS)
 
 
 def _ebpf_dir_default() -> Path:
