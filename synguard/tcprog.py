@@ -289,7 +289,8 @@ class TcProgram:
         check_syncookies()
         lib = _lib()
         hook = _hook(ifindex(ifname))
-        ret = lib.bpf_tc_hook_create(ct.byref(hook))
+        with _capture_fd2(self.work_dir / "attach.log"):  # libbpf prints the expected EEXIST
+            ret = lib.bpf_tc_hook_create(ct.byref(hook))
         if ret != 0 and _errno_of(ret) != errno.EEXIST:
             raise DataPathError(f"cannot create the clsact qdisc on {ifname}: {os.strerror(_errno_of(ret))}")
         current = filter_prog_id(ifname)
