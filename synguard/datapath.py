@@ -596,22 +596,27 @@ class DataPath:
                 merged = regs if merged is None else bytes(map(max, merged, regs))
         return merged
 
-    def set_allow_ttl(self, seconds: int) -> None:
-        self._write_config(allow_ttl_s=int(seconds))
+    def set_slot_key(self, slot: int, key: bytes) -> None:
+        """Install the 16-byte SipHash key of cookie slot `slot` (sg_secrets[slot & 1]).
 
-    def set_secret(self, gen: int, secret: bytes) -> None:
-        """Install the secret of generation gen and make it current.
-
-        The slot written (gen & 1) held generation gen - 2, already invalid, so
-        cookies of the previous generation keep validating across a rotation.
-        """
+        Write the key of a slot before set_slot() makes it current; the other
+        entry keeps the previous slot's key, which the ACK check still accepts."""
         from synguard.cookie import secret_words
 
         table = self.map("sg_secrets")
         leaf = table.Leaf()
-        leaf.k0, leaf.k1 = secret_words(secret)
-        table[ct.c_int(gen & 1)] = leaf
-        self._write_config(secret_gen=gen)
+        leaf.k0, leaf.k1 = secret_words(key)
+        table[ct.c_int(slot & 1)] = leaf
+
+    def set_slot(self, slot: int) -> None:
+        """The current cookie slot (sg_config.slot): CLOCK_REALTIME seconds >> SLOT_SHIFT."""
+        self._write_config(slot=int(slot))
+
+    def set_synack(self, mss4: int, mss6: int, wscale: int, tcp_opts: int) -> None:
+        """What our SYN-ACK offers: MSS per family, our window scale, the SG_OPT_* the server accepts."""
+        if not (0 < mss4 < 65536 and 0 < mss6 < 65536 and 0 <= wscale <= 14 and 0 <= tcp_opts <= 0xF):
+            raise ValueError(f"bad SYN-ACK settings: mss4={mss4} mss6={mss6} wscale={wscale} tcp_opts={tcp_opts:#x}")
+        self._write_config(synack_mss4=mss4, synack_mss6=mss6, synack_wscale=wscale, tcp_opts=tcp_opts)
 
     def _set_cidrs(self, trie_name: str, count_field: str, nets) -> None:
         table = self.map(trie_name)
@@ -648,35 +653,6 @@ class DataPath:
             return
         yield first
         yield from batch
-
-    def allowlist(self) -> dict[ipaddress.IPv4Address | ipaddress.IPv6Address, tuple[int, int]]:
-        """Verified sources: address -> (expires_s, validated)."""
-        return {addr_of_key(bytes(key.addr)): (int(leaf.expires_s), int(leaf.validated))
-                for key, leaf in self.entries("sg_allowlist")}
-
-    def allowlist_clear(self) -> None:
-        self.map("sg_allowlist").clear()
-        self.allow_filter_rebuild()
-
-    def allow_filter_rebuild(self) -> int:
-        """Rewrite sg_allow_filter from sg_allowlist's live entries; returns bits set.
-
-        Drops the bits of evicted and expired sources. A validation racing with
-        this may lose its bit: that source is challenged once more, never dropped."""
-        now = self._config["now_s"]
-        words: dict[int, int] = {}
-        for key, leaf in self.entries("sg_allowlist"):
-            if (int(leaf.expires_s) - now) & 0x80000000 or int(leaf.expires_s) == now:
-                continue
-            bit = abi.allow_filter_bit(bytes(key.addr))
-            words[bit >> 6] = words.get(bit >> 6, 0) | 1 << (bit & 63)
-        table = self.map("sg_allow_filter")
-        old = {int(k.value) for k, v in table.items() if v.value}
-        for word in old - set(words):
-            table[ct.c_int(word)] = ct.c_uint64(0)
-        for word, value in words.items():
-            table[ct.c_int(word)] = ct.c_uint64(value)
-        return sum(bin(v).count("1") for v in words.values())
 
     # -- running --------------------------------------------------------------
 
