@@ -455,6 +455,29 @@ def test_established_socket_not_counted(tc, maps):
                 s.close()
 
 
+def test_shares_the_xdp_programs_maps(dp, listen_ns):
+    """With the XDP program's map fds, the tc program reads the config and keys the
+    control plane wrote through BCC and counts into the same blocks."""
+    import conftest
+    from synguard.tcprog import SHARED_MAPS, TcProgram
+
+    if _why_not():
+        pytest.skip(_why_not())
+    with TcProgram({name: dp.map(name).map_fd for name in SHARED_MAPS}) as shared:
+        frame, _ = cookie_ack(key=conftest.SECRET, slot=conftest.SLOT, dport=80)
+        forged, _ = cookie_ack(key=KEY_OTHER, slot=conftest.SLOT, dport=80)
+        for f, want in ((frame, {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}),
+                        (forged, {Counter.ACK_CHECKED: 1})):
+            before = dp.counters()
+            assert run_in(listen_ns, shared, f).retval == TC_ACT_UNSPEC
+            after = dp.counters()
+            assert {c: after[c] - before[c] for c in Counter if after[c] != before[c]} == want
+        dp.set_mode(Mode.OBSERVE)
+        before = dp.counters()
+        run_in(listen_ns, shared, frame)
+        assert dp.counters() == before
+
+
 # ---- layer 2: attach / detach on a veth --------------------------------------------
 
 
