@@ -215,22 +215,26 @@ def unpin(expected_id: int | None = None) -> None:
 class TcProgram:
     """The compiled tc program, its (shared) maps and its attachments."""
 
-    def __init__(self, map_fds: dict[str, int] | None = None, *, cflags: tuple[str, ...] = ()):
-        """map_fds: the XDP program's maps by name (all of SHARED_MAPS), or None for fresh ones."""
-        check_kfunc()
+    def __init__(self, map_fds: dict[str, int] | None = None, *, cflags: tuple[str, ...] = (),
+                 src_name: str = SRC_NAME, prog_name: str = PROG_NAME):
+        """map_fds: the XDP program's maps by name (all of SHARED_MAPS), or None for fresh ones.
+        src_name/prog_name: another program in ebpf/ (the benchmark's empty floor)."""
+        if src_name == SRC_NAME:
+            check_kfunc()
+        self.prog_name = prog_name
         self.obj = None
         self.attached: dict[str, int] = {}  # ifname -> netns fd it was attached in
         self._pins: set[Path] = set()
         self.pin_error: str | None = None
         self.work_dir = Path(tempfile.mkdtemp(prefix="synguard-tc-"))  # 0700, ours alone
-        self.src_file = ebpf_dir() / SRC_NAME
+        self.src_file = ebpf_dir() / src_name
         self.cflags = tuple(cflags)
         self.log_path = self.work_dir / "load.log"
         obj_file = self._compile(find_clang())
         self._load(obj_file, map_fds)
 
     def _compile(self, clang: str) -> Path:
-        out = self.work_dir / "synguard_tc.bpf.o"
+        out = self.work_dir / self.src_file.name.replace(".c", ".o")
         log = self.work_dir / "compile.log"
         multiarch = sysconfig.get_config_var("MULTIARCH") or ""
         cmd = [clang, "-O2", "-g", "-target", "bpf", "-Wall", "-Wno-unused-function",
@@ -265,9 +269,9 @@ class TcProgram:
             ret = lib.bpf_object__load(obj)
         if ret != 0:
             raise DataPathError(f"cannot load the tc program: {os.strerror(_errno_of(ret))} (verifier log: {self.log_path})")
-        prog = lib.bpf_object__find_program_by_name(obj, PROG_NAME.encode())
+        prog = lib.bpf_object__find_program_by_name(obj, self.prog_name.encode())
         if not prog:
-            raise DataPathError(f"{PROG_NAME} not found in {obj_file.name}")
+            raise DataPathError(f"{self.prog_name} not found in {obj_file.name}")
         self.prog_fd = lib.bpf_program__fd(prog)
         self.prog_id = prog_id(self.prog_fd)
 
