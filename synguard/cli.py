@@ -172,8 +172,10 @@ RESTARTED_RESULTS = ("exit-code", "signal", "core-dump", "watchdog")
 def cmd_detach(args) -> int:
     """ExecStopPost: never leave our program attached once the service is stopped.
 
-    Only a program that is ours (pinned id, or name xdp_synguard) is removed."""
+    Only a program that is ours (pinned id, or name xdp_synguard) is removed; the
+    same for the tc ingress filter (pinned id, or name tc_synguard)."""
     from synguard import config as configmod
+    from synguard import tcprog
     from synguard.datapath import DataPathError, detach_orphan, unpin
 
     if args.service_result in RESTARTED_RESULTS:
@@ -194,11 +196,14 @@ def cmd_detach(args) -> int:
     for ifname in interfaces:
         try:
             done = detach_orphan(ifname)
+            done_tc = tcprog.detach_orphan(ifname)
         except DataPathError as e:
             print(f"synguard detach: {e}", file=sys.stderr)
             status = 1
             continue
-        print(f"synguard detach: {ifname}: {'detached our program' if done else 'no synguard program attached'}")
+        print(f"synguard detach: {ifname}: {'detached our program' if done else 'no synguard program attached'}"
+              f"{'; detached our tc filter' if done_tc else ''}")
+    tcprog.unpin()
     unpin()
     return status
 

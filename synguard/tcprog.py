@@ -9,7 +9,7 @@ libbpf creates fresh maps, reachable with TcProgram.map_fd().
 Attachment: a cls_bpf filter in direct-action mode on the clsact ingress hook, at
 a fixed handle/priority (TC_HANDLE, TC_PRIORITY). We replace or detach a filter
 there only when it is ours: our program id, or the id pinned by a synguard in this
-network namespace (a daemon that died). Foreign filters are never touched, and the
+network namespace (a daemon that died), or a program named tc_synguard. Foreign filters are never touched, and the
 clsact qdisc is left in place (removing it would remove other people's filters).
 
 Errors the operator can fix are raised as DataPathError with a one-line message.
@@ -30,6 +30,7 @@ from pathlib import Path
 from synguard.datapath import (
     DataPathError,
     _capture_fd2,
+    _prog_name_by_id,
     current_netns_fd,
     ebpf_dir,
     ifindex,
@@ -191,10 +192,15 @@ def _detach_filter(ifname: str) -> None:
         raise DataPathError(f"cannot detach the tc filter on {ifname}: {os.strerror(_errno_of(ret))}")
 
 
+def is_ours(prog: int | None) -> bool:
+    """A filter program is synguard's: the id pinned in this namespace, or (where the pin
+    is not visible, e.g. under `ip netns exec`, which mounts a fresh /sys) our name."""
+    return prog is not None and (prog == pinned_tc_prog_id() or _prog_name_by_id(prog) == PROG_NAME)
+
+
 def detach_orphan(ifname: str) -> bool:
-    """Detach a synguard tc filter a dead daemon left on ifname (pinned id matches)."""
-    current = filter_prog_id(ifname)
-    if current is None or current != pinned_tc_prog_id():
+    """Detach a synguard tc filter a dead daemon left on ifname."""
+    if not is_ours(filter_prog_id(ifname)):
         return False
     _detach_filter(ifname)
     return True
@@ -300,7 +306,7 @@ class TcProgram:
         current = filter_prog_id(ifname)
         flags = 0
         if current is not None:
-            if current not in (self.prog_id, pinned_tc_prog_id()):
+            if current != self.prog_id and not is_ours(current):
                 raise DataPathError(
                     f"{ifname} ingress already has tc program id {current} at handle {TC_HANDLE:#x} priority "
                     f"{TC_PRIORITY}; synguard replaces only its own filter: remove that one first"

@@ -272,6 +272,33 @@ def test_first_contact_client_without_options(guarded, family):
     assert server["snd_mss"] == (1460 if family == 4 else 1440), server
 
 
+@pytest.mark.parametrize("dst", ["10.77.2.1", "fd77:2::1"])
+def test_forged_ack_frames_valid(dst):
+    """flood.py --ack frames: checksums right (the server's stack must not drop them
+    as corrupt, which would hide them from nothing), ACK only, NOP NOP TS, random."""
+    from helpers import ones_sum
+
+    from synguard import flood
+
+    ipv6 = ":" in dst
+    buf, flen = flood.build_ack_frames(dst=dst, dport=PORT, dst_mac="02:00:00:00:00:01",
+                                       src_mac="02:00:00:00:00:02", n=200, seed=3)
+    acks = set()
+    for i in range(200):
+        f = bytes(buf[i * flen:(i + 1) * flen])
+        l3 = f[14:54] if ipv6 else f[14:34]
+        tcp = f[14 + len(l3):]
+        src, dst_b = (l3[8:24], l3[24:40]) if ipv6 else (l3[12:16], l3[16:20])
+        if not ipv6:
+            assert ones_sum(l3) == 0xFFFF
+        pseudo = src + dst_b + struct.pack("!HH", 6, len(tcp))
+        assert ones_sum(pseudo + tcp) == 0xFFFF
+        assert tcp[13] == 0x10 and tcp[12] >> 4 == 8 and tcp[20:24] == bytes([1, 1, 8, 10])
+        assert struct.unpack_from("!H", tcp, 2)[0] == PORT
+        acks.add(tcp[8:12])
+    assert len(acks) == 200
+
+
 ACK_FLOOD = 100_000
 
 

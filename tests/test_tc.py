@@ -583,6 +583,23 @@ def test_crash_leaves_pinned_filter_detach_by_pin(tc, veth_ns):
         assert tcprog.pinned_tc_prog_id() is None
 
 
+def test_cli_detach_removes_dead_daemons_filter(tc, veth_ns):
+    """`synguard detach -i IF` (ExecStopPost), run with `ip netns exec`: there /sys is
+    remounted and the pin is out of sight, so the filter is recognized by name."""
+    from synguard import tcprog
+    from synguard.datapath import in_netns
+
+    name, fd = veth_ns
+    subprocess.run([sys.executable, "-c", CRASHER, f"/run/netns/{name}"], capture_output=True, text=True,
+                   timeout=120, check=True)
+    r = subprocess.run(["ip", "netns", "exec", name, sys.executable, "-m", "synguard.cli", "detach", "-i", "v0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "detached our tc filter" in r.stdout
+    with in_netns(fd):
+        assert tcprog.filter_prog_id("v0") is None
+
+
 def test_restart_replaces_dead_daemons_filter(tc, veth_ns):
     from synguard import tcprog
     from synguard.datapath import in_netns
