@@ -71,6 +71,25 @@ class _TcOpts(ct.Structure):
     ]
 
 
+class _OpenOpts(ct.Structure):
+    """struct bpf_object_open_opts (libbpf 1.1), for the verifier log buffer."""
+
+    _fields_ = [
+        ("sz", ct.c_size_t),
+        ("object_name", ct.c_char_p),
+        ("relaxed_maps", ct.c_bool),
+        ("pin_root_path", ct.c_char_p),
+        ("_removed_attach_prog_fd", ct.c_uint32),
+        ("kconfig", ct.c_char_p),
+        ("btf_custom_path", ct.c_char_p),
+        ("kernel_log_buf", ct.c_void_p),
+        ("kernel_log_size", ct.c_size_t),
+        ("kernel_log_level", ct.c_uint32),
+    ]
+
+
+VERIFIER_LOG_SIZE = 16 << 20  # the kernel keeps the log's tail when it overflows
+
 _libbpf = None
 
 
@@ -79,7 +98,7 @@ def _lib():
     if _libbpf is None:
         lib = ct.CDLL("libbpf.so.1", use_errno=True)
         vp = ct.c_void_p
-        lib.bpf_object__open_file.argtypes = [ct.c_char_p, vp]
+        lib.bpf_object__open_file.argtypes = [ct.c_char_p, ct.POINTER(_OpenOpts)]
         lib.bpf_object__open_file.restype = vp
         lib.bpf_object__find_map_by_name.argtypes = [vp, ct.c_char_p]
         lib.bpf_object__find_map_by_name.restype = vp
@@ -258,8 +277,13 @@ class TcProgram:
 
     def _load(self, obj_file: Path, map_fds: dict[str, int] | None) -> None:
         lib = _lib()
-        with _capture_fd2(self.log_path):  # libbpf and the verifier write to fd 2
-            obj = lib.bpf_object__open_file(str(obj_file).encode(), None)
+        # The verifier log goes to our buffer: libbpf retries a failed load with
+        # log level 1 into it (its print callback may belong to BCC in this process).
+        log_buf = ct.create_string_buffer(VERIFIER_LOG_SIZE)
+        opts = _OpenOpts(sz=ct.sizeof(_OpenOpts), kernel_log_buf=ct.cast(log_buf, ct.c_void_p),
+                         kernel_log_size=VERIFIER_LOG_SIZE)
+        with _capture_fd2(self.log_path.with_suffix(".libbpf.log")):  # libbpf's own messages
+            obj = lib.bpf_object__open_file(str(obj_file).encode(), ct.byref(opts))
             if not obj:
                 raise DataPathError(f"libbpf cannot open {obj_file.name}: {os.strerror(ct.get_errno())} (see {self.log_path})")
             self.obj = obj
@@ -273,6 +297,8 @@ class TcProgram:
                     if ret != 0:
                         raise DataPathError(f"tc program: cannot share map {name}: {os.strerror(_errno_of(ret))}")
             ret = lib.bpf_object__load(obj)
+        self.log_path.write_bytes(log_buf.value)
+        del log_buf
         if ret != 0:
             raise DataPathError(f"cannot load the tc program: {os.strerror(_errno_of(ret))} (verifier log: {self.log_path})")
         prog = lib.bpf_object__find_program_by_name(obj, self.prog_name.encode())

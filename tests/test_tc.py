@@ -644,3 +644,45 @@ def test_missing_kfunc_detected(tmp_path):
     assert tcprog.kernel_has_kfunc(fake) is False
     if _why_not() is None:
         assert tcprog.kernel_has_kfunc()  # and the real one has it
+
+
+BAD_VERIFIER_SRC = textwrap.dedent("""\
+    #include <linux/bpf.h>
+    #include <bpf/bpf_helpers.h>
+    SEC("tc") int tc_bad(struct __sk_buff *skb)
+    {
+        return *(int *)(long)skb->data; /* no bounds check */
+    }
+    char LICENSE[] SEC("license") = "GPL";
+""")
+
+
+def test_verifier_rejection_names_its_log(tmp_path, monkeypatch):
+    from synguard.datapath import DataPathError
+    from synguard.tcprog import TcProgram
+
+    if _why_not():
+        pytest.skip(_why_not())
+    (tmp_path / "bad.bpf.c").write_text(BAD_VERIFIER_SRC)
+    monkeypatch.setenv("SYNGUARD_EBPF_DIR", str(tmp_path))
+    with pytest.raises(DataPathError, match=r"cannot load the tc program: .*verifier log: (\S+)\)") as e:
+        TcProgram(src_name="bad.bpf.c", prog_name="tc_bad")
+    log = re.search(r"verifier log: (\S+)\)", str(e.value)).group(1)
+    assert "invalid access to packet" in open(log).read()
+    shutil.rmtree(os.path.dirname(log))  # kept by the loader for the operator
+    assert "\n" not in str(e.value)
+
+
+def test_compile_error_names_its_log(tmp_path, monkeypatch):
+    from synguard.datapath import DataPathError
+    from synguard.tcprog import TcProgram
+
+    if _why_not():
+        pytest.skip(_why_not())
+    (tmp_path / "broken.bpf.c").write_text("this is not C\n")
+    monkeypatch.setenv("SYNGUARD_EBPF_DIR", str(tmp_path))
+    with pytest.raises(DataPathError, match=r"cannot compile broken.bpf.c with \S+: see (\S+)$") as e:
+        TcProgram(src_name="broken.bpf.c", prog_name="x")
+    log = re.search(r"see (\S+)$", str(e.value)).group(1)
+    assert "error" in open(log).read()
+    shutil.rmtree(os.path.dirname(log))
