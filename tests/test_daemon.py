@@ -12,6 +12,8 @@ import time
 import urllib.request
 
 import pytest
+
+from helpers import needs_tc
 from prometheus_client.parser import text_string_to_metric_families
 
 SYNGUARD = [sys.executable, "-m", "synguard.cli"]
@@ -269,6 +271,7 @@ def derive(d, wall):
     return derive_secret(d.master, wall // d.config.secret.rotate_every)
 
 
+@needs_tc
 def test_auto_mode_detects_a_spoofed_flood_and_protects(lab, tmp_path):
     lab.tcp_server(PORT, backlog=256)
     d = Running(lab, tmp_path, config_text(lab, mode="auto") +

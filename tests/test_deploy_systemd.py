@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import hard_timeout
+from helpers import hard_timeout, needs_tc
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "deploy" / "synguard.service"
@@ -97,6 +97,7 @@ def _wait(log, needle, timeout=60):
     raise AssertionError(f"{needle!r} not logged: {log.read()}")
 
 
+@needs_tc
 @pytest.mark.netns
 @hard_timeout(240)
 def test_unit_capabilities_suffice_and_sigkill_keeps_protection(lab):
