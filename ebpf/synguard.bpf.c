@@ -355,7 +355,7 @@ struct sg_syn {
 	__u16 sport;    /* raw */
 	__u16 dport;    /* raw */
 	__u16 mss;      /* MSS option, host order; 0: none (an MSS of 0 is ignored, as by the kernel) */
-	__u8 wscale;    /* window-scale option; SG_WSCALE_ABSENT: none */
+	__u8 wscale;    /* window-scale option, clamped to 14; SG_WSCALE_ABSENT: none */
 	__u8 sack;      /* SACK-permitted option */
 	__u8 ts;        /* Timestamps option */
 	__u8 ecn;       /* ECE and CWR both set (RFC 3168 ECN setup SYN) */
@@ -433,7 +433,9 @@ static __always_inline int opt_scan_step(struct sg_optscan *o)
 		if (mss)
 			o->mss = mss;
 	} else if (kind == 3 && size == 3) {
-		o->wscale = o->buf[off + 2];
+		__u8 w = o->buf[off + 2];
+
+		o->wscale = w > 14 ? 14 : w; /* clamped here: 0xff means "none" */
 	} else if (kind == 4 && size == 2) {
 		o->sack = 1;
 	} else if (kind == 8 && size == 10) {
@@ -457,16 +459,15 @@ static __always_inline __u64 sg_opaque_zero(__u64 u)
 	return z;
 }
 
-static __always_inline void synopts_scan(struct xdp_md *ctx, const struct sg_pkt *pkt, __u32 optlen,
-					 struct sg_syn *syn)
+static __always_inline int synopts_scan(struct xdp_md *ctx, __u32 off, __u32 optlen,
+						  struct sg_syn *syn)
 {
 	struct sg_optscan o = {};
-	__u32 off = (void *)(pkt->tcp + 1) - (void *)(long)ctx->data;
 	__u64 n = optlen, z = sg_opaque_zero(syn->isn);
 
 	asm volatile("%0 &= 63" : "+r"(n)); /* a no-op (doff <= 15) the verifier can see */
 	if (n == 0 || n > SG_OPTS_MAX || bpf_xdp_load_bytes(ctx, off, o.buf, n))
-		return;
+		return 0;
 	o.len = n;
 	o.off = z;
 	o.mss = z;
@@ -483,6 +484,7 @@ static __always_inline void synopts_scan(struct xdp_md *ctx, const struct sg_pkt
 	syn->sack = o.sack;
 	syn->ts = o.ts;
 	syn->tsval = o.tsval;
+	return 0;
 }
 
 /* Fast path: no options, or exactly Linux's 20 bytes
@@ -505,10 +507,12 @@ static __always_inline void synopts_read(struct xdp_md *ctx, const struct sg_pkt
 		syn->sack = 1;
 		syn->ts = 1;
 		syn->tsval = *(__u32 *)(o + 8);
-		syn->wscale = o[19];
+		syn->wscale = o[19] > 14 ? 14 : o[19]; /* RFC 7323 limit; 0xff means "none" */
 		return;
 	}
-	synopts_scan(ctx, pkt, optlen, syn);
+#ifndef SG_X_NOSCAN
+	synopts_scan(ctx, (void *)o - (void *)(long)ctx->data, optlen, syn);
+#endif
 }
 
 /* ---- The cookie (COOKIE.md) ------------------------------------------------ */
@@ -534,7 +538,7 @@ static __always_inline void negotiate(const struct sg_syn *syn, __u32 tcp_opts, 
 	n->ts = syn->ts && (tcp_opts & SG_OPT_TS);
 	n->wscale = SG_COOKIE_WSCALE_NONE;
 	if (syn->wscale != SG_WSCALE_ABSENT && (tcp_opts & SG_OPT_WSCALE) && n->ts)
-		n->wscale = syn->wscale > 14 ? 14 : syn->wscale;
+		n->wscale = syn->wscale; /* clamped to 14 when read */
 	n->sack = syn->sack && (tcp_opts & SG_OPT_SACK) && n->ts;
 	n->ecn = syn->ecn && (tcp_opts & SG_OPT_ECN) && n->ts;
 	n->opt = c | n->wscale << 2 | n->sack << 6 | n->ecn << 7 | n->ts << 8;
@@ -547,6 +551,9 @@ static __always_inline __u64 cookie_hash(const struct sg_syn *syn, const struct 
 	__u64 ports_isn = (__u64)syn->dport | (__u64)syn->sport << 16 | (__u64)syn->isn << 32;
 	__u64 slot_opt = (__u64)slot | (__u64)opt << 32;
 	struct sg_sip s;
+#ifdef SG_X_HASH0
+	return ports_isn ^ slot_opt ^ syn->saddr[0] ^ key->k0;
+#endif
 
 	if (syn->ipv6) {
 		sip_after_daddr6(&s, key, syn->daddr);
@@ -871,7 +878,9 @@ static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config
 		goto pass;
 	}
 
+#ifndef SG_X_NOOPTS
 	synopts_read(ctx, pkt, &syn);
+#endif
 	negotiate(&syn, cfg->tcp_opts, &neg);
 	slot = cfg->slot;
 	idx = slot & 1;
@@ -881,6 +890,11 @@ static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config
 	h = cookie_hash(&syn, key, slot, neg.opt);
 	seq = ((__u32)h & 0xfffffff8) | (slot & 1) << 2 | neg.mss_class;
 	synack_opts(cfg, &syn, &neg, h, &opts);
+#ifdef SG_X_NOSEND
+	if (h == 12345) return opts.w[1] + seq;
+	count(pkt->cnt, SG_CNT_CHALLENGE_SENT);
+	return XDP_TX;
+#endif
 	verdict = synack_send(ctx, pkt->l3_off, &syn, seq,
 			      SG_TCP_SYN | SG_TCP_ACK | (neg.ecn ? SG_TCP_ECE : 0), &opts);
 	if (verdict != XDP_PASS) {

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 def counters_line(now: dict, before: dict | None, seconds: float) -> str:
     from synguard.abi import Counter
 
-    shown = (Counter.SYN_RECEIVED, Counter.CHALLENGE_SENT, Counter.COOKIE_VALIDATED, Counter.COOKIE_INVALID,
+    shown = (Counter.SYN_RECEIVED, Counter.CHALLENGE_SENT, Counter.COOKIE_VALIDATED, Counter.COOKIE_REFUSED,
              Counter.SYN_PASSED, Counter.SYN_DROPPED_DENY, Counter.MALFORMED)
     parts = []
     for c in shown:

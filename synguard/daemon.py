@@ -8,7 +8,9 @@ detaches only our own program.
 Secrets: a 128-bit master (random at start, or secret.file shared by a fleet)
 derives the secret of each epoch = floor(wall clock / rotate_every) with keyed
 BLAKE2b, so every node sharing the file switches at the same instant without
-talking to the others; the previous generation stays valid in the kernel.
+talking to the others. The program keys each cookie slot (wall clock >>
+SLOT_SHIFT) with the secret of the epoch containing the slot's start
+(sg_secrets[slot & 1]); the previous slot's key stays for the ACK check.
 """
 
 from __future__ import annotations
@@ -82,6 +84,42 @@ def derive_secret(master: bytes, epoch: int) -> bytes:
     return hashlib.blake2b(epoch.to_bytes(8, "little"), key=master, digest_size=16, person=b"synguard-cookie").digest()
 
 
+def _sysctl(name: str, default: str) -> str:
+    try:
+        return Path("/proc/sys/" + name.replace(".", "/")).read_text()
+    except OSError:
+        return default
+
+
+def synack_settings(mtu: int) -> tuple[int, int, int, int]:
+    """(mss4, mss6, wscale, tcp_opts) for DataPath.set_synack from this netns's sysctls:
+    tcp_timestamps, tcp_sack, tcp_window_scaling, tcp_ecn == 1 -> SG_OPT_*; our window
+    scale as the kernel picks it, ilog2(max(tcp_rmem[2], rmem_max)) - 15 in 0..14; the
+    MSS from the MTU (IPv4 MTU - 40, IPv6 MTU - 60)."""
+    def num(name, default):
+        try:
+            return int(_sysctl(name, str(default)).split()[0])
+        except (ValueError, IndexError):
+            return default
+
+    opts = 0
+    if num("net.ipv4.tcp_timestamps", 1):
+        opts |= abi.OPT_TS
+    if num("net.ipv4.tcp_sack", 1):
+        opts |= abi.OPT_SACK
+    if num("net.ipv4.tcp_window_scaling", 1):
+        opts |= abi.OPT_WSCALE
+    if num("net.ipv4.tcp_ecn", 2) == 1:
+        opts |= abi.OPT_ECN
+    try:
+        rmem = int(_sysctl("net.ipv4.tcp_rmem", "4096 131072 6291456").split()[2])
+    except (ValueError, IndexError):
+        rmem = 6291456
+    space = max(rmem, num("net.core.rmem_max", 212992), 1)
+    wscale = min(max(space.bit_length() - 1 - 15, 0), 14)
+    return max(mtu - 40, 536), max(mtu - 60, 1220), wscale, opts
+
+
 # ---- control socket ------------------------------------------------------------------
 
 
@@ -115,7 +153,7 @@ class Daemon:
         self.secret_rotations = 0
         self.reloads = {"success": 0, "failure": 0}
         self.last_reload_ok = True
-        self.allowlist_capacity = abi.ALLOWLIST_SIZE
+        self.slot = -1  # the cookie slot the program signs with (sg_config.slot)
         self.history: deque[tuple[float, dict]] = deque(maxlen=64)  # (time, counters) per tick
         self._stop = threading.Event()
         self._stop_signal = None
@@ -143,10 +181,6 @@ class Daemon:
             return bool(self._armed) or bool(self.detector and self.detector.active)
         return self.config.mode == "protect"
 
-    def allowlist_size(self) -> int:
-        """Entries in the allowlist map, counted without decoding them (scrapes call this)."""
-        return sum(1 for _ in self.datapath.entries("sg_allowlist"))
-
     # -- config application ---------------------------------------------------------
 
     def _load_master(self, cfg) -> bytes:
@@ -155,16 +189,17 @@ class Daemon:
         return self.master or os.urandom(16)
 
     def _apply(self, cfg, *, first: bool) -> None:
-        """Apply cfg to the running data path (no program reload, allowlist kept)."""
+        """Apply cfg to the running data path (no program reload)."""
         dp = self.datapath
         master = self._load_master(cfg)
         if master != self.master or cfg.secret.rotate_every != self.config.secret.rotate_every or first:
             self.master = master
             self.epoch = -1  # force a (re)derivation with the new master/period
+            self.slot = -1
         self.config = cfg
         self._rotate_if_due()
         dp.tick(int(time.time()))
-        dp.set_allow_ttl(cfg.protect.allow_ttl)
+        self._apply_synack()
         dp.set_ports(cfg.protect.ports)
         dp.set_allow_cidrs(cfg.allow)
         self.static_deny = list(cfg.deny)
@@ -194,23 +229,48 @@ class Daemon:
         self._apply_deny()
         dp.set_mode({"protect": Mode.PROTECT, "auto": Mode.AUTO}.get(cfg.mode, Mode.OBSERVE))
         ports = ",".join(map(str, cfg.protect.ports)) or "all"
-        event("config", f"mode {cfg.mode}, protected ports {ports}, verified sources kept {cfg.protect.allow_ttl}s, "
+        event("config", f"mode {cfg.mode}, protected ports {ports}, "
               f"allow {len(cfg.allow)} / deny {len(cfg.deny)} CIDRs", mode=cfg.mode, ports=list(cfg.protect.ports))
 
+    def slot_key(self, slot: int) -> bytes:
+        """The key of a cookie slot: the secret of the epoch containing the slot's start."""
+        return derive_secret(self.master, (slot << abi.SLOT_SHIFT) // self.config.secret.rotate_every)
+
     def _rotate_if_due(self) -> None:
-        epoch = int(time.time()) // self.config.secret.rotate_every
+        """Advance the cookie slot: the new slot's key is written before the program
+        signs with it; the other entry keeps the previous slot's key."""
+        wall = int(time.time())
+        slot = (wall & 0xFFFFFFFF) >> abi.SLOT_SHIFT
+        if slot == self.slot:
+            return
+        dp = self.datapath
+        if slot != self.slot + 1:  # first slot, a jump of the clock, or a new master
+            dp.set_slot_key(slot - 1, self.slot_key(slot - 1))
+        dp.set_slot_key(slot, self.slot_key(slot))
+        dp.set_slot(slot)
+        self.slot = slot
+        epoch = (slot << abi.SLOT_SHIFT) // self.config.secret.rotate_every
         if epoch == self.epoch:
             return
         first = self.epoch < 0
-        dp = self.datapath
-        # Keep the previous epoch's secret valid (installed first as the "previous" generation).
-        dp.set_secret(epoch - 1, derive_secret(self.master, epoch - 1))
-        dp.set_secret(epoch, derive_secret(self.master, epoch))
         self.epoch = epoch
         self.secret_since = epoch * self.config.secret.rotate_every
         if not first:
             self.secret_rotations += 1
             event("secret_rotated", f"cookie secret rotated (generation {epoch})", generation=epoch)
+
+    def _apply_synack(self) -> None:
+        """What the SYN-ACK offers: the server netns's own TCP sysctls and the MTU of
+        the attached interfaces (the kernel refuses a connection whose cookie offered
+        an option its sysctls disable)."""
+        mtus = []
+        for ifname in self.config.interfaces:
+            try:
+                mtus.append(int(Path(f"/sys/class/net/{ifname}/mtu").read_text()))
+            except (OSError, ValueError):
+                continue
+        mss4, mss6, wscale, tcp_opts = synack_settings(min(mtus) if mtus else 1500)
+        self.datapath.set_synack(mss4, mss6, wscale, tcp_opts)
 
     def reload(self) -> bool:
         if not self.config_path:
@@ -427,8 +487,6 @@ class Daemon:
                            for n, m in dp.attached.items()],
             "counters": {c.name.lower(): v for c, v in counters.items()},
             "rates": self.rates(),
-            "allowlist": {"size": self.allowlist_size(), "capacity": self.allowlist_capacity,
-                          "ttl_s": self.config.protect.allow_ttl},
             "secret": {"generation": self.epoch, "age_s": round(time.time() - self.secret_since, 1),
                        "rotate_every_s": self.config.secret.rotate_every,
                        "source": "file" if self.config.secret.file else "random"},
@@ -519,9 +577,8 @@ class Daemon:
             if dp.state_note:
                 event("state", dp.state_note, level=logging.WARNING)
             if dp.adopted:
-                event("state", f"adopted the state of a previous run ({', '.join(dp.adopted)}): "
-                      f"{len(dp.allowlist())} verified sources kept", adopted=dp.adopted)
-                dp.allow_filter_rebuild()
+                event("state", f"adopted the state of a previous run ({', '.join(dp.adopted)})",
+                      adopted=dp.adopted)
             self._start_control()
             self._apply(self.config, first=True)
             self._start_metrics()
@@ -532,7 +589,7 @@ class Daemon:
             return 1
         sd_notify("READY=1\nSTATUS=" + self._status_line())
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
-        last_log = last_filter = last_dog = last_watch = last_tick = time.monotonic()
+        last_log = last_dog = last_watch = last_tick = time.monotonic()
         logged = self.datapath.counters()
         try:
             while not self._stop.wait(1.0):
@@ -553,9 +610,6 @@ class Daemon:
                 if self._hup.is_set():
                     self._hup.clear()
                     self.reload()
-                if now - last_filter >= 60:
-                    self.datapath.allow_filter_rebuild()
-                    last_filter = now
                 if now - last_log >= self.log_interval:
                     from synguard.cli import counters_line
 

@@ -26,14 +26,14 @@ COUNTER_METRICS = {
     Counter.TCP: ("synguard_tcp_segments", "IPv4/IPv6 TCP segments parsed."),
     Counter.SYN_RECEIVED: ("synguard_syn_received", "SYNs (without ACK) received."),
     Counter.CHALLENGE_SENT: ("synguard_challenges_sent", "SYNs answered with a cookie SYN-ACK from XDP."),
-    Counter.COOKIE_VALIDATED: ("synguard_cookies_validated", "Challenge answers (RST) with a valid cookie: source verified."),
-    Counter.COOKIE_INVALID: ("synguard_cookies_invalid", "Bare RSTs from unverified sources with a wrong cookie, dropped."),
+    Counter.ACK_CHECKED: ("synguard_acks_checked", "ACKs to protected ports whose cookie the tc program checked."),
+    Counter.COOKIE_VALIDATED: ("synguard_cookies_validated", "ACKs with a valid cookie: the kernel made the connection."),
+    Counter.COOKIE_REFUSED: ("synguard_cookies_refused", "Valid cookies the kernel refused (bpf_sk_assign_tcp_reqsk)."),
+    Counter.COOKIE_NO_LISTENER: ("synguard_cookies_no_listener", "Valid cookies without a listening socket (passed)."),
     Counter.SYN_PASSED: ("synguard_syn_passed", "SYNs handed to the kernel."),
-    Counter.SYN_ALLOWLISTED: ("synguard_syn_allowlisted", "SYNs passed because their source is verified."),
     Counter.SYN_ALLOW_CIDR: ("synguard_syn_allow_cidr", "SYNs passed by the static allow list."),
     Counter.MALFORMED: ("synguard_malformed", "Frames with truncated or inconsistent headers (passed)."),
     Counter.FRAGMENT: ("synguard_fragments", "IP fragments (passed, never challenged)."),
-    Counter.COOKIE_COLLISION: ("synguard_cookie_collisions", "SYNs passed because the cookie equalled ISN+1."),
     Counter.IPV6_EXT_LIMIT: ("synguard_ipv6_ext_limit", "IPv6 packets with more extension headers than parsed (passed)."),
     Counter.FAST_TRIGGER: ("synguard_fast_triggers", "Auto mode: ports armed in-kernel by the per-second SYN ceiling."),
 }
@@ -61,11 +61,10 @@ class SynguardCollector(Collector):
                 m.add_metric([ifname], values[counter])
             yield m
         protected = CounterMetricFamily(
-            "synguard_syn_protected", "SYNs to a protected port while protecting (challenged + allowlisted + "
-            "allow CIDR + collisions; derived, not counted in XDP).", labels=["interface"])
+            "synguard_syn_protected", "SYNs to a protected port while protecting (challenged + allow CIDR; "
+            "derived, not counted in XDP).", labels=["interface"])
         for ifname, v in by_if.items():
-            protected.add_metric([ifname], v[Counter.CHALLENGE_SENT] + v[Counter.SYN_ALLOWLISTED]
-                                 + v[Counter.SYN_ALLOW_CIDR] + v[Counter.COOKIE_COLLISION])
+            protected.add_metric([ifname], v[Counter.CHALLENGE_SENT] + v[Counter.SYN_ALLOW_CIDR])
         yield protected
         drops = CounterMetricFamily("synguard_syn_dropped", "SYNs dropped by XDP, by reason.",
                                     labels=["interface", "reason"])
@@ -87,13 +86,6 @@ class SynguardCollector(Collector):
         for ifname, how in d.datapath.attached.items():
             attached.add_metric([ifname, how], 1.0)
         yield attached
-
-        size = GaugeMetricFamily("synguard_allowlist_entries", "Verified sources currently in the allowlist map.")
-        size.add_metric([], d.allowlist_size())
-        yield size
-        cap = GaugeMetricFamily("synguard_allowlist_capacity", "Size of the allowlist map (LRU beyond it).")
-        cap.add_metric([], d.allowlist_capacity)
-        yield cap
 
         age = GaugeMetricFamily("synguard_secret_age_seconds", "Seconds since the cookie secret last changed.")
         age.add_metric([], time.time() - d.secret_since)

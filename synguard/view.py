@@ -10,9 +10,9 @@ STATUS_COUNTERS = (
     ("syn_received", "SYNs received"),
     ("challenge_sent", "challenges sent"),
     ("cookie_validated", "cookies validated"),
-    ("cookie_invalid", "cookies invalid"),
+    ("cookie_refused", "cookies refused"),
     ("syn_passed", "SYNs passed"),
-    ("syn_allowlisted", "  from verified sources"),
+    ("syn_allow_cidr", "  from allow CIDRs"),
     ("syn_dropped_deny", "SYNs dropped (deny)"),
     ("malformed", "malformed frames"),
 )
@@ -73,7 +73,7 @@ def duration(seconds: float) -> str:
 def format_status(st: dict, numeric: bool = False) -> str:
     """A fail2ban-style tree of the daemon's state."""
     n = lambda v: human(v, numeric)  # noqa: E731
-    mode = st["mode"] + (" (challenging unverified sources)" if st["protecting"] else " (counting only)")
+    mode = st["mode"] + (" (answering SYNs with cookies)" if st["protecting"] else " (counting only)")
     out = [f"synguard {st['version']}  pid {st['pid']}  up {duration(st['uptime_s'])}",
            f"|- mode:        {mode}",
            f"|- ports:       {','.join(map(str, st['ports'])) or 'all'}",
@@ -84,9 +84,6 @@ def format_status(st: dict, numeric: bool = False) -> str:
     out.append(f"|- counters:{'':15}{'total':>10} {'per s':>10}")
     for key, words in STATUS_COUNTERS:
         out.append(f"|  |- {words:<22} {n(st['counters'][key]):>10} {n(st['rates'][key]):>10}")
-    al = st["allowlist"]
-    out.append(f"|- allowlist:   {n(al['size'])} verified sources (capacity {al['capacity']}), "
-               f"kept {duration(al['ttl_s'])}")
     sec = st["secret"]
     out.append(f"|- secret:      generation {sec['generation']}, age {duration(sec['age_s'])}, "
                f"rotates every {duration(sec['rotate_every_s'])} ({sec['source']})")

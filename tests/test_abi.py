@@ -21,7 +21,7 @@ def _enum(name):
 
 
 def _define(name):
-    return int(re.search(r"#define %s (\w+)" % name, HEADER).group(1).rstrip("UuLl"), 0)
+    return int(re.search(r"#define %s\s+(\w+)" % name, HEADER).group(1).rstrip("UuLl"), 0)
 
 
 def _struct_fields(name):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import needs_tc
+
 SYNGUARD = [sys.executable, "-m", "synguard.cli"]
 
 
@@ -104,6 +106,7 @@ def _wait_for(proc, needle, timeout):
 
 
 @pytest.mark.netns
+@needs_tc
 def test_run_defends_and_detaches_on_sigterm(lab):
     from synguard.datapath import attached_prog
 

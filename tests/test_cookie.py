@@ -4,7 +4,7 @@ import ipaddress
 import struct
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from synguard import abi, cookie
 
@@ -154,3 +154,46 @@ def test_cookie_fixed_vector():
     seq, tsval = cookie.synack_fields(KEYS[1], "192.0.2.1", "198.51.100.7", 40000, 80, 1000, 5, n)
     assert seq == (h & 0xFFFFFFF8) | 4 | 3
     assert tsval == ((h >> 32) & 0xFFFFFFC0) | 7 | 16
+
+
+# ---- the kernel against the reference (BPF_PROG_TEST_RUN) -----------------------
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.booleans(), st.integers(1, 65535), st.integers(0, 2**32 - 1), st.integers(0, 2**28 - 1),
+       st.binary(min_size=16, max_size=16), st.integers(0, 15),
+       st.sampled_from(["linux", "windows", "none", "mss-only"]), st.booleans())
+def test_kernel_synack_validates_with_the_reference(dp, ipv6, sport, isn, slot, key, tcp_opts, layout, ecn):
+    """What a client ACKs after the kernel's SYN-ACK passes cookie.check_ack, which
+    decodes exactly the options cookie.negotiate gives for that SYN; one slot later
+    still, two slots later not."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from frames import CLIENT4, CLIENT6, SERVER4, SERVER6, TCP, Ether, syn4, syn6
+
+    opts = {"linux": [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (77, 0)), ("NOP", None), ("WScale", 7)],
+            "windows": [("MSS", 1440), ("NOP", None), ("WScale", 8), ("NOP", None), ("NOP", None), ("SAckOK", b"")],
+            "none": [], "mss-only": [("MSS", 1300)]}[layout]
+    dp.set_ports([])
+    dp.set_slot_key(slot, key)
+    other = bytes(reversed(key))
+    dp.set_slot_key(slot + 1, other)
+    dp.set_slot(slot)
+    dp.set_synack(1460, 1440, 10, tcp_opts)
+    make, src, dst = (syn6, CLIENT6, SERVER6) if ipv6 else (syn4, CLIENT4, SERVER4)
+    frame = make(sport=sport, seq=isn, options=opts, flags="SEC" if ecn else "S")
+    result = dp.test_run(bytes(frame))
+    assert result.retval == 3
+    tcp = Ether(result.data)[TCP]
+    tsval = dict(tcp.options).get("Timestamp", (None,))[0]
+    keys = [None, None]
+    keys[slot & 1], keys[(slot + 1) & 1] = key, other
+    ack_seq, ack_ack = (isn + 1) & 0xFFFFFFFF, (tcp.seq + 1) & 0xFFFFFFFF
+    got = cookie.check_ack(keys, slot, src, dst, sport, 80, ack_seq, ack_ack, tsval)
+    syn_opts = cookie.parse_syn_options(bytes(Ether(bytes(frame))[TCP])[20:])
+    assert got == cookie.negotiate_syn(ipv6, syn_opts, ecn, tcp_opts)
+    assert cookie.check_ack(keys, slot + 1, src, dst, sport, 80, ack_seq, ack_ack, tsval) == got
+    keys2 = list(keys)
+    keys2[slot & 1] = bytes(16) if key != bytes(16) else bytes(range(16))  # slot + 2 has a new key
+    assert cookie.check_ack(keys2, slot + 2, src, dst, sport, 80, ack_seq, ack_ack, tsval) is None
