@@ -146,6 +146,7 @@ class Daemon:
         self.config = cfg
         self.config_path = config_path
         self.datapath: DataPath | None = None
+        self.tc = None  # tcprog.TcProgram: turns cookie ACKs into connections, on the same interfaces
         self.started = time.time()
         self.master = b""
         self.epoch = -1
@@ -207,10 +208,12 @@ class Daemon:
         for ifname in list(dp.attached):
             if ifname not in wanted:
                 dp.detach(ifname)
+                self.tc.detach(ifname)
                 event("detached", f"detached from {ifname}", interface=ifname)
         for ifname in wanted:
             if ifname not in dp.attached:
                 how = dp.attach(ifname, cfg.xdp_mode)
+                self._attach_tc(ifname)
                 event("attached", f"attached to {ifname} ({how} XDP)", interface=ifname, xdp_mode=how)
                 if dp.pin_error:
                     event("pin_failed", f"cannot pin the program ({dp.pin_error}): after a crash, a restarted "
@@ -231,6 +234,17 @@ class Daemon:
         ports = ",".join(map(str, cfg.protect.ports)) or "all"
         event("config", f"mode {cfg.mode}, protected ports {ports}, "
               f"allow {len(cfg.allow)} / deny {len(cfg.deny)} CIDRs", mode=cfg.mode, ports=list(cfg.protect.ports))
+
+    def _attach_tc(self, ifname: str) -> None:
+        """The tc program beside the XDP one: it turns cookie ACKs into connections."""
+        problem = self.tc.attach(ifname, strict=False)
+        if problem:
+            event("syncookies_off", f"{ifname}: {problem}; until then protect mode refuses every new "
+                  f"connection", level=logging.ERROR, interface=ifname)
+        if self.tc.pin_error:
+            event("pin_failed", f"cannot pin the tc program ({self.tc.pin_error}): after a crash, a restarted "
+                  f"daemon recognises its leftover filter by name only", level=logging.WARNING)
+            self.tc.pin_error = None
 
     def slot_key(self, slot: int) -> bytes:
         """The key of a cookie slot: the secret of the epoch containing the slot's start."""
@@ -320,11 +334,13 @@ class Daemon:
                 new_name = None
             if new_name and new_name != ifname:
                 dp.rename(ifname, new_name)
+                self.tc.rename(ifname, new_name)
                 event("interface_renamed", f"{ifname} was renamed {new_name}: the program followed the device "
                       f"and still protects it; {ifname} is protected again if it reappears",
                       level=logging.WARNING, interface=ifname, new_name=new_name)
             else:
                 dp.forget(ifname)
+                self.tc.forget(ifname)
                 event("interface_lost", f"{ifname} is gone (the kernel detached the program with the device); "
                       f"waiting for it to come back", level=logging.ERROR, interface=ifname)
         for ifname in self.config.interfaces:
@@ -336,6 +352,7 @@ class Daemon:
                 continue
             try:
                 how = dp.attach(ifname, self.config.xdp_mode)
+                self._attach_tc(ifname)
             except DataPathError as e:
                 event("interface_lost", f"{ifname} is back but cannot be attached: {e}", level=logging.ERROR)
                 continue
@@ -574,6 +591,9 @@ class Daemon:
         try:
             self.datapath = DataPath(keep_state=True)
             dp = self.datapath
+            from synguard import tcprog
+
+            self.tc = tcprog.TcProgram({name: dp.map(name).map_fd for name in tcprog.SHARED_MAPS})
             if dp.state_note:
                 event("state", dp.state_note, level=logging.WARNING)
             if dp.adopted:
@@ -653,6 +673,8 @@ class Daemon:
             server = self._http[0] if isinstance(self._http, tuple) else None
             if server is not None:
                 server.shutdown()
+        if self.tc is not None and detach:
+            self.tc.close()
         if self.datapath is not None and detach:
             self.datapath.close()
 

@@ -320,9 +320,19 @@ class TcProgram:
 
     # -- attachments -------------------------------------------------------------
 
-    def attach(self, ifname: str) -> None:
-        """Attach at ifname's clsact ingress; replaces only our own (or a dead synguard's) filter."""
-        check_syncookies()
+    def attach(self, ifname: str, strict: bool = True) -> str | None:
+        """Attach at ifname's clsact ingress; replaces only our own (or a dead synguard's) filter.
+
+        With net.ipv4.tcp_syncookies=0 the kernel resets every cookie ACK: strict raises
+        DataPathError; otherwise the filter is attached and the problem returned as text
+        (a daemon in observe mode, or one whose operator fixes the sysctl, still works)."""
+        problem = None
+        try:
+            check_syncookies()
+        except DataPathError as e:
+            if strict:
+                raise
+            problem = str(e)
         lib = _lib()
         hook = _hook(ifindex(ifname))
         with _capture_fd2(self.work_dir / "attach.log"):  # libbpf prints the expected EEXIST
@@ -348,6 +358,7 @@ class TcProgram:
         self.attached[ifname] = current_netns_fd()
         if pinned_tc_prog_id() != self.prog_id:
             self._pin()
+        return problem
 
     def _pin(self) -> None:
         path = tc_pin_path()
@@ -378,6 +389,17 @@ class TcProgram:
                 return True
         finally:
             os.close(fd)
+
+    def forget(self, ifname: str) -> None:
+        """Drop the record of an attachment the kernel already ended (device removed)."""
+        fd = self.attached.pop(ifname, None)
+        if fd is not None:
+            os.close(fd)
+
+    def rename(self, old: str, new: str) -> None:
+        """The device was renamed: the filter followed it (it is bound to the ifindex)."""
+        if old in self.attached:
+            self.attached[new] = self.attached.pop(old)
 
     def close(self) -> None:
         """Idempotent: detach everywhere, unpin (if the pin is still ours), free the program."""
