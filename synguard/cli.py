@@ -138,6 +138,8 @@ def cmd_run(args) -> int:
     if args.ebpf:
         print((ebpf_dir() / "synguard_abi.h").read_text())
         print((ebpf_dir() / "synguard.bpf.c").read_text())
+        print(f"// ---- synguard_tc.bpf.c (clang -O2 -g -target bpf, libbpf)\n"
+              f"{(ebpf_dir() / 'synguard_tc.bpf.c').read_text()}")
         return 0
     try:
         cfg = configmod.load(args.config) if args.config else configmod.Config()
