@@ -285,7 +285,8 @@ class TcProgram:
         with _capture_fd2(self.log_path.with_suffix(".libbpf.log")):  # libbpf's own messages
             obj = lib.bpf_object__open_file(str(obj_file).encode(), ct.byref(opts))
             if not obj:
-                raise DataPathError(f"libbpf cannot open {obj_file.name}: {os.strerror(ct.get_errno())} (see {self.log_path})")
+                raise DataPathError(f"libbpf cannot open {obj_file.name}: {os.strerror(ct.get_errno())} "
+                                    f"(see {self.log_path.with_suffix('.libbpf.log')})")
             self.obj = obj
             if map_fds is not None:
                 missing = [name for name in SHARED_MAPS if name not in map_fds]
@@ -300,7 +301,8 @@ class TcProgram:
         self.log_path.write_bytes(log_buf.value)
         del log_buf
         if ret != 0:
-            raise DataPathError(f"cannot load the tc program: {os.strerror(_errno_of(ret))} (verifier log: {self.log_path})")
+            raise DataPathError(f"cannot load the tc program: {os.strerror(_errno_of(ret))} "
+                                f"(verifier log: {self.log_path})")
         prog = lib.bpf_object__find_program_by_name(obj, self.prog_name.encode())
         if not prog:
             raise DataPathError(f"{self.prog_name} not found in {obj_file.name}")

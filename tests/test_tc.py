@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
-import ipaddress
 import os
 import re
 import shutil
@@ -273,8 +272,10 @@ def test_req_attrs_layout_matches_kernel_btf():
 
     ours = re.search(r"struct bpf_tcp_req_attrs \{(.*?)\};", (ebpf_dir() / "synguard_tc.bpf.c").read_text(),
                      re.S).group(1)
-    norm = lambda body: [(re.sub(r"^__", "", t), n) for t, n in re.findall(r"(\w+)\s+(\w+(?:\[\d+\])?);", body)]  # noqa: E731
-    assert norm(ours) == norm(kernel)
+    def norm(body):
+        return [(re.sub(r"^__", "", t), n) for t, n in re.findall(r"(\w+)\s+(\w+(?:\[\d+\])?);", body)]
+
+    assert norm(ours) == norm(kernel) and len(norm(ours)) == 11
 
 
 @pytest.mark.parametrize("ipv6", [False, True], ids=["v4", "v6"])
@@ -390,6 +391,13 @@ def _others():
 @pytest.mark.parametrize("name, frame", list(_others()), ids=[n for n, _ in _others()])
 def test_not_an_ack_untouched(tc, maps, listen_ns, name, frame):
     assert run(tc, maps, listen_ns, frame) == {}
+
+
+def test_ipv4_options_ack_checked(tc, maps, listen_ns):
+    frame, _ = cookie_ack()
+    with_opts = eth() / IP(src=CLIENT4, dst=SERVER4, options=[b"\x01\x01\x01\x00"]) / frame[TCP]
+    assert Ether(bytes(with_opts))[IP].ihl == 6
+    assert run(tc, maps, listen_ns, with_opts) == {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}
 
 
 def test_vlan_tagged_ack_checked(tc, maps, listen_ns):
