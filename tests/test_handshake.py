@@ -302,6 +302,36 @@ def test_forged_ack_frames_valid(dst):
     assert len(acks) == 200
 
 
+@hard_timeout(120)
+@pytest.mark.parametrize("family", [4, 6])
+def test_first_contact_behind_a_firewall_dropping_invalid(guarded, family):
+    """A client whose host firewall drops conntrack INVALID packets (ufw, kube-proxy):
+    our SYN-ACK acknowledges its ISN + 1, so conntrack accepts it and the client
+    connects at first contact (the RST challenge failed here half the time)."""
+    import shutil
+
+    lab, dp, tc, keys = guarded
+    if not shutil.which("nft"):
+        pytest.skip("needs nft")
+    for cmd in ("add table inet sgtest",
+                "add chain inet sgtest input { type filter hook input priority 0; policy accept; }",
+                "add rule inet sgtest input ct state invalid counter drop"):
+        lab.run(lab.client_ns, ["nft", cmd])
+    listener = Listener(lab)
+    try:
+        before = dp.counters()
+        results = [connect_once(lab, listener, family)[0] for _ in range(8)]  # 8 cookies, 8 chances to trip
+        d = counters_delta(dp, before)
+    finally:
+        listener.close()
+    dropped = lab.run(lab.client_ns, ["nft", "list", "table", "inet", "sgtest"]).stdout
+    tracked = lab.run(lab.client_ns, ["conntrack", "-L", "-p", "tcp", "--dport", str(PORT)], check=False)
+    assert tracked.stdout.count(f"dport={PORT}") >= 8, tracked  # conntrack did see these connections
+    assert all(r["echo"] == "ping" and r["connect_s"] < 0.5 for r in results), results
+    assert d.get(Counter.COOKIE_VALIDATED) == 8, d
+    assert "packets 0 bytes 0" in dropped, dropped  # conntrack never called our SYN-ACK invalid
+
+
 ACK_FLOOD = 100_000
 
 
