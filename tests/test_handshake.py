@@ -11,7 +11,9 @@ namespaces and processes by PID; programs are detached in the fixture teardown.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import os
 import select
 import socket
@@ -182,10 +184,11 @@ s.close()
 """
 
 
-def connect_once(lab, listener, family: int) -> tuple[dict, dict]:
-    """One client connect at first contact; returns (client's view, server's TCP_INFO)."""
+def connect_once(lab, listener, family: int, ns: str | None = None) -> tuple[dict, dict]:
+    """One client connect at first contact (from ns, default the client's); returns
+    (client's view, server's TCP_INFO)."""
     host = labmod.SERVER_IP6 if family == 6 else labmod.SERVER_IP4
-    p = lab.popen(lab.client_ns, [sys.executable, "-c", CLIENT, host, str(PORT), str(family)],
+    p = lab.popen(ns or lab.client_ns, [sys.executable, "-c", CLIENT, host, str(PORT), str(family)],
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         conn = listener.accept(timeout=10)
@@ -330,6 +333,62 @@ def test_first_contact_behind_a_firewall_dropping_invalid(guarded, family):
     assert all(r["echo"] == "ping" and r["connect_s"] < 0.5 for r in results), results
     assert d.get(Counter.COOKIE_VALIDATED) == 8, d
     assert "packets 0 bytes 0" in dropped, dropped  # conntrack never called our SYN-ACK invalid
+
+
+@contextlib.contextmanager
+def behind_nat(lab, drop_invalid: bool):
+    """A host namespace behind the lab's client namespace, which routes and masquerades
+    (NAT44 and NAT66, optionally dropping conntrack INVALID in forward). Yields its name."""
+    ns = f"{lab.id}-nat"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        c = lab.client_ns
+        lab.run(c, ["ip", "link", "add", "n0", "type", "veth", "peer", "name", "h0", "netns", ns])
+        for cmd in (["ip", "link", "set", "n0", "up"], ["ip", "addr", "add", "10.88.0.1/24", "dev", "n0"],
+                    ["ip", "addr", "add", "fd88::1/64", "dev", "n0", "nodad"],
+                    ["sysctl", "-qw", "net.ipv4.ip_forward=1"], ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]):
+            lab.run(c, cmd)
+        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", "h0", "up"],
+                    ["ip", "addr", "add", "10.88.0.2/24", "dev", "h0"], ["ip", "addr", "add", "fd88::2/64", "dev", "h0", "nodad"],
+                    ["ip", "route", "add", "default", "via", "10.88.0.1"], ["ip", "route", "add", "::/0", "via", "fd88::1"]):
+            lab.run(ns, cmd)
+        nft = ["add table inet sgnat",
+               "add chain inet sgnat post { type nat hook postrouting priority 100; }",
+               f"add rule inet sgnat post oifname {lab.client_if} counter masquerade",
+               "add chain inet sgnat forward_chain { type filter hook forward priority 0; policy accept; }",
+               "add rule inet sgnat forward_chain ct state invalid counter " + ("drop" if drop_invalid else "accept")]
+        for cmd in nft:
+            lab.run(c, ["nft", cmd])
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@hard_timeout(120)
+@pytest.mark.parametrize("drop_invalid", [False, True], ids=["nat", "nat-drop-invalid"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_first_contact_behind_nat(guarded, family, drop_invalid):
+    """Behind a NAT router (NAT44 / NAT66, with or without dropping INVALID): the
+    SYN-ACK is NAT-reversed to the host, which connects at first contact."""
+    import shutil
+
+    lab, dp, tc, keys = guarded
+    if not shutil.which("nft"):
+        pytest.skip("needs nft")
+    with behind_nat(lab, drop_invalid) as host_ns:
+        listener = Listener(lab)
+        try:
+            before = dp.counters()
+            results = [connect_once(lab, listener, family, ns=host_ns)[0] for _ in range(6)]
+            d = counters_delta(dp, before)
+        finally:
+            listener.close()
+        table = lab.run(lab.client_ns, ["nft", "list", "table", "inet", "sgnat"]).stdout
+    assert all(r["echo"] == "ping" and r["connect_s"] < 0.5 for r in results), results
+    assert d.get(Counter.COOKIE_VALIDATED) == 6, d
+    assert "invalid counter packets 0 " in table, table
+    masqueraded = int(re.search(r"counter packets (\d+) bytes \d+ masquerade", table).group(1))
+    assert masqueraded >= 6, table  # one per new connection: the flows were NATed
 
 
 ACK_FLOOD = 100_000
