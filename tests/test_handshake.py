@@ -428,7 +428,7 @@ def test_forged_ack_flood_makes_no_connection(guarded, family):
     assert ns_after["Tcp"]["PassiveOpens"] == ns_before["Tcp"]["PassiveOpens"]
 
 
-def _client_ack(lab, keys, slot, sport, isn=0x1000):
+def _client_ack(lab, keys, slot, sport, isn=0x1000, payload=b""):
     """A client's handshake ACK to a SYN-ACK we sent in `slot` (built with the reference)."""
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
@@ -438,8 +438,9 @@ def _client_ack(lab, keys, slot, sport, isn=0x1000):
                                       isn, slot, neg)
     return bytes(Ether(src=lab.mac(lab.client_ns, lab.client_if), dst=lab.mac(lab.server_ns, lab.server_client_if))
                  / IP(src=labmod.CLIENT_IP4, dst=labmod.SERVER_IP4)
-                 / TCP(sport=sport, dport=PORT, seq=isn + 1, ack=(seq + 1) & 0xFFFFFFFF, flags="A", window=502,
-                       options=[("NOP", None), ("NOP", None), ("Timestamp", (12345, tsval))]))
+                 / TCP(sport=sport, dport=PORT, seq=isn + 1, ack=(seq + 1) & 0xFFFFFFFF, flags="PA" if payload else "A",
+                       window=502, options=[("NOP", None), ("NOP", None), ("Timestamp", (12345, tsval))])
+                 / payload)
 
 
 def _inject(lab, frame: bytes) -> None:
@@ -473,3 +474,24 @@ def test_expired_slot_refused(guarded):
     assert results[0] == ({Counter.ACK_CHECKED: 1, Counter.COOKIE_VALIDATED: 1}, True), results
     assert results[1] == ({Counter.ACK_CHECKED: 1, Counter.COOKIE_VALIDATED: 1}, True), results
     assert results[2] == ({Counter.ACK_CHECKED: 1}, False), results
+
+
+@hard_timeout(60)
+def test_lost_handshake_ack_first_data_segment_connects(guarded):
+    """The client's pure ACK was lost: its first data segment carries the same cookie,
+    makes the connection, and its data reaches the application."""
+    lab, dp, tc, keys = guarded
+    listener = Listener(lab)
+    payload = b"GET / HTTP/1.0\r\n\r\n"
+    try:
+        before = dp.counters()
+        _inject(lab, _client_ack(lab, keys, keys.slot, 50010, payload=payload))
+        conn = listener.accept(timeout=5)
+        assert conn is not None, counters_delta(dp, before)
+        with conn:
+            conn.settimeout(5)
+            assert conn.recv(100) == payload
+        d = counters_delta(dp, before)
+    finally:
+        listener.close()
+    assert d.get(Counter.COOKIE_VALIDATED) == 1, d
