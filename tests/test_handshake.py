@@ -349,8 +349,10 @@ def behind_nat(lab, drop_invalid: bool):
                     ["sysctl", "-qw", "net.ipv4.ip_forward=1"], ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]):
             lab.run(c, cmd)
         for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", "h0", "up"],
-                    ["ip", "addr", "add", "10.88.0.2/24", "dev", "h0"], ["ip", "addr", "add", "fd88::2/64", "dev", "h0", "nodad"],
-                    ["ip", "route", "add", "default", "via", "10.88.0.1"], ["ip", "route", "add", "::/0", "via", "fd88::1"]):
+                    ["ip", "addr", "add", "10.88.0.2/24", "dev", "h0"],
+                    ["ip", "addr", "add", "fd88::2/64", "dev", "h0", "nodad"],
+                    ["ip", "route", "add", "default", "via", "10.88.0.1"],
+                    ["ip", "route", "add", "::/0", "via", "fd88::1"]):
             lab.run(ns, cmd)
         nft = ["add table inet sgnat",
                "add chain inet sgnat post { type nat hook postrouting priority 100; }",
