@@ -32,7 +32,7 @@ from synguard.abi import OPT_ECN, OPT_SACK, OPT_TS, OPT_WSCALE, Counter, Mode
 
 PORT = 8080
 TC_COUNTERS = (Counter.ACK_CHECKED, Counter.COOKIE_VALIDATED, Counter.COOKIE_REFUSED, Counter.COOKIE_NO_LISTENER)
-TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
+TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE, TCPI_OPT_ECN = 1, 2, 4, 8
 
 pytestmark = [
     pytest.mark.netns,
@@ -333,6 +333,33 @@ def test_first_contact_behind_a_firewall_dropping_invalid(guarded, family):
     assert all(r["echo"] == "ping" and r["connect_s"] < 0.5 for r in results), results
     assert d.get(Counter.COOKIE_VALIDATED) == 8, d
     assert "packets 0 bytes 0" in dropped, dropped  # conntrack never called our SYN-ACK invalid
+
+
+@hard_timeout(120)
+@pytest.mark.parametrize("family", [4, 6])
+def test_first_contact_with_ecn(guarded, family):
+    """Client and server with net.ipv4.tcp_ecn=1: the SYN's ECE|CWR travels in the
+    cookie (TSval bit 5) and the server socket has ECN (TCPI_OPT_ECN)."""
+    lab, dp, tc, keys = guarded
+    set_client_sysctls(lab, tcp_ecn=1)
+    with lab.netns(lab.server_ns):
+        with open("/proc/sys/net/ipv4/tcp_ecn", "w") as f:
+            f.write("1")
+    wscale, tcp_opts = server_synack_settings(lab)
+    assert tcp_opts & OPT_ECN
+    listener = Listener(lab)
+    try:
+        dp.set_synack(1460, 1440, wscale, tcp_opts & ~OPT_ECN)  # control: our SYN-ACK declines ECN
+        _, declined = connect_once(lab, listener, family)
+        dp.set_synack(1460, 1440, wscale, tcp_opts)
+        before = dp.counters()
+        client, server = connect_once(lab, listener, family)
+        d = counters_delta(dp, before)
+    finally:
+        listener.close()
+    assert not declined["options"] & TCPI_OPT_ECN, declined
+    assert d.get(Counter.COOKIE_VALIDATED) == 1, d
+    assert server["options"] & TCPI_OPT_ECN and client["options"] & TCPI_OPT_ECN, (server, client)
 
 
 @contextlib.contextmanager
