@@ -556,7 +556,13 @@ static __always_inline __u64 cookie_hash(const struct sg_syn *syn, const struct 
 #endif
 
 	if (syn->ipv6) {
+#ifdef SG_X_NOCACHE
+		sip_init(&s, key);
+		sip_word(&s, syn->daddr[0]);
+		sip_word(&s, syn->daddr[1]);
+#else
 		sip_after_daddr6(&s, key, syn->daddr);
+#endif
 		sip_word(&s, syn->saddr[0]);
 		sip_word(&s, syn->saddr[1]);
 		sip_word(&s, ports_isn);
@@ -666,10 +672,13 @@ static __always_inline void synack_opts(const struct sg_config *cfg, const struc
 }
 
 /* Writes the SYN-ACK at l3_off (after the Ethernet header and any VLAN tags,
- * which stay), sizing the frame to it with bpf_xdp_adjust_tail when the SYN's
- * length differs (options other than 20 bytes, IP options, IPv6 extension
- * headers, Ethernet padding). Returns XDP_TX, or XDP_PASS when the frame
- * cannot be resized. */
+ * which stay), sizing the frame to it when the SYN's length differs (options
+ * other than 20 bytes, IP options, IPv6 extension headers, Ethernet padding).
+ * A longer reply grows the frame at the head (bpf_xdp_adjust_head): drivers
+ * and veth guarantee XDP_PACKET_HEADROOM, while tailroom depends on the skb
+ * (measured on veth: an AF_PACKET-sent 54-byte SYN often has < 20 bytes of it,
+ * and bpf_xdp_adjust_tail fails). A shorter one shrinks at the tail, which
+ * needs no room. Returns XDP_TX, or XDP_PASS when the frame cannot be resized. */
 static __always_inline int synack_send(struct xdp_md *ctx, __u32 l3_off, const struct sg_syn *syn,
 				       __u32 seq, __u8 flags, const struct sg_synack_opts *o)
 {
@@ -677,24 +686,35 @@ static __always_inline int synack_send(struct xdp_md *ctx, __u32 l3_off, const s
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 l3_len = syn->ipv6 ? sizeof(struct ipv6hdr) + SG_SYNACK_TCP_LEN
 				 : sizeof(struct iphdr) + SG_SYNACK_TCP_LEN;
+	__u64 l2[3]; /* Ethernet header + up to 2 VLAN tags (22 bytes), read as 3 words */
 	int delta;
 
-	l3_off &= 0x3f; /* bounded for the verifier: Ethernet + 2 tags = 22 */
+	/* The parsed SYN has >= 54 bytes, so 24 can always be read. */
+	if (data + sizeof(l2) > data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(l2, data, sizeof(l2));
+	l3_off &= 0x1f; /* bounded for the verifier: Ethernet + 2 tags = 22 */
 	delta = (int)(l3_off + l3_len) - (int)(data_end - data);
-	if (delta) {
+	if (delta > 0) {
+		if (bpf_xdp_adjust_head(ctx, -delta))
+			return XDP_PASS;
+	} else if (delta < 0) {
 		if (bpf_xdp_adjust_tail(ctx, delta))
 			return XDP_PASS;
-		data = (void *)(long)ctx->data; /* every packet pointer is void after it */
+	}
+	if (delta) {
+		data = (void *)(long)ctx->data; /* every packet pointer is void after either */
 		data_end = (void *)(long)ctx->data_end;
 	}
 
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
+	/* L2: MACs swapped, tags and EtherType as they were (bytes past l3_off are
+	 * overwritten by the L3 header below). */
+	__u8 *eth = data;
+	if ((void *)(eth + sizeof(l2)) > data_end)
 		return XDP_ABORTED;
-	__u8 mac[ETH_ALEN];
-	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	__builtin_memcpy(eth, (__u8 *)l2 + ETH_ALEN, ETH_ALEN);
+	__builtin_memcpy(eth + ETH_ALEN, l2, ETH_ALEN);
+	__builtin_memcpy(eth + 2 * ETH_ALEN, (__u8 *)l2 + 2 * ETH_ALEN, sizeof(l2) - 2 * ETH_ALEN);
 
 	void *l3 = data + l3_off;
 	__u32 *th;
@@ -878,19 +898,30 @@ static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config
 		goto pass;
 	}
 
-#ifndef SG_X_NOOPTS
-	synopts_read(ctx, pkt, &syn);
+#if defined(SG_X_STOP) && SG_X_STOP == 1
+	count(pkt->cnt, SG_CNT_CHALLENGE_SENT);
+	return XDP_TX;
 #endif
+	synopts_read(ctx, pkt, &syn);
 	negotiate(&syn, cfg->tcp_opts, &neg);
 	slot = cfg->slot;
 	idx = slot & 1;
 	key = sg_secrets.lookup(&idx);
 	if (!key)
 		return XDP_ABORTED;
+#if defined(SG_X_STOP) && SG_X_STOP == 2
+	if (neg.opt == 12345 && key->k0 == 7) return syn.tsval;
+	count(pkt->cnt, SG_CNT_CHALLENGE_SENT);
+	return XDP_TX;
+#endif
 	h = cookie_hash(&syn, key, slot, neg.opt);
 	seq = ((__u32)h & 0xfffffff8) | (slot & 1) << 2 | neg.mss_class;
+#if defined(SG_X_STOP) && SG_X_STOP == 4
+	count(pkt->cnt, SG_CNT_CHALLENGE_SENT);
+	return seq == 77 ? XDP_DROP : XDP_TX;
+#endif
 	synack_opts(cfg, &syn, &neg, h, &opts);
-#ifdef SG_X_NOSEND
+#if defined(SG_X_STOP) && SG_X_STOP == 3
 	if (h == 12345) return opts.w[1] + seq;
 	count(pkt->cnt, SG_CNT_CHALLENGE_SENT);
 	return XDP_TX;
