@@ -32,9 +32,6 @@
 #ifndef SG_SLOT_SHIFT
 #define SG_SLOT_SHIFT 4 /* cookie slot = wall-clock seconds >> 4 (16 s); current + previous accepted */
 #endif
-#ifndef SG_SIP_CACHE
-#define SG_SIP_CACHE 16 /* per-CPU SipHash states after an IPv6 destination (power of 2) */
-#endif
 #define SG_PORTS 65536
 #define SG_PORT_SLOTS 64 /* watched ports with their own SYN counters; slot 0 = unwatched */
 #define SG_HLL_BITS 10 /* HyperLogLog: 1024 one-byte registers per bank */

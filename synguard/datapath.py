@@ -257,17 +257,22 @@ def pinned_prog_id(path: Path | None = None) -> int | None:
         os.close(fd)
 
 
-def _pin(prog_fd: int) -> str | None:
-    """Pin our program (replacing an older pin); returns an error text or None."""
+def _pin(prog_fd: int, progs_fd: int | None = None) -> str | None:
+    """Pin our program (replacing an older pin) and its tail-call array (whose entries
+    the kernel clears when the last user reference goes: a crashed daemon's program
+    would lose its option scan); returns an error text or None."""
     lib = _lib()
     path = pin_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-    except OSError as e:
-        return f"{path}: {e.strerror}"
-    if lib.bpf_obj_pin(prog_fd, str(path).encode()) != 0:
-        return f"{path}: {os.strerror(ct.get_errno())}"
+    for fd, where in ((prog_fd, path), (progs_fd, path.with_name("sg_progs"))):
+        if fd is None:
+            continue
+        try:
+            where.parent.mkdir(parents=True, exist_ok=True)
+            where.unlink(missing_ok=True)
+        except OSError as e:
+            return f"{where}: {e.strerror}"
+        if lib.bpf_obj_pin(fd, str(where).encode()) != 0:
+            return f"{where}: {os.strerror(ct.get_errno())}"
     return None
 
 
@@ -277,6 +282,7 @@ def unpin(path: Path | None = None, expected_id: int | None = None) -> None:
     if expected_id is None or pinned_prog_id(path) == expected_id:
         with contextlib.suppress(OSError):
             path.unlink()
+            path.with_name("sg_progs").unlink(missing_ok=True)
             path.parent.rmdir()
 
 
@@ -376,6 +382,9 @@ class DataPath:
             with _capture_fd2(self.log_path):
                 self.bpf = BPF(src_file=str(self.src_file).encode(), cflags=self.cflags)
                 self.fn = self.bpf.load_func(PROG_NAME.encode(), BPF.XDP)
+                # Tail-called by the program: a SYN whose options need the bounded scan.
+                self.optscan = self.bpf.load_func(b"xdp_synguard_optscan", BPF.XDP)
+                self.bpf[b"sg_progs"][ct.c_int(0)] = ct.c_int(self.optscan.fd)
         except Exception as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataPathError(
@@ -694,7 +703,7 @@ class DataPath:
                 self._netns[ifname] = current_netns_fd()
                 self._map_interface(ifname)
                 if pinned_prog_id() != self.prog_id:
-                    err = _pin(self.prog_fd)
+                    err = _pin(self.prog_fd, self.map("sg_progs").map_fd)
                     if err:
                         self.pin_error = err
                     else:

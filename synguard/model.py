@@ -16,8 +16,7 @@ the IP length must cover the headers and fit in the frame; the TCP data offset
 must be >= 5 and fit in the IP length and the frame. Anything else is malformed.
 
 Not modelled, because no verdict, counter or output depends on them: the
-HyperLogLog registers, the sampled per-source SYN table, the IPv6 SipHash cache
-(its result must equal the plain hash: that is what the comparison checks).
+HyperLogLog registers and the sampled per-source SYN table.
 The per-port one-second SYN window (fast trigger) is per CPU: compare with a
 program run on one pinned CPU.
 

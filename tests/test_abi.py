@@ -39,7 +39,7 @@ def test_modes_match():
     assert _enum("sg_mode") == {f"SG_MODE_{m.name}": int(m) for m in abi.Mode}
 
 
-@pytest.mark.parametrize("name", ["ABI_VERSION", "CIDR_SIZE", "SLOT_SHIFT", "PORTS", "SIP_CACHE",
+@pytest.mark.parametrize("name", ["ABI_VERSION", "CIDR_SIZE", "SLOT_SHIFT", "PORTS",
                                   "IPV6_EXT_MAX", "VLAN_MAX", "PORT_SLOTS", "HLL_BITS", "IFACE_SLOTS", "IFINDEX_MAX",
                                   "SRC_SIZE", "SRC_SAMPLE", "OPT_TS", "OPT_SACK", "OPT_WSCALE", "OPT_ECN",
                                   "COOKIE_WSCALE_NONE"])

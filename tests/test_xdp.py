@@ -234,8 +234,7 @@ def test_synack_values(dp):
 
 
 def test_key_follows_the_slot(dp):
-    """sg_secrets[slot & 1] signs: advancing the slot switches keys; the IPv6 SipHash
-    cache never outlives its key."""
+    """sg_secrets[slot & 1] signs: advancing the slot switches keys, for every family."""
     keys = {SLOT + 1: bytes(range(50, 66)), SLOT + 2: bytes(range(70, 86)), SLOT + 3: bytes(16)}
     for slot, key in keys.items():
         dp.set_slot_key(slot, key)
