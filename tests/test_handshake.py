@@ -258,10 +258,7 @@ def test_first_contact_with_client_options(guarded, family):
 
 
 @hard_timeout(120)
-@pytest.mark.parametrize("family", [pytest.param(4, marks=pytest.mark.xfail(strict=True, reason=(
-    "XDP side (dp1): this client's IPv4 SYN is 58 bytes (MSS option only); the SYN-ACK needs 16 more and "
-    "bpf_xdp_adjust_tail refuses to grow it on veth (skb tailroom), so the SYN passes to the kernel "
-    "(SYN_PASSED) and the connection is the kernel's own. Remove this mark when XDP answers it."))), 6])
+@pytest.mark.parametrize("family", [4, 6])
 def test_first_contact_client_without_options(guarded, family):
     lab, dp, tc, keys = guarded
     set_client_sysctls(lab, tcp_timestamps=0, tcp_sack=0, tcp_window_scaling=0)
