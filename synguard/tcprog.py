@@ -256,7 +256,13 @@ class TcProgram:
         self.cflags = tuple(cflags)
         self.log_path = self.work_dir / "load.log"
         obj_file = self._compile(find_clang())
-        self._load(obj_file, map_fds)
+        try:
+            self._load(obj_file, map_fds)
+        except BaseException:
+            obj, self.obj = self.obj, None  # the work dir stays: the error names its log
+            if obj:
+                _lib().bpf_object__close(obj)
+            raise
 
     def _compile(self, clang: str) -> Path:
         out = self.work_dir / self.src_file.name.replace(".c", ".o")
