@@ -1,30 +1,30 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * synguard XDP program: SYN accounting and keyed-cookie SYN authentication.
- * Compiled and loaded by BCC (synguard/datapath.py) with -I ebpf/.
+ * synguard XDP program: SYN accounting and the SYN side of the one-round-trip
+ * SYN cookie (ebpf/COOKIE.md). Compiled and loaded by BCC (synguard/datapath.py)
+ * with -I ebpf/. The ACK side is the tc program (synguard_tc.bpf.c).
  *
- * Contract (see ../shared/DESIGN.md, "The defense"):
+ * Contract (see ../shared/DESIGN.md, "The defense", and COOKIE.md):
  *  - Entry: xdp_synguard(). parse -> classify -> verdict -> count.
  *  - observe mode: every frame passes; SYNs are counted.
- *  - protect mode, SYN (no ACK, no RST):
+ *  - protect/auto mode, SYN (SYN set, ACK and RST clear):
  *      deny CIDR -> DROP; port not protected -> PASS; allow CIDR -> PASS;
- *      verified source (sg_allowlist, not expired) -> PASS;
- *      otherwise the frame is rewritten in place into a SYN-ACK whose ack
- *      number is the cookie (never ISN + 1) and sent back with XDP_TX.
- *  - protect mode, bare RST (RST without ACK/SYN) to a protected port:
- *      seq == cookie(4-tuple) -> source allowlisted, DROP;
- *      bad cookie from an unverified source -> DROP; from a verified one -> PASS.
- *  - Everything else (ACKs, data, non-TCP, fragments, malformed) -> PASS: the
- *    kernel owns it, so switching modes never touches established connections.
- *  - XDP_ABORTED only when a helper fails on a frame we already validated.
- *
- * Cookie (synguard/cookie.py is the bit-exact Python reference):
- *   h = SipHash-2-4(secret[gen & 1], daddr | saddr | dport | sport | slot_le32)
- *   cookie = (h & ~3) | (gen & 1) << 1 | (slot & 1)
- * Addresses and ports are hashed in network byte order, the slot as a
- * little-endian u32; IPv4 hashes 16 bytes, IPv6 40. The two low bits tell the
- * validator which secret and which slot to use, so validation costs one hash.
- * XXX: the message words are built from raw loads assuming a little-endian
+ *      otherwise the frame is rewritten into a real SYN-ACK (ack = ISN + 1,
+ *      seq = cookie, 20 bytes of options answering the SYN's MSS / SACK /
+ *      timestamps / window scale / ECN within sg_config.tcp_opts) and sent back
+ *      with XDP_TX. No state is kept; the client's ACK goes to the kernel,
+ *      where the tc program turns a valid cookie into a connection.
+ *  - The SYN's options are read like the kernel's tcp_parse_options(): a
+ *    broken option ends the list (what was read so far counts), so options
+ *    never change the verdict.
+ *  - Everything else (ACKs, RSTs, data, non-TCP, fragments, malformed) -> PASS:
+ *    the kernel owns it, so switching modes never touches established connections.
+ *  - XDP_ABORTED only for the impossible (a map lookup on a fixed index failing,
+ *    a frame shorter after bpf_xdp_adjust_tail than it said). A SYN whose
+ *    reply does not fit (adjust_tail refused) passes to the kernel.
+ *  - No clock is read: sg_config.now_s and sg_config.slot come from the
+ *    control plane every second.
+ * XXX: hash message words are built from raw loads assuming a little-endian
  * host (x86_64, arm64 LE); a big-endian host would hash other bytes.
  */
 #include <uapi/linux/bpf.h>
@@ -41,14 +41,16 @@
 #define SG_TCP_SYN 0x02
 #define SG_TCP_RST 0x04
 #define SG_TCP_ACK 0x10
+#define SG_TCP_ECE 0x40
+#define SG_TCP_CWR 0x80
 
 /* ---- Maps: all of them, each bounded. ---------------------------------- */
 
 /* SG_KEPT maps hold state that must survive a daemon crash: the loader pins
  * them, and a restarted daemon copies their content into its own (see
- * DataPath.KEPT_MAPS), so verified sources stay verified and counters keep
- * counting. (BCC's BPF_TABLE_PINNED would reuse the objects directly, but it
- * needs CAP_SYS_ADMIN to open a pin, which the systemd unit does not grant.) */
+ * DataPath.KEPT_MAPS), so counters keep counting. (BCC's BPF_TABLE_PINNED
+ * would reuse the objects directly, but it needs CAP_SYS_ADMIN to open a pin,
+ * which the systemd unit does not grant.) */
 #define SG_KEPT(type, key, leaf, name, size) BPF_TABLE(type, key, leaf, name, size)
 
 /* Event counters, per-port SYNs and HLL registers, per CPU and per interface slot. */
@@ -57,22 +59,16 @@ SG_KEPT("percpu_array", int, struct sg_counter_block, sg_counters, SG_IFACE_SLOT
 BPF_ARRAY(sg_ifaces, __u32, SG_IFINDEX_MAX);
 /* Runtime settings, one entry, written by the control plane. */
 BPF_ARRAY(sg_config, struct sg_config, 1);
-/* SipHash keys: [gen & 1] is current, the other the previous one. */
+/* SipHash keys: [slot & 1] is the key of cookie slot `slot`. */
 BPF_ARRAY(sg_secrets, struct sg_secret, 2);
 /* Per destination port (host order): protected?, watch slot, auto-mode deadline. */
 BPF_ARRAY(sg_ports, struct sg_port, SG_PORTS);
-/* Sources that answered a challenge, until expires_s. */
-SG_KEPT("lru_hash", struct sg_addr, struct sg_allow_entry, sg_allowlist, SG_ALLOWLIST_SIZE);
 /* Sampled SYN counts per source address, for top-K (synguard top). */
 SG_KEPT("lru_hash", struct sg_addr, struct sg_src_stat, sg_src_syns, SG_SRC_SIZE);
-/* Negative cache in front of sg_allowlist: a clear bit means "not verified",
- * so an unverified (e.g. spoofed) source costs one inlined array load instead
- * of an LRU hash lookup (~25 ns measured, a quarter of the challenge path).
- * Bits are set on validation and never cleared here; the control plane
- * rebuilds the filter from sg_allowlist. A stale set bit only costs a lookup.
- * XXX: the bit hash is unkeyed; an attacker who picks spoofed sources landing
- * on set bits only gets the lookup cost back. */
-SG_KEPT("array", int, __u64, sg_allow_filter, SG_ALLOW_FILTER_WORDS);
+/* Programs xdp_synguard tail-calls, filled by the loader: [SG_PROG_OPTSCAN] answers
+ * a SYN whose options need the bounded scan. */
+BPF_PROG_ARRAY(sg_progs, 1);
+#define SG_PROG_OPTSCAN 0
 /* Static allow list: SYNs pass unchallenged. */
 BPF_LPM_TRIE(sg_allow_cidrs, struct sg_cidr_key, __u8, SG_CIDR_SIZE);
 /* Static deny list: SYNs dropped (protect mode). */
@@ -316,108 +312,247 @@ static __always_inline __u64 sip_final(struct sg_sip *s, __u64 len)
 	return v0 ^ v1 ^ v2 ^ v3;
 }
 
-/* SipHash state after absorbing an IPv6 destination, cached per CPU. The
- * message starts with the destination (one of the server's few addresses), so
- * 4 of IPv6's 14 rounds are shared by every SYN to it. Tagged with the key,
- * so a new secret can never meet a stale state. */
-struct sg_sip_cache_entry {
+/* ---- The SYN, read before the frame is rewritten ------------------------- */
+
+/* What the cookie and the SYN-ACK need from a client SYN. Raw fields are as
+ * loaded from the frame (network byte order in memory). */
+struct sg_syn {
+	__u64 saddr[2]; /* raw; IPv4 uses the low 32 bits of [0] */
 	__u64 daddr[2];
-	__u64 k0, k1;
-	__u64 filled; /* 0 in a fresh entry: an all-zero key and address must not match it */
-	struct sg_sip state;
-};
-BPF_PERCPU_ARRAY(sg_sip_cache, struct sg_sip_cache_entry, SG_SIP_CACHE);
-
-static __always_inline void sip_after_daddr6(struct sg_sip *s, const struct sg_secret *key, const __u64 *daddr)
-{
-	__u32 idx = (__u32)(((daddr[0] ^ daddr[1]) * 0x9E3779B97F4A7C15ULL) >> 60) & (SG_SIP_CACHE - 1);
-	struct sg_sip_cache_entry *e = sg_sip_cache.lookup(&idx);
-
-	if (e && e->filled && e->daddr[0] == daddr[0] && e->daddr[1] == daddr[1] && e->k0 == key->k0 &&
-	    e->k1 == key->k1) {
-		*s = e->state;
-		return;
-	}
-	sip_init(s, key);
-	sip_word(s, daddr[0]);
-	sip_word(s, daddr[1]);
-	if (e) {
-		e->daddr[0] = daddr[0];
-		e->daddr[1] = daddr[1];
-		e->k0 = key->k0;
-		e->k1 = key->k1;
-		e->filled = 1;
-		e->state = *s;
-	}
-}
-
-/* The 4-tuple of a client->server segment, as hashed. */
-struct sg_tuple {
-	__u64 saddr[2]; /* as loaded from the frame (network byte order in memory);
-			 * IPv4 uses the low 32 bits of [0] */
-	__u64 daddr[2];
-	__u16 sport;    /* network byte order */
-	__u16 dport;
-	__u32 ipv6;
+	__u32 isn;      /* raw: the SYN's sequence number */
+	__u32 tsval;    /* raw: the SYN's TSval, our TSecr */
+	__u16 sport;    /* raw */
+	__u16 dport;    /* raw */
+	__u16 mss;      /* MSS option, host order; 0: none (an MSS of 0 is ignored, as by the kernel) */
+	__u8 wscale;    /* window-scale option, clamped to 14; SG_WSCALE_ABSENT: none */
+	__u8 sack;      /* SACK-permitted option */
+	__u8 ts;        /* Timestamps option */
+	__u8 ecn;       /* ECE and CWR both set (RFC 3168 ECN setup SYN) */
+	__u8 ipv6;
 };
 
-static __always_inline void tuple_load(const struct sg_pkt *pkt, struct sg_tuple *t)
+#define SG_WSCALE_ABSENT 0xff
+
+static __always_inline void syn_load(const struct sg_pkt *pkt, struct sg_syn *syn)
 {
+	struct tcphdr *th = pkt->tcp;
+
 	if (pkt->ipv6) {
 		struct ipv6hdr *ip6h = pkt->l3;
 
 		/* Two 8-byte loads per address: these are SipHash's message words. */
-		__builtin_memcpy(t->saddr, &ip6h->saddr, 16);
-		__builtin_memcpy(t->daddr, &ip6h->daddr, 16);
-		t->ipv6 = 1;
+		syn->saddr[0] = ((__u64 *)&ip6h->saddr)[0];
+		syn->saddr[1] = ((__u64 *)&ip6h->saddr)[1];
+		syn->daddr[0] = ((__u64 *)&ip6h->daddr)[0];
+		syn->daddr[1] = ((__u64 *)&ip6h->daddr)[1];
+		syn->ipv6 = 1;
 	} else {
 		struct iphdr *iph = pkt->l3;
 
-		t->saddr[0] = iph->saddr;
-		t->daddr[0] = iph->daddr;
+		syn->saddr[0] = iph->saddr;
+		syn->daddr[0] = iph->daddr;
 	}
-	t->sport = pkt->tcp->source;
-	t->dport = pkt->tcp->dest;
+	syn->sport = th->source;
+	syn->dport = th->dest;
+	syn->isn = th->seq;
+	syn->ecn = (((__u8 *)th)[13] & (SG_TCP_ECE | SG_TCP_CWR)) == (SG_TCP_ECE | SG_TCP_CWR);
 }
 
-/* Full 64-bit SipHash of the tuple in a slot; the cookie is its low 32 bits
- * with the two selector bits, the upper 32 bits serve as our (unused) ISN.
- * Message: daddr | saddr | dport | sport | slot (see the file's contract). */
-static __always_inline __u64 cookie_hash(const struct sg_tuple *t, const struct sg_secret *key,
-					 __u32 slot)
+/* ---- TCP options of the SYN ------------------------------------------------ */
+
+/* Slow path: any layout, read like the kernel's tcp_parse_options(). The
+ * options (<= 40 bytes) are copied to a zeroed stack buffer and scanned at a
+ * capped offset from its fixed base (an offset advancing a packet pointer in a
+ * loop never converges in the verifier; bpf_loop would need a callback
+ * address, which BCC 0.26 cannot relocate). Bytes past the options read as
+ * EOL. */
+#define SG_OPTS_MAX 40
+struct sg_optscan {
+	__u8 buf[64 + 16]; /* read at (offset & 63) + up to 9: the verifier's bound, not the data's */
+	__u32 off;
+	__u32 len;
+	__u32 tsval; /* raw */
+	__u16 mss;
+	__u8 wscale;
+	__u8 sack;
+	__u8 ts;
+};
+
+/* One option; returns 1 at the end of the list. */
+static __always_inline int opt_scan_step(struct sg_optscan *o)
 {
-	__u64 ports = (__u64)t->dport | (__u64)t->sport << 16 | (__u64)slot << 32;
+	__u64 off = o->off, len = o->len, kind, size;
+
+	if (off >= len || off >= SG_OPTS_MAX)
+		return 1;
+	/* A no-op (off < 40) clang cannot drop: the verifier sees the bound in the
+	 * register that indexes the buffer. */
+	asm volatile("%0 &= 63" : "+r"(off));
+	kind = o->buf[off];
+	if (kind == 0) /* EOL */
+		return 1;
+	if (kind == 1) { /* NOP */
+		o->off = off + 1;
+		return 0;
+	}
+	size = o->buf[off + 1]; /* reads 0 (stop) past the options */
+	if (size < 2 || size > len - off)
+		return 1; /* a broken length ends the list, as in the kernel */
+	if (kind == 2 && size == 4) {
+		__u16 mss = o->buf[off + 2] << 8 | o->buf[off + 3];
+
+		if (mss)
+			o->mss = mss;
+	} else if (kind == 3 && size == 3) {
+		__u8 w = o->buf[off + 2];
+
+		o->wscale = w > 14 ? 14 : w; /* clamped here: 0xff means "none" */
+	} else if (kind == 4 && size == 2) {
+		o->sack = 1;
+	} else if (kind == 8 && size == 10) {
+		o->ts = 1;
+		o->tsval = o->buf[off + 2] | o->buf[off + 3] << 8 | o->buf[off + 4] << 16 |
+			   (__u32)o->buf[off + 5] << 24; /* raw: bytes in frame order */
+	}
+	o->off = off + size;
+	return 0;
+}
+
+/* A zero the verifier cannot see through (u - u of an unknown u). The scan's
+ * state starts from it, so every path's state looks alike to the verifier
+ * (unknown values, offset ranges) and prunes, instead of one state per
+ * combination of options found. */
+static __always_inline __u64 sg_opaque_zero(__u64 u)
+{
+	__u64 z;
+
+	asm volatile("%0 = %1\n\t%0 -= %1" : "=&r"(z) : "r"(u));
+	return z;
+}
+
+static __always_inline int synopts_scan(struct xdp_md *ctx, __u32 off, __u32 optlen,
+						  struct sg_syn *syn)
+{
+	struct sg_optscan o = {};
+	__u64 n = optlen, z = sg_opaque_zero(syn->isn);
+
+	asm volatile("%0 &= 63" : "+r"(n)); /* a no-op (doff <= 15) the verifier can see */
+	if (n == 0 || n > SG_OPTS_MAX || bpf_xdp_load_bytes(ctx, off, o.buf, n))
+		return 0;
+	o.len = n;
+	o.off = z;
+	o.mss = z;
+	o.wscale = z | SG_WSCALE_ABSENT;
+	o.sack = z;
+	o.ts = z;
+	o.tsval = z;
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < SG_OPTS_MAX; i++)
+		if (opt_scan_step(&o))
+			break;
+	syn->mss = o.mss;
+	syn->wscale = o.wscale;
+	syn->sack = o.sack;
+	syn->ts = o.ts;
+	syn->tsval = o.tsval;
+	return 0;
+}
+
+/* Fast path: no options, or exactly Linux's 20 bytes (MSS, SACK-permitted,
+ * Timestamps, NOP, window scale). Returns 0 for any other layout: the caller
+ * tail-calls xdp_synguard_optscan, which scans. */
+static __always_inline int synopts_fast(struct xdp_md *ctx, const struct sg_pkt *pkt, struct sg_syn *syn)
+{
+	struct tcphdr *th = pkt->tcp;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 optlen = th->doff * 4 - sizeof(*th); /* parse_tcphdr checked doff >= 5 */
+	__u8 *o = (void *)(th + 1);
+
+	syn->wscale = SG_WSCALE_ABSENT;
+	if (optlen == 0)
+		return 1;
+	if (optlen == 20 && (void *)(o + 20) <= data_end &&
+	    (*(__u32 *)o & bpf_htonl(0xffff0000)) == bpf_htonl(0x02040000) &&
+	    *(__u32 *)(o + 4) == bpf_htonl(0x0402080a) &&
+	    (*(__u32 *)(o + 16) & bpf_htonl(0xffffff00)) == bpf_htonl(0x01030300)) {
+		syn->mss = o[2] << 8 | o[3];
+		syn->sack = 1;
+		syn->ts = 1;
+		syn->tsval = *(__u32 *)(o + 8);
+		syn->wscale = o[19] > 14 ? 14 : o[19]; /* RFC 7323 limit; 0xff means "none" */
+		return 1;
+	}
+	return 0;
+}
+
+/* ---- The cookie (COOKIE.md) ------------------------------------------------ */
+
+/* The options the cookie carries: the SYN's, within what the server accepts. */
+struct sg_neg {
+	__u32 opt;    /* mss_class | wscale << 2 | sack << 6 | ecn << 7 | ts << 8 */
+	__u32 mss_class;
+	__u32 wscale; /* 0..14, or SG_COOKIE_WSCALE_NONE */
+	__u32 sack, ecn, ts;
+};
+
+static __always_inline void negotiate(const struct sg_syn *syn, __u32 tcp_opts, struct sg_neg *n)
+{
+	__u32 m = syn->mss, c;
+
+	/* The kernel's syncookie tables (COOKIE.md); no option: class 0. */
+	if (syn->ipv6)
+		c = m >= 8940 ? 3 : m >= 1440 ? 2 : m >= 1420 ? 1 : 0;
+	else
+		c = m >= 1460 ? 3 : m >= 1440 ? 2 : m >= 1300 ? 1 : 0;
+	n->mss_class = c;
+	n->ts = syn->ts && (tcp_opts & SG_OPT_TS);
+	n->wscale = SG_COOKIE_WSCALE_NONE;
+	if (syn->wscale != SG_WSCALE_ABSENT && (tcp_opts & SG_OPT_WSCALE) && n->ts)
+		n->wscale = syn->wscale; /* clamped to 14 when read */
+	n->sack = syn->sack && (tcp_opts & SG_OPT_SACK) && n->ts;
+	n->ecn = syn->ecn && (tcp_opts & SG_OPT_ECN) && n->ts;
+	n->opt = c | n->wscale << 2 | n->sack << 6 | n->ecn << 7 | n->ts << 8;
+}
+
+/* h = SipHash-2-4(key, daddr | saddr | dport | sport | isn | slot (LE) | opt (LE)). */
+static __always_inline __u64 cookie_hash(const struct sg_syn *syn, const struct sg_secret *key, __u32 slot,
+					 __u32 opt)
+{
+	__u64 ports_isn = (__u64)syn->dport | (__u64)syn->sport << 16 | (__u64)syn->isn << 32;
+	__u64 slot_opt = (__u64)slot | (__u64)opt << 32;
 	struct sg_sip s;
 
-	if (t->ipv6) {
-		sip_after_daddr6(&s, key, t->daddr);
-		sip_word(&s, t->saddr[0]);
-		sip_word(&s, t->saddr[1]);
-		sip_word(&s, ports);
-		return sip_final(&s, 40);
+	/* No cache of the state after an IPv6 destination (4 of 16 rounds): the per-CPU
+	 * lookup and the key/address compares cost more than the rounds they saved
+	 * (measured 180-194 ns with it, 144-147 without, IPv6 SYN -> SYN-ACK). */
+	if (syn->ipv6) {
+		sip_init(&s, key);
+		sip_word(&s, syn->daddr[0]);
+		sip_word(&s, syn->daddr[1]);
+		sip_word(&s, syn->saddr[0]);
+		sip_word(&s, syn->saddr[1]);
+		sip_word(&s, ports_isn);
+		sip_word(&s, slot_opt);
+		return sip_final(&s, 48);
 	}
 	sip_init(&s, key);
-	sip_word(&s, (__u32)t->daddr[0] | t->saddr[0] << 32);
-	sip_word(&s, ports);
-	return sip_final(&s, 16);
-}
-
-static __always_inline __u32 cookie_from_hash(__u64 h, __u32 gen, __u32 slot)
-{
-	return ((__u32)h & ~3U) | (gen & 1) << 1 | (slot & 1);
+	sip_word(&s, (__u32)syn->daddr[0] | syn->saddr[0] << 32);
+	sip_word(&s, ports_isn);
+	sip_word(&s, slot_opt);
+	return sip_final(&s, 24);
 }
 
 /* ---- Source addresses as map keys ---------------------------------------- */
 
-static __always_inline void addr_from_tuple(const struct sg_tuple *t, struct sg_addr *a)
+static __always_inline void addr_from_syn(const struct sg_syn *syn, struct sg_addr *a)
 {
-	if (t->ipv6) {
-		__builtin_memcpy(a->addr, t->saddr, 16);
+	if (syn->ipv6) {
+		__builtin_memcpy(a->addr, syn->saddr, 16);
 	} else {
 		a->addr[0] = 0;
 		a->addr[1] = 0;
 		a->addr[2] = bpf_htonl(0xffff);
-		a->addr[3] = (__u32)t->saddr[0];
+		a->addr[3] = (__u32)syn->saddr[0];
 	}
 }
 
@@ -444,46 +579,6 @@ static __always_inline int cidr_denied(const struct sg_addr *a)
 	return sg_deny_cidrs.lookup(&key) != NULL;
 }
 
-static __always_inline __u32 allow_filter_bit(const struct sg_addr *a)
-{
-	__u32 x = a->addr[0] ^ a->addr[1] ^ a->addr[2] ^ a->addr[3];
-
-	return (x * SG_ALLOW_FILTER_MULT) >> (32 - SG_ALLOW_FILTER_BITS);
-}
-
-/* Verified and not expired. now/expiry compare as serial numbers. */
-static __always_inline int allowlist_check(const struct sg_addr *a, __u32 now_s)
-{
-	__u32 bit = allow_filter_bit(a), word = bit >> 6;
-	__u64 *w = sg_allow_filter.lookup(&word);
-
-	if (!w || !(*w & (1ULL << (bit & 63))))
-		return 0;
-
-	struct sg_allow_entry *e = sg_allowlist.lookup((struct sg_addr *)a);
-
-	return e && (__s32)(e->expires_s - now_s) > 0;
-}
-
-static __always_inline void allowlist_add(const struct sg_addr *a, __u32 now_s, __u32 ttl_s)
-{
-	struct sg_allow_entry *e = sg_allowlist.lookup((struct sg_addr *)a);
-	struct sg_allow_entry fresh = { .expires_s = now_s + ttl_s, .validated = 1 };
-	__u32 bit = allow_filter_bit(a), word = bit >> 6;
-	__u64 *w = sg_allow_filter.lookup(&word);
-
-	if (w)
-		__sync_fetch_and_or(w, 1ULL << (bit & 63));
-
-	if (e) {
-		e->expires_s = fresh.expires_s;
-		if (e->validated != 0xffffffff)
-			e->validated += 1;
-		return;
-	}
-	sg_allowlist.update((struct sg_addr *)a, &fresh);
-}
-
 static __always_inline void src_sample(const struct sg_addr *a, __u32 now_s, __u16 dport)
 {
 	struct sg_src_stat *st = sg_src_syns.lookup((struct sg_addr *)a);
@@ -500,99 +595,159 @@ static __always_inline void src_sample(const struct sg_addr *a, __u32 now_s, __u
 
 /* ---- Checksums (computed in full: SYNs on veth carry partial sums) -------- */
 
-static __always_inline __u16 sg_fold(__u32 sum)
+/* One's complement sums are taken over 32-bit words as stored in the frame
+ * (raw, network order), accumulated in 64 bits and folded once: the result is
+ * byte-order neutral (RFC 1071), and computing from registers instead of
+ * reading the frame back keeps the verifier's packet-range tracking simple. */
+static __always_inline __u16 sg_fold64(__u64 sum)
 {
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return ~sum;
 }
 
-/* A 32-bit value as two 16-bit words of a one's complement sum. Sums are taken
- * over values as stored in the frame (raw, network order): the result is byte-
- * order neutral (RFC 1071), and computing from registers instead of reading the
- * frame back keeps the verifier's packet-range tracking simple. */
-static __always_inline __u32 sg_sum32(__u32 raw)
+/* ---- The reply: rewrite the SYN into the cookie SYN-ACK --------------------- */
+
+#define SG_SYNACK_TCP_LEN 40 /* 20 + 20 bytes of options: doff 10 */
+#define SG_NOP4 0x01010101   /* four NOPs (byte-order neutral) */
+
+/* The SYN-ACK's 20 option bytes, in Linux's order (COOKIE.md). */
+struct sg_synack_opts {
+	__u32 w[5]; /* raw */
+};
+
+static __always_inline void synack_opts(const struct sg_config *cfg, const struct sg_syn *syn,
+					const struct sg_neg *n, __u64 h, struct sg_synack_opts *o)
 {
-	return (raw & 0xffff) + (raw >> 16);
+	__u32 mss = syn->ipv6 ? cfg->synack_mss6 : cfg->synack_mss4;
+
+	o->w[0] = bpf_htonl(0x02040000 | mss);
+	o->w[1] = bpf_htonl((n->sack ? 0x04020000 : 0x01010000) | (n->ts ? 0x080a : 0x0101));
+	if (n->ts) {
+		__u32 tsval = ((__u32)(h >> 32) & 0xffffffc0) | n->wscale | n->sack << 4 | n->ecn << 5;
+
+		o->w[2] = bpf_htonl(tsval);
+		o->w[3] = syn->tsval;
+	} else {
+		o->w[2] = SG_NOP4;
+		o->w[3] = SG_NOP4;
+	}
+	o->w[4] = n->wscale != SG_COOKIE_WSCALE_NONE ? bpf_htonl(0x01030300 | cfg->synack_wscale) : SG_NOP4;
 }
 
-/* ---- The challenge: rewrite the SYN into a cookie SYN-ACK ---------------- */
-
-#define SG_CHALLENGE_TCP_LEN 20 /* no options: the SYN-ACK is never accepted */
-
-static __always_inline int challenge_send(struct xdp_md *ctx, __u32 l3_off, const struct sg_tuple *t,
-					  __u32 cookie, __u32 isn)
+/* Writes the SYN-ACK at l3_off (after the Ethernet header and any VLAN tags,
+ * which stay), sizing the frame to it when the SYN's length differs (options
+ * other than 20 bytes, IP options, IPv6 extension headers, Ethernet padding).
+ * A longer reply grows the frame at the head (bpf_xdp_adjust_head): drivers
+ * and veth guarantee XDP_PACKET_HEADROOM, while tailroom depends on the skb
+ * (measured on veth: an AF_PACKET-sent 54-byte SYN often has < 20 bytes of it,
+ * and bpf_xdp_adjust_tail fails). A shorter one shrinks at the tail, which
+ * needs no room. Returns XDP_TX, or XDP_PASS when the frame cannot be resized. */
+static __always_inline int synack_send(struct xdp_md *ctx, __u32 l3_off, const struct sg_syn *syn,
+				       __u32 seq, __u8 flags, const struct sg_synack_opts *o)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	__u32 l3_len = syn->ipv6 ? sizeof(struct ipv6hdr) + SG_SYNACK_TCP_LEN
+				 : sizeof(struct iphdr) + SG_SYNACK_TCP_LEN;
+	__u64 l2[3]; /* Ethernet header + up to 2 VLAN tags (22 bytes), read as 3 words */
+	int delta;
 
-	/* The reply is a fresh L3 header + a 20-byte TCP header written at l3_off;
-	 * the frame keeps its length and whatever followed (the SYN's IP/TCP
-	 * options, IPv6 extension headers, Ethernet padding) becomes trailing
-	 * padding that every receiver trims by the IP length. Not trimming saves
-	 * bpf_xdp_adjust_tail, measured at ~50 ns, a third of the whole path. */
-	l3_off &= 0x3f; /* bounded for the verifier: Ethernet + 2 tags = 22 */
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
+	/* The parsed SYN has >= 54 bytes, so 24 can always be read. Explicit word
+	 * loads and stores here and below: memcpy to or from the packet (alignment
+	 * unknown to clang) becomes byte moves; the x86/arm64 JITs take unaligned
+	 * words, and the verifier checks packet alignment only in strict mode. */
+	if (data + sizeof(l2) > data_end)
 		return XDP_ABORTED;
-	__u8 mac[ETH_ALEN];
-	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	l2[0] = ((__u64 *)data)[0];
+	l2[1] = ((__u64 *)data)[1];
+	l2[2] = ((__u64 *)data)[2];
+	l3_off &= 0x1f; /* bounded for the verifier: Ethernet + 2 tags = 22 */
+	delta = (int)(l3_off + l3_len) - (int)(data_end - data);
+	if (delta > 0) {
+		if (bpf_xdp_adjust_head(ctx, -delta))
+			return XDP_PASS;
+	} else if (delta < 0) {
+		if (bpf_xdp_adjust_tail(ctx, delta))
+			return XDP_PASS;
+	}
+	if (delta) {
+		data = (void *)(long)ctx->data; /* every packet pointer is void after either */
+		data_end = (void *)(long)ctx->data_end;
+	}
+
+	/* L2: MACs swapped, tags and EtherType as they were (bytes past l3_off are
+	 * overwritten by the L3 header below). */
+	__u8 *eth = data;
+	if ((void *)(eth + sizeof(l2)) > data_end)
+		return XDP_ABORTED;
+	/* Little-endian words: l2[0] holds bytes 0-7, l2[1] bytes 8-15. */
+	*(__u32 *)(eth + 0) = (__u32)(l2[0] >> 48 | l2[1] << 16); /* dst = old src, bytes 6-9 */
+	*(__u16 *)(eth + 4) = (__u16)(l2[1] >> 16);               /* ... 10-11 */
+	*(__u32 *)(eth + 6) = (__u32)l2[0];                       /* src = old dst, bytes 0-3 */
+	*(__u16 *)(eth + 10) = (__u16)(l2[0] >> 32);              /* ... 4-5 */
+	*(__u32 *)(eth + 12) = (__u32)(l2[1] >> 32);              /* EtherType / tags as they were */
+	*(__u64 *)(eth + 16) = l2[2];
 
 	void *l3 = data + l3_off;
-	struct tcphdr *th;
-	__u32 sum;
+	__u32 *th;
+	__u64 sum;
 
-	if (t->ipv6) {
+	if (syn->ipv6) {
 		struct ipv6hdr *ip6h = l3;
 
-		if ((void *)ip6h + sizeof(*ip6h) + SG_CHALLENGE_TCP_LEN > data_end)
+		if ((void *)ip6h + sizeof(*ip6h) + SG_SYNACK_TCP_LEN > data_end)
 			return XDP_ABORTED;
 		th = (void *)(ip6h + 1);
 		*(__be32 *)ip6h = bpf_htonl(0x60000000); /* version 6, no class/flow */
-		ip6h->payload_len = bpf_htons(SG_CHALLENGE_TCP_LEN);
+		ip6h->payload_len = bpf_htons(SG_SYNACK_TCP_LEN);
 		ip6h->nexthdr = IPPROTO_TCP;
 		ip6h->hop_limit = 64;
-		__builtin_memcpy(&ip6h->saddr, t->daddr, 16);
-		__builtin_memcpy(&ip6h->daddr, t->saddr, 16);
-		sum = 0;
-#pragma unroll
-		for (int i = 0; i < 2; i++)
-			sum += sg_sum32(t->saddr[i]) + sg_sum32(t->saddr[i] >> 32) +
-			       sg_sum32(t->daddr[i]) + sg_sum32(t->daddr[i] >> 32);
+		((__u64 *)&ip6h->saddr)[0] = syn->daddr[0];
+		((__u64 *)&ip6h->saddr)[1] = syn->daddr[1];
+		((__u64 *)&ip6h->daddr)[0] = syn->saddr[0];
+		((__u64 *)&ip6h->daddr)[1] = syn->saddr[1];
+		sum = (syn->saddr[0] & 0xffffffff) + (syn->saddr[0] >> 32) + (syn->saddr[1] & 0xffffffff) +
+		      (syn->saddr[1] >> 32) + (syn->daddr[0] & 0xffffffff) + (syn->daddr[0] >> 32) +
+		      (syn->daddr[1] & 0xffffffff) + (syn->daddr[1] >> 32);
 	} else {
 		struct iphdr *iph = l3;
+		__u32 w0 = bpf_htonl(0x45000000 | (sizeof(*iph) + SG_SYNACK_TCP_LEN)); /* v4, ihl 5, tos 0, length */
+		__u32 w1 = bpf_htonl(0x00004000);                                      /* id 0, DF */
+		__u32 w2 = bpf_htonl(64 << 24 | IPPROTO_TCP << 16);                     /* ttl, protocol */
 
-		if ((void *)iph + sizeof(*iph) + SG_CHALLENGE_TCP_LEN > data_end)
+		if ((void *)iph + sizeof(*iph) + SG_SYNACK_TCP_LEN > data_end)
 			return XDP_ABORTED;
 		th = (void *)(iph + 1);
-		*(__u16 *)iph = bpf_htons(0x4500); /* version 4, ihl 5, tos 0 */
-		iph->tot_len = bpf_htons(sizeof(*iph) + SG_CHALLENGE_TCP_LEN);
-		iph->id = 0;
-		iph->frag_off = bpf_htons(0x4000); /* DF */
-		iph->ttl = 64;
-		iph->protocol = IPPROTO_TCP;
-		iph->check = 0;
-		iph->saddr = (__u32)t->daddr[0];
-		iph->daddr = (__u32)t->saddr[0];
-		sum = sg_sum32(t->saddr[0]) + sg_sum32(t->daddr[0]); /* IPv4: low 32 bits */
-		iph->check = sg_fold(sum + bpf_htons(0x4500) + bpf_htons(sizeof(*iph) + SG_CHALLENGE_TCP_LEN) +
-				     bpf_htons(0x4000) + bpf_htons(64 << 8 | IPPROTO_TCP));
+		sum = (__u64)(__u32)syn->saddr[0] + (__u32)syn->daddr[0];
+		((__u32 *)iph)[0] = w0;
+		((__u32 *)iph)[1] = w1;
+		((__u32 *)iph)[2] = w2 | (__u32)sg_fold64(sum + w0 + w1 + w2) << 16; /* the checksum: bytes 10-11 */
+		iph->saddr = (__u32)syn->daddr[0];
+		iph->daddr = (__u32)syn->saddr[0];
 	}
-	th->source = t->dport;
-	th->dest = t->sport;
-	th->seq = bpf_htonl(isn);
-	th->ack_seq = bpf_htonl(cookie);
-	*((__u16 *)th + 6) = bpf_htons(0x5000 | 0x12); /* doff 5, SYN|ACK */
-	th->window = bpf_htons(65535);
-	th->check = 0;
-	th->urg_ptr = 0;
-	/* Pseudo-header (addresses summed above, protocol, length) + header. */
-	sum += bpf_htons(IPPROTO_TCP) + bpf_htons(SG_CHALLENGE_TCP_LEN);
-	sum += t->sport + t->dport + sg_sum32(bpf_htonl(isn)) + sg_sum32(bpf_htonl(cookie)) +
-	       bpf_htons(0x5000 | 0x12) + bpf_htons(65535);
-	th->check = sg_fold(sum);
+
+	/* TCP header as 32-bit words: ports, seq, ack, doff/flags/window, checksum/urg, options. */
+	__u32 ports = (__u32)syn->dport | (__u32)syn->sport << 16;
+	__u32 seq_raw = bpf_htonl(seq);
+	__u32 ack_raw = bpf_htonl(bpf_ntohl(syn->isn) + 1);
+	__u32 w3 = bpf_htonl((SG_SYNACK_TCP_LEN / 4) << 28 | (__u32)flags << 16 | 65535);
+
+	th[0] = ports;
+	th[1] = seq_raw;
+	th[2] = ack_raw;
+	th[3] = w3;
+	th[5] = o->w[0];
+	th[6] = o->w[1];
+	th[7] = o->w[2];
+	th[8] = o->w[3];
+	th[9] = o->w[4];
+	/* Pseudo-header (addresses above, protocol, length) + header + options. */
+	sum += (__u64)bpf_htons(IPPROTO_TCP) + bpf_htons(SG_SYNACK_TCP_LEN) + ports + seq_raw + ack_raw + w3 +
+	       o->w[0] + o->w[1] + o->w[2] + o->w[3] + o->w[4]; /* 64-bit adds: no carry lost */
+	th[4] = sg_fold64(sum); /* checksum, urgent pointer 0 */
 	return XDP_TX;
 }
 
@@ -605,7 +760,7 @@ static __always_inline struct sg_port *port_lookup(__be16 dport)
 	return sg_ports.lookup(&port);
 }
 
-/* Is this port challenged now? protect: listed (or all); auto: also armed. */
+/* Is this port protected now? protect: listed (or all); auto: also armed. */
 static __always_inline int port_protected(const struct sg_config *cfg, const struct sg_port *p)
 {
 	if (!p || !(cfg->all_ports || p->protect))
@@ -684,26 +839,50 @@ static __always_inline void port_count(const struct sg_config *cfg, struct sg_po
 	}
 }
 
+/* The answer to a SYN whose options are read: negotiate, hash, rewrite, count. */
+static __always_inline int synack_reply(struct xdp_md *ctx, const struct sg_config *cfg,
+					struct sg_counter_block *cnt, __u32 l3_off, struct sg_syn *syn)
+{
+	struct sg_secret *key;
+	struct sg_neg neg;
+	struct sg_synack_opts opts;
+	__u32 slot = cfg->slot, idx = slot & 1, seq;
+	__u64 h;
+	int verdict;
+
+	negotiate(syn, cfg->tcp_opts, &neg);
+	key = sg_secrets.lookup(&idx);
+	if (!key)
+		return XDP_ABORTED;
+	h = cookie_hash(syn, key, slot, neg.opt);
+	seq = ((__u32)h & 0xfffffff8) | (slot & 1) << 2 | neg.mss_class;
+	synack_opts(cfg, syn, &neg, h, &opts);
+	verdict = synack_send(ctx, l3_off, syn, seq, SG_TCP_SYN | SG_TCP_ACK | (neg.ecn ? SG_TCP_ECE : 0), &opts);
+	if (verdict != XDP_PASS) {
+		count(cnt, SG_CNT_CHALLENGE_SENT);
+		return verdict;
+	}
+	count(cnt, SG_CNT_SYN_PASSED);
+	return XDP_PASS;
+}
+
 static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config *cfg,
 				      struct sg_pkt *pkt)
 {
-	struct sg_tuple t = {};
+	struct sg_syn syn = {};
 	struct sg_addr src;
-	struct sg_secret *key;
-	__u32 gen, slot, cookie, idx;
-	__u64 h;
 	struct sg_port *port;
 
-	tuple_load(pkt, &t);
-	addr_from_tuple(&t, &src);
-	port = port_lookup(t.dport);
+	syn_load(pkt, &syn);
+	addr_from_syn(&syn, &src);
+	port = port_lookup(syn.dport);
 	/* Detection signals: distinct sources (HLL), SYNs per watched port, and
 	 * every SG_SRC_SAMPLE-th SYN per CPU into the per-source table (a hash
-	 * update on every SYN would cost more than the whole challenge). */
+	 * update on every SYN would cost more than the whole SYN-ACK). */
 	hll_add(pkt->cnt, &src, cfg->now_s);
 	port_count(cfg, port, pkt->cnt);
 	if ((count(pkt->cnt, SG_CNT_SYN_RECEIVED) & (SG_SRC_SAMPLE - 1)) == 0)
-		src_sample(&src, cfg->now_s, bpf_ntohs(t.dport));
+		src_sample(&src, cfg->now_s, bpf_ntohs(syn.dport));
 	if (cfg->mode == SG_MODE_OBSERVE)
 		goto pass;
 	if (cfg->deny_cidrs && cidr_denied(&src)) {
@@ -716,64 +895,15 @@ static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config
 		count(pkt->cnt, SG_CNT_SYN_ALLOW_CIDR);
 		goto pass;
 	}
-	if (allowlist_check(&src, cfg->now_s)) {
-		count(pkt->cnt, SG_CNT_SYN_ALLOWLISTED);
-		goto pass;
-	}
 
-	gen = cfg->secret_gen;
-	slot = cfg->now_s >> SG_SLOT_SHIFT;
-	idx = gen & 1;
-	key = sg_secrets.lookup(&idx);
-	if (!key)
-		return XDP_ABORTED;
-	h = cookie_hash(&t, key, slot);
-	cookie = cookie_from_hash(h, gen, slot);
-	/* A SYN-ACK acking ISN + 1 would be accepted (client sends ACK, not RST):
-	 * never emit one; the kernel handles this SYN. */
-	if (cookie == bpf_ntohl(pkt->tcp->seq) + 1) {
-		count(pkt->cnt, SG_CNT_COOKIE_COLLISION);
-		goto pass;
+	if (!synopts_fast(ctx, pkt, &syn)) {
+		sg_progs.call(ctx, SG_PROG_OPTSCAN);
+		goto pass; /* not reached unless the loader left the slot empty */
 	}
-	count(pkt->cnt, SG_CNT_CHALLENGE_SENT);
-	return challenge_send(ctx, pkt->l3_off, &t, cookie, h >> 32);
+	return synack_reply(ctx, cfg, pkt->cnt, pkt->l3_off, &syn);
 pass:
 	count(pkt->cnt, SG_CNT_SYN_PASSED);
 	return XDP_PASS;
-}
-
-/* RFC 793: a client in SYN-SENT answers our unacceptable SYN-ACK with
- * <SEQ=SEG.ACK><CTL=RST>, so its seq is the cookie we sent. */
-static __always_inline int handle_rst(const struct sg_config *cfg, struct sg_pkt *pkt)
-{
-	struct sg_tuple t = {};
-	struct sg_addr src;
-	struct sg_secret *key;
-	__u32 seq, slot, idx;
-
-	if (!port_protected(cfg, port_lookup(pkt->tcp->dest)))
-		return XDP_PASS;
-	tuple_load(pkt, &t);
-	addr_from_tuple(&t, &src);
-	seq = bpf_ntohl(pkt->tcp->seq);
-	/* Low bit: slot parity (current or previous); next bit: secret parity. */
-	slot = cfg->now_s >> SG_SLOT_SHIFT;
-	if ((slot ^ seq) & 1)
-		slot = (slot - 1) & (0xffffffffU >> SG_SLOT_SHIFT); /* slots are now_s >> SHIFT: wrap there */
-	idx = (seq >> 1) & 1;
-	key = sg_secrets.lookup(&idx);
-	if (!key)
-		return XDP_ABORTED;
-	if (cookie_from_hash(cookie_hash(&t, key, slot), idx, slot) == seq) {
-		allowlist_add(&src, cfg->now_s, cfg->allow_ttl_s);
-		count(pkt->cnt, SG_CNT_COOKIE_VALIDATED);
-		return XDP_DROP;
-	}
-	/* A verified source may send bare RSTs on its real connections. */
-	if (allowlist_check(&src, cfg->now_s))
-		return XDP_PASS;
-	count(pkt->cnt, SG_CNT_COOKIE_INVALID);
-	return XDP_DROP;
 }
 
 /* ---- Entry ----------------------------------------------------------------- */
@@ -783,7 +913,6 @@ int xdp_synguard(struct xdp_md *ctx)
 	struct sg_pkt pkt = {};
 	struct sg_config *cfg;
 	__u32 zero = 0;
-	__u8 flags;
 
 	pkt.cnt = counters_for(ctx);
 	if (!pkt.cnt)
@@ -806,15 +935,35 @@ int xdp_synguard(struct xdp_md *ctx)
 	}
 	count(pkt.cnt, SG_CNT_TCP);
 
-	/* Only a SYN (no ACK, no RST) or a bare RST (no SYN, no ACK) is ours. */
-	flags = ((__u8 *)pkt.tcp)[13] & (SG_TCP_SYN | SG_TCP_ACK | SG_TCP_RST);
-	if (flags != SG_TCP_SYN && flags != SG_TCP_RST)
+	/* Only a SYN (no ACK, no RST) is ours; the tc program sees the ACKs. */
+	if ((((__u8 *)pkt.tcp)[13] & (SG_TCP_SYN | SG_TCP_ACK | SG_TCP_RST)) != SG_TCP_SYN)
 		return XDP_PASS;
 
 	cfg = sg_config.lookup(&zero);
 	if (!cfg)
 		return XDP_ABORTED;
-	if (flags == SG_TCP_SYN)
-		return handle_syn(ctx, cfg, &pkt);
-	return handle_rst(cfg, &pkt);
+	return handle_syn(ctx, cfg, &pkt);
+}
+
+/* Tail-called by xdp_synguard (sg_progs[SG_PROG_OPTSCAN]) for a SYN it parsed,
+ * counted and classified as one to answer, whose options are not a fast-path
+ * layout. A program of its own: the scan's loop and buffer stay out of the
+ * main program's registers and verification. */
+int xdp_synguard_optscan(struct xdp_md *ctx)
+{
+	struct sg_pkt pkt = {};
+	struct sg_syn syn = {};
+	struct sg_config *cfg;
+	__u32 zero = 0, off, optlen;
+
+	pkt.cnt = counters_for(ctx);
+	cfg = sg_config.lookup(&zero);
+	if (!pkt.cnt || !cfg || sg_parse(ctx, &pkt) != SG_PARSE_TCP)
+		return XDP_ABORTED; /* impossible: xdp_synguard parsed this frame */
+	syn_load(&pkt, &syn);
+	off = (void *)(pkt.tcp + 1) - (void *)(long)ctx->data;
+	optlen = pkt.tcp->doff * 4 - sizeof(struct tcphdr);
+	syn.wscale = SG_WSCALE_ABSENT;
+	synopts_scan(ctx, off, optlen, &syn);
+	return synack_reply(ctx, cfg, pkt.cnt, pkt.l3_off, &syn);
 }

@@ -17,12 +17,9 @@
 #ifndef SYNGUARD_ABI_H
 #define SYNGUARD_ABI_H
 
-#define SG_ABI_VERSION 1
+#define SG_ABI_VERSION 2
 
 /* Compile-time limits (override with -DNAME=value). */
-#ifndef SG_ALLOWLIST_SIZE
-#define SG_ALLOWLIST_SIZE 262144 /* verified sources kept (LRU) */
-#endif
 #ifndef SG_CIDR_SIZE
 #define SG_CIDR_SIZE 4096 /* entries per static allow/deny trie */
 #endif
@@ -33,15 +30,7 @@
 #define SG_SRC_SAMPLE 16 /* sg_src_syns sees one SYN in 16 per CPU, counted as 16 */
 #endif
 #ifndef SG_SLOT_SHIFT
-#define SG_SLOT_SHIFT 4 /* cookie time slot = now_s >> 4 (16 s); current + previous accepted */
-#endif
-#ifndef SG_ALLOW_FILTER_BITS
-#define SG_ALLOW_FILTER_BITS 20 /* log2 bits of the negative cache in front of sg_allowlist */
-#endif
-#define SG_ALLOW_FILTER_WORDS (1 << (SG_ALLOW_FILTER_BITS - 6)) /* u64 words */
-#define SG_ALLOW_FILTER_MULT 0x9E3779B1U /* bit = ((a0^a1^a2^a3) * MULT) >> (32 - BITS) */
-#ifndef SG_SIP_CACHE
-#define SG_SIP_CACHE 16 /* per-CPU SipHash states after an IPv6 destination (power of 2) */
+#define SG_SLOT_SHIFT 4 /* cookie slot = wall-clock seconds >> 4 (16 s); current + previous accepted */
 #endif
 #define SG_PORTS 65536
 #define SG_PORT_SLOTS 64 /* watched ports with their own SYN counters; slot 0 = unwatched */
@@ -52,46 +41,64 @@
 #define SG_IPV6_EXT_MAX 4 /* IPv6 extension headers skipped before giving up */
 #define SG_VLAN_MAX 2 /* 802.1Q / 802.1ad tags parsed */
 
-/* Per-CPU counters. Names are the metric names' stems (see synguard/abi.py). */
+/* Per-CPU counters, bumped by the XDP program (SYN side) and the tc program
+ * (ACK side) in the same blocks. Names are the metric names' stems (see
+ * synguard/abi.py). ABI 2 renumbered them (the RST challenge is gone). */
 enum sg_counter {
-	SG_CNT_PACKETS = 0,       /* every frame the program saw */
-	SG_CNT_TCP = 1,           /* IPv4/IPv6 TCP segments parsed */
-	SG_CNT_SYN_RECEIVED = 2,  /* SYN without ACK */
-	SG_CNT_CHALLENGE_SENT = 3, /* SYN answered with a cookie SYN-ACK (XDP_TX) */
-	SG_CNT_COOKIE_VALIDATED = 4, /* RST carried a valid cookie: source allowlisted */
-	SG_CNT_COOKIE_INVALID = 5,   /* bare RST from an unverified source, bad cookie: dropped */
-	SG_CNT_SYN_PASSED = 6,       /* SYN handed to the kernel (any reason) */
-	SG_CNT_SYN_ALLOWLISTED = 7,  /* SYN passed because its source is verified */
-	SG_CNT_SYN_ALLOW_CIDR = 8,   /* SYN passed because of the static allow list */
-	SG_CNT_SYN_DROPPED_DENY = 9, /* SYN dropped by the static deny list */
-	SG_CNT_MALFORMED = 10,       /* truncated or inconsistent headers: passed */
-	SG_CNT_FRAGMENT = 11,        /* IP fragments: passed, never challenged */
-	SG_CNT_COOKIE_COLLISION = 12, /* cookie == ISN + 1 would be acceptable: SYN passed */
-	SG_CNT_IPV6_EXT_LIMIT = 13,  /* more IPv6 extension headers than parsed: passed */
-	SG_CNT_FAST_TRIGGER = 14,    /* auto mode: a port crossed the per-second SYN ceiling */
+	SG_CNT_PACKETS = 0,          /* XDP: every frame the program saw */
+	SG_CNT_TCP = 1,              /* XDP: IPv4/IPv6 TCP segments parsed */
+	SG_CNT_SYN_RECEIVED = 2,     /* XDP: SYN without ACK */
+	SG_CNT_CHALLENGE_SENT = 3,   /* XDP: SYN answered with a cookie SYN-ACK (XDP_TX) */
+	SG_CNT_COOKIE_VALIDATED = 4, /* tc: ACK carried a valid cookie; the kernel made the connection */
+	SG_CNT_COOKIE_REFUSED = 5,   /* tc: valid cookie, but bpf_sk_assign_tcp_reqsk() refused it */
+	SG_CNT_SYN_PASSED = 6,       /* XDP: SYN handed to the kernel (any reason) */
+	SG_CNT_SYN_ALLOW_CIDR = 7,   /* XDP: SYN passed because of the static allow list */
+	SG_CNT_SYN_DROPPED_DENY = 8, /* XDP: SYN dropped by the static deny list */
+	SG_CNT_MALFORMED = 9,        /* XDP: truncated or inconsistent headers: passed */
+	SG_CNT_FRAGMENT = 10,        /* XDP: IP fragments: passed, never answered */
+	SG_CNT_IPV6_EXT_LIMIT = 11,  /* XDP: more IPv6 extension headers than parsed: passed */
+	SG_CNT_FAST_TRIGGER = 12,    /* XDP: auto mode: a port crossed the per-second SYN ceiling */
+	SG_CNT_ACK_CHECKED = 13,     /* tc: ACKs to protected ports whose cookie was checked */
+	SG_CNT_COOKIE_NO_LISTENER = 14, /* tc: valid cookie but no listening socket: passed */
 	SG_CNT_MAX = 15,
 };
 
 enum sg_mode {
 	SG_MODE_OBSERVE = 0, /* count only, every frame passes */
-	SG_MODE_PROTECT = 1, /* deny list, allow list, challenge on protected ports */
-	SG_MODE_AUTO = 2,    /* as protect, but only ports whose auto_until_s is in the future */
+	SG_MODE_PROTECT = 1, /* deny list, allow list, cookies on protected ports */
+	SG_MODE_AUTO = 2,    /* as protect, but SYNs get cookies only on ports whose auto_until_s
+			      * is in the future (ACKs are checked on every listed port) */
 };
 
+/* TCP options the server's own stack accepts (its sysctls), sg_config.tcp_opts:
+ * the SYN-ACK must never offer what the kernel would refuse when it builds the
+ * connection (bpf_sk_assign_tcp_reqsk() returns -EINVAL, the client gets a RST). */
+#define SG_OPT_TS     0x1 /* net.ipv4.tcp_timestamps */
+#define SG_OPT_SACK   0x2 /* net.ipv4.tcp_sack */
+#define SG_OPT_WSCALE 0x4 /* net.ipv4.tcp_window_scaling */
+#define SG_OPT_ECN    0x8 /* net.ipv4.tcp_ecn == 1 (accept ECN on incoming connections) */
 
+/* Cookie option bits (the 9-bit opt word of the cookie message):
+ * opt = mss_class | wscale << 2 | sack << 6 | ecn << 7 | ts << 8; wscale 0xf = none. */
+#define SG_COOKIE_WSCALE_NONE 0xf
 /* Runtime settings: sg_config[0]. */
 struct sg_config {
 	__u32 mode;          /* enum sg_mode */
 	__u32 all_ports;     /* 1: every port is protected (empty port list) */
-	__u32 allow_ttl_s;   /* lifetime of a verified source, seconds */
-	__u32 secret_gen;    /* generation of the current secret: sg_secrets[gen & 1] */
 	__u32 now_s;         /* control-plane clock, CLOCK_MONOTONIC seconds, set every tick */
+	__u32 slot;          /* cookie slot: CLOCK_REALTIME seconds >> SG_SLOT_SHIFT, set every
+			      * tick after sg_secrets[slot & 1] holds that slot's key */
 	__u32 allow_cidrs;   /* entries in sg_allow_cidrs (0: skip the lookup) */
 	__u32 deny_cidrs;    /* entries in sg_deny_cidrs (0: skip the lookup) */
 	__u32 fast_trigger_syns; /* auto mode: SYNs per second per CPU on one port that switch
 				  * protection on in-kernel (0: off) */
 	__u32 fast_hold_s;   /* how long the fast trigger protects a port */
-	__u32 reserved;
+	__u16 synack_mss4;   /* MSS our SYN-ACK advertises over IPv4 (interface MTU - 40) */
+	__u16 synack_mss6;   /* ... over IPv6 (interface MTU - 60) */
+	__u8 synack_wscale;  /* our window scale: the kernel's own choice,
+			      * ilog2(max(tcp_rmem[2], rmem_max)) - 15, clamped to 0..14 */
+	__u8 tcp_opts;       /* SG_OPT_* */
+	__u16 reserved;
 };
 
 /* Value of sg_ports, indexed by the host-order port. */
@@ -128,21 +135,16 @@ struct sg_counter_block {
 	struct sg_hll hll[2];                    /* bank = now_s & 1 */
 };
 
-/* SipHash-2-4 key, k0/k1 = the 16 secret bytes read as two little-endian u64. */
+/* SipHash-2-4 key of one cookie slot: sg_secrets[slot & 1]; k0/k1 = the 16
+ * key bytes read as two little-endian u64. */
 struct sg_secret {
 	__u64 k0;
 	__u64 k1;
 };
 
-/* Key of sg_allowlist. */
+/* Key of sg_src_syns. */
 struct sg_addr {
 	__u32 addr[4]; /* network byte order; IPv4 as ::ffff:a.b.c.d */
-};
-
-/* Value of sg_allowlist. */
-struct sg_allow_entry {
-	__u32 expires_s;  /* sg_config.now_s at which the entry stops counting */
-	__u32 validated;  /* cookies validated for this source (saturating) */
 };
 
 /* Value of sg_src_syns: sampled SYNs per source (for `synguard top`). */

@@ -24,6 +24,7 @@ KSOURCE="/lib/modules/$KREL/source"
 PKGS=(python3-bpfcc bpfcc-tools python3-venv python3-pip iproute2 ethtool tcpdump
       hping3 procps kmod ca-certificates make
       nftables conntrack   # tests/test_clients.py: client firewalls, NAT routers (nft), evidence (conntrack)
+      clang-14 libbpf-dev bpftool   # tc program (ebpf/synguard_tc.bpf.c): clang + libbpf headers; bpftool for BTF checks
       prometheus)   # promtool + prometheus: tests/test_deploy_monitoring.py
 
 export DEBIAN_FRONTEND=noninteractive

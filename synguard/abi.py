@@ -11,17 +11,13 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 # Compile-time limits (the header's defaults; the loader may override with -D).
-ALLOWLIST_SIZE = 262144
 CIDR_SIZE = 4096
 SLOT_SHIFT = 4
 SRC_SIZE = 65536
 SRC_SAMPLE = 16
-ALLOW_FILTER_BITS = 20
-ALLOW_FILTER_WORDS = 1 << (ALLOW_FILTER_BITS - 6)
-ALLOW_FILTER_MULT = 0x9E3779B1
 PORTS = 65536
 PORT_SLOTS = 64
 HLL_BITS = 10
@@ -40,16 +36,16 @@ class Counter(enum.IntEnum):
     SYN_RECEIVED = 2
     CHALLENGE_SENT = 3
     COOKIE_VALIDATED = 4
-    COOKIE_INVALID = 5
+    COOKIE_REFUSED = 5
     SYN_PASSED = 6
-    SYN_ALLOWLISTED = 7
-    SYN_ALLOW_CIDR = 8
-    SYN_DROPPED_DENY = 9
-    MALFORMED = 10
-    FRAGMENT = 11
-    COOKIE_COLLISION = 12
-    IPV6_EXT_LIMIT = 13
-    FAST_TRIGGER = 14
+    SYN_ALLOW_CIDR = 7
+    SYN_DROPPED_DENY = 8
+    MALFORMED = 9
+    FRAGMENT = 10
+    IPV6_EXT_LIMIT = 11
+    FAST_TRIGGER = 12
+    ACK_CHECKED = 13
+    COOKIE_NO_LISTENER = 14
 
     @property
     def key(self) -> str:
@@ -86,12 +82,10 @@ COUNTER_NAMES: dict[Counter, CounterName] = {
     Counter.CHALLENGE_SENT: CounterName("synguard_challenges_sent", "challenges sent",
                                         "SYNs answered with a cookie SYN-ACK from XDP."),
     Counter.COOKIE_VALIDATED: CounterName("synguard_cookies_validated", "cookies validated",
-                                          "Challenge answers (RST) with a valid cookie: source verified."),
-    Counter.COOKIE_INVALID: CounterName("synguard_cookies_invalid", "cookies invalid",
-                                        "Bare RSTs from unverified sources with a wrong cookie, dropped."),
+                                          "ACKs with a valid cookie: the kernel made the connection."),
+    Counter.COOKIE_REFUSED: CounterName("synguard_cookies_refused", "cookies refused",
+                                        "Valid cookies the kernel refused (bpf_sk_assign_tcp_reqsk)."),
     Counter.SYN_PASSED: CounterName("synguard_syn_passed", "SYNs passed", "SYNs handed to the kernel."),
-    Counter.SYN_ALLOWLISTED: CounterName("synguard_syn_allowlisted", "SYNs from verified sources",
-                                         "SYNs passed because their source is verified."),
     Counter.SYN_ALLOW_CIDR: CounterName("synguard_syn_allow_cidr", "SYNs allowed (allow list)",
                                         "SYNs passed by the static allow list."),
     Counter.SYN_DROPPED_DENY: CounterName("synguard_syn_dropped", "SYNs dropped (deny)",
@@ -99,13 +93,22 @@ COUNTER_NAMES: dict[Counter, CounterName] = {
     Counter.MALFORMED: CounterName("synguard_malformed", "malformed frames",
                                    "Frames with truncated or inconsistent headers (passed)."),
     Counter.FRAGMENT: CounterName("synguard_fragments", "fragments", "IP fragments (passed, never challenged)."),
-    Counter.COOKIE_COLLISION: CounterName("synguard_cookie_collisions", "cookie collisions",
-                                          "SYNs passed because the cookie equalled ISN+1."),
     Counter.IPV6_EXT_LIMIT: CounterName("synguard_ipv6_ext_limit", "IPv6 extension-header limit",
                                         "IPv6 packets with more extension headers than parsed (passed)."),
     Counter.FAST_TRIGGER: CounterName("synguard_fast_triggers", "fast triggers",
                                       "Auto mode: ports armed in-kernel by the per-second SYN ceiling."),
+    Counter.ACK_CHECKED: CounterName("synguard_acks_checked", "ACKs checked",
+                                     "ACKs to protected ports whose cookie the tc program checked."),
+    Counter.COOKIE_NO_LISTENER: CounterName("synguard_cookies_no_listener", "cookies without listener",
+                                            "Valid cookies without a listening socket (passed)."),
 }
+
+# TCP options the server's stack accepts (sg_config.tcp_opts).
+OPT_TS = 0x1
+OPT_SACK = 0x2
+OPT_WSCALE = 0x4
+OPT_ECN = 0x8
+COOKIE_WSCALE_NONE = 0xF
 
 
 class Mode(enum.IntEnum):
@@ -144,13 +147,16 @@ class Mode(enum.IntEnum):
 CONFIG_FIELDS = (
     "mode",
     "all_ports",
-    "allow_ttl_s",
-    "secret_gen",
     "now_s",
+    "slot",
     "allow_cidrs",
     "deny_cidrs",
     "fast_trigger_syns",
     "fast_hold_s",
+    "synack_mss4",
+    "synack_mss6",
+    "synack_wscale",
+    "tcp_opts",
     "reserved",
 )
 PORT_FIELDS = ("protect", "watch_slot", "reserved", "auto_until_s")
@@ -158,21 +164,10 @@ PORT_SYNS_FIELDS = ("syns", "window_s", "window_syns")
 HLL_FIELDS = ("reg",)
 COUNTER_BLOCK_FIELDS = ("cnt", "ports", "hll_window", "hll")
 SECRET_FIELDS = ("k0", "k1")
-ALLOW_ENTRY_FIELDS = ("expires_s", "validated")
 SRC_STAT_FIELDS = ("syns", "last_seen_s", "last_dport", "reserved")
 CIDR_KEY_FIELDS = ("prefixlen", "addr")
 ADDR_FIELDS = ("addr",)
 
-
-
-def allow_filter_bit(addr16: bytes) -> int:
-    """Bit of sg_allow_filter for a 16-byte (IPv4-mapped) address, as the program computes it.
-
-    The program XORs the four u32 words as loaded (little-endian host)."""
-    import struct
-
-    a0, a1, a2, a3 = struct.unpack("<4I", addr16)
-    return (((a0 ^ a1 ^ a2 ^ a3) * ALLOW_FILTER_MULT) & 0xFFFFFFFF) >> (32 - ALLOW_FILTER_BITS)
 
 
 def _ebpf_dir_default() -> Path:

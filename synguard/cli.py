@@ -133,6 +133,8 @@ def cmd_run(args) -> int:
     if args.ebpf:
         print((ebpf_dir() / "synguard_abi.h").read_text())
         print((ebpf_dir() / "synguard.bpf.c").read_text())
+        print(f"// ---- synguard_tc.bpf.c (clang -O2 -g -target bpf, libbpf)\n"
+              f"{(ebpf_dir() / 'synguard_tc.bpf.c').read_text()}")
         return 0
     try:
         cfg = configmod.load(args.config) if args.config else configmod.Config()
@@ -167,8 +169,10 @@ RESTARTED_RESULTS = ("exit-code", "signal", "core-dump", "watchdog")
 def cmd_detach(args) -> int:
     """ExecStopPost: never leave our program attached once the service is stopped.
 
-    Only a program that is ours (pinned id, or name xdp_synguard) is removed."""
+    Only a program that is ours (pinned id, or name xdp_synguard) is removed; the
+    same for the tc ingress filter (pinned id, or name tc_synguard)."""
     from synguard import config as configmod
+    from synguard.datapath import tc as tcprog
     from synguard.datapath import DataPathError, detach_orphan, unpin
     from synguard.datapath.pins import pin_problem
 
@@ -193,17 +197,19 @@ def cmd_detach(args) -> int:
     for ifname in interfaces:
         try:
             done, found = detach_orphan(ifname)
+            done_tc = tcprog.detach_orphan(ifname)
         except DataPathError as e:
             print(f"synguard detach: {e}", file=sys.stderr)
             status = 1
             continue
+        tc_note = "; detached our tc filter" if done_tc else ""
         if done:
-            print(f"synguard detach: {ifname}: detached our program")
+            print(f"synguard detach: {ifname}: detached our program{tc_note}")
         elif found is None:
-            print(f"synguard detach: {ifname}: no synguard program attached")
+            print(f"synguard detach: {ifname}: no synguard program attached{tc_note}")
         else:
             print(f"synguard detach: {ifname}: XDP program id {found[0]} is not synguard's "
-                  f"(not our pinned program): left attached")
+                  f"(not our pinned program): left attached{tc_note}")
     unpin()
     return status
 

@@ -8,7 +8,9 @@ detaches only our own program.
 Secrets: a 128-bit master (random at start, or secret.file shared by a fleet)
 derives the secret of each epoch = floor(wall clock / rotate_every) with keyed
 BLAKE2b, so every node sharing the file switches at the same instant without
-talking to the others; the previous generation stays valid in the kernel.
+talking to the others. The program keys each cookie slot (wall clock >>
+SLOT_SHIFT) with the secret of the epoch containing the slot's start
+(sg_secrets[slot & 1]); the previous slot's key stays for the ACK check.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from collections import deque
 
 from synguard import __version__, abi, config as configmod, hll, secret, view
@@ -54,6 +57,42 @@ def sd_notify(state: str) -> bool:
 # ---- secrets -----------------------------------------------------------------------
 
 
+def _sysctl(name: str, default: str) -> str:
+    try:
+        return Path("/proc/sys/" + name.replace(".", "/")).read_text()
+    except OSError:
+        return default
+
+
+def synack_settings(mtu: int) -> tuple[int, int, int, int]:
+    """(mss4, mss6, wscale, tcp_opts) for DataPath.set_synack from this netns's sysctls:
+    tcp_timestamps, tcp_sack, tcp_window_scaling, tcp_ecn == 1 -> SG_OPT_*; our window
+    scale as the kernel picks it, ilog2(max(tcp_rmem[2], rmem_max)) - 15 in 0..14; the
+    MSS from the MTU (IPv4 MTU - 40, IPv6 MTU - 60)."""
+    def num(name, default):
+        try:
+            return int(_sysctl(name, str(default)).split()[0])
+        except (ValueError, IndexError):
+            return default
+
+    opts = 0
+    if num("net.ipv4.tcp_timestamps", 1):
+        opts |= abi.OPT_TS
+    if num("net.ipv4.tcp_sack", 1):
+        opts |= abi.OPT_SACK
+    if num("net.ipv4.tcp_window_scaling", 1):
+        opts |= abi.OPT_WSCALE
+    if num("net.ipv4.tcp_ecn", 2) == 1:
+        opts |= abi.OPT_ECN
+    try:
+        rmem = int(_sysctl("net.ipv4.tcp_rmem", "4096 131072 6291456").split()[2])
+    except (ValueError, IndexError):
+        rmem = 6291456
+    space = max(rmem, num("net.core.rmem_max", 212992), 1)
+    wscale = min(max(space.bit_length() - 1 - 15, 0), 14)
+    return max(mtu - 40, 536), max(mtu - 60, 1220), wscale, opts
+
+
 # ---- the daemon -------------------------------------------------------------------------
 
 
@@ -69,7 +108,7 @@ class Daemon:
         self.secret_rotations = 0
         self.reloads = {"success": 0, "failure": 0}
         self.last_reload_ok = True
-        self.allowlist_capacity = abi.ALLOWLIST_SIZE
+        self.slot = -1  # the cookie slot the program signs with (sg_config.slot)
         self.history: deque[tuple[float, dict]] = deque(maxlen=64)  # (time, counters) per tick
         self._stop = threading.Event()
         self._stop_signal = None
@@ -97,10 +136,6 @@ class Daemon:
             return bool(self._armed) or bool(self.detector and self.detector.active)
         return self.config.mode == Mode.PROTECT
 
-    def allowlist_size(self) -> int:
-        """Entries in the allowlist map, counted without decoding them (scrapes call this)."""
-        return sum(1 for _ in self.datapath.entries("sg_allowlist"))
-
     # -- config application ---------------------------------------------------------
 
     def _load_master(self, cfg) -> bytes:
@@ -109,16 +144,20 @@ class Daemon:
         return self.master or secret.random_master()
 
     def _apply(self, cfg, *, first: bool) -> None:
-        """Apply cfg to the running data path (no program reload, allowlist kept)."""
+        """Apply cfg to the running data path (no program reload)."""
         dp = self.datapath
+        if cfg.mode != Mode.OBSERVE and dp.cookie_method is None:
+            raise configmod.ConfigError([f"mode {cfg.mode} needs SYN cookies the kernel can complete: "
+                                         f"{dp.tc_unavailable}; use mode observe"], self.config_path or "config")
         master = self._load_master(cfg)
         if master != self.master or cfg.secret.rotate_every != self.config.secret.rotate_every or first:
             self.master = master
             self.epoch = -1  # force a (re)derivation with the new master/period
+            self.slot = -1
         self.config = cfg
         self._rotate_if_due()
         dp.tick(int(time.time()))
-        dp.set_allow_ttl(cfg.protect.allow_ttl)
+        self._apply_synack()
         dp.set_ports(cfg.protect.ports)
         dp.set_allow_cidrs(cfg.allow)
         self.static_deny = list(cfg.deny)
@@ -130,6 +169,7 @@ class Daemon:
         for ifname in wanted:
             if ifname not in dp.attached:
                 how = dp.attach(ifname, cfg.xdp_mode)
+                self._report_tc(ifname)
                 event("attached", f"attached to {ifname} ({how} XDP)", interface=ifname, xdp_mode=how)
                 if dp.pin_error and dp.pin_error != dp.state_note:  # a foreign directory: said once
                     event("pin_failed", f"cannot pin the program ({dp.pin_error}): after a crash, a restarted "
@@ -148,23 +188,60 @@ class Daemon:
         self._apply_deny()
         dp.set_mode(cfg.mode)
         ports = ",".join(map(str, cfg.protect.ports)) or "all"
-        event("config", f"mode {cfg.mode}, protected ports {ports}, verified sources kept {cfg.protect.allow_ttl}s, "
+        event("config", f"mode {cfg.mode}, protected ports {ports}, "
               f"allow {len(cfg.allow)} / deny {len(cfg.deny)} CIDRs", mode=cfg.mode.label, ports=list(cfg.protect.ports))
 
+    def _report_tc(self, ifname: str) -> None:
+        """What attaching the tc program beside the XDP one (DataPath.attach) ran into."""
+        dp = self.datapath
+        if dp.tc_problem:
+            event("syncookies_off", f"{ifname}: {dp.tc_problem}; until then protect mode refuses every new "
+                  f"connection", level=logging.ERROR, interface=ifname)
+            dp.tc_problem = None
+        if dp.tc is not None and dp.tc.pin_error:
+            event("pin_failed", f"cannot pin the tc program ({dp.tc.pin_error}): after a crash, a restarted "
+                  f"daemon recognises its leftover filter by name only", level=logging.WARNING)
+            dp.tc.pin_error = None
+
+    def slot_key(self, slot: int) -> bytes:
+        """The key of a cookie slot: the secret of the epoch containing the slot's start."""
+        return secret.derive_secret(self.master, (slot << abi.SLOT_SHIFT) // self.config.secret.rotate_every)
+
     def _rotate_if_due(self) -> None:
-        epoch = int(time.time()) // self.config.secret.rotate_every
+        """Advance the cookie slot: the new slot's key is written before the program
+        signs with it; the other entry keeps the previous slot's key."""
+        wall = int(time.time())
+        slot = (wall & 0xFFFFFFFF) >> abi.SLOT_SHIFT
+        if slot == self.slot:
+            return
+        dp = self.datapath
+        if slot != self.slot + 1:  # first slot, a jump of the clock, or a new master
+            dp.set_slot_key(slot - 1, self.slot_key(slot - 1))
+        dp.set_slot_key(slot, self.slot_key(slot))
+        dp.set_slot(slot)
+        self.slot = slot
+        epoch = (slot << abi.SLOT_SHIFT) // self.config.secret.rotate_every
         if epoch == self.epoch:
             return
         first = self.epoch < 0
-        dp = self.datapath
-        # Keep the previous epoch's secret valid (installed first as the "previous" generation).
-        dp.set_secret(epoch - 1, secret.derive_secret(self.master, epoch - 1))
-        dp.set_secret(epoch, secret.derive_secret(self.master, epoch))
         self.epoch = epoch
         self.secret_since = epoch * self.config.secret.rotate_every
         if not first:
             self.secret_rotations += 1
             event("secret_rotated", f"cookie secret rotated (generation {epoch})", generation=epoch)
+
+    def _apply_synack(self) -> None:
+        """What the SYN-ACK offers: the server netns's own TCP sysctls and the MTU of
+        the attached interfaces (the kernel refuses a connection whose cookie offered
+        an option its sysctls disable)."""
+        mtus = []
+        for ifname in self.config.interfaces:
+            try:
+                mtus.append(int(Path(f"/sys/class/net/{ifname}/mtu").read_text()))
+            except (OSError, ValueError):
+                continue
+        mss4, mss6, wscale, tcp_opts = synack_settings(min(mtus) if mtus else 1500)
+        self.datapath.set_synack(mss4, mss6, wscale, tcp_opts)
 
     def reload(self) -> bool:
         if not self.config_path:
@@ -376,14 +453,20 @@ class Daemon:
                 log.error("%s", line)
             return 1
         try:
-            self.datapath = DataPath(keep_state=True)
+            self.datapath = DataPath(keep_state=True, tc=True)
             dp = self.datapath
+            if dp.cookie_method:
+                event("cookie_method", "SYN cookies: XDP answers SYNs with a cookie SYN-ACK; the tc program "
+                      "hands valid cookie ACKs to the kernel (bpf_sk_assign_tcp_reqsk, Linux >= 6.9): one round "
+                      "trip, TCP options kept", method=dp.cookie_method)
+            else:
+                event("cookie_method", f"SYN cookies unavailable: {dp.tc_unavailable}; only mode observe works",
+                      level=logging.WARNING, method=None)
             if dp.state_note:
                 event("state", dp.state_note, level=logging.WARNING)
             if dp.adopted:
-                event("state", f"adopted the state of a previous run ({', '.join(dp.adopted)}): "
-                      f"{len(dp.allowlist())} verified sources kept", adopted=dp.adopted)
-                dp.allow_filter_rebuild()
+                event("state", f"adopted the state of a previous run ({', '.join(dp.adopted)})",
+                      adopted=dp.adopted)
             self._start_control()
             self._apply(self.config, first=True)
             self._start_metrics()
@@ -394,7 +477,7 @@ class Daemon:
             return 1
         sd_notify("READY=1\nSTATUS=" + self._status_line())
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
-        last_log = last_filter = last_dog = last_watch = last_tick = time.monotonic()
+        last_log = last_dog = last_watch = last_tick = time.monotonic()
         logged = self.datapath.counters()
         try:
             while not self._stop.wait(1.0):
@@ -415,9 +498,6 @@ class Daemon:
                 if self._hup.is_set():
                     self._hup.clear()
                     self.reload()
-                if now - last_filter >= 60:
-                    self.datapath.allow_filter_rebuild()
-                    last_filter = now
                 if now - last_log >= self.log_interval:
 
                     log.info("%s", view.counters_line(counters, logged, now - last_log), extra={

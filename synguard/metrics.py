@@ -46,11 +46,10 @@ class SynguardCollector(Collector):
                 m.add_metric([ifname], values[counter])
             yield m
         protected = CounterMetricFamily(
-            "synguard_syn_protected", "SYNs to a protected port while protecting (challenged + allowlisted + "
-            "allow CIDR + collisions; derived, not counted in XDP).", labels=["interface"])
+            "synguard_syn_protected", "SYNs to a protected port while protecting (challenged + allow CIDR; "
+            "derived, not counted in XDP).", labels=["interface"])
         for ifname, v in by_if.items():
-            protected.add_metric([ifname], v[Counter.CHALLENGE_SENT] + v[Counter.SYN_ALLOWLISTED]
-                                 + v[Counter.SYN_ALLOW_CIDR] + v[Counter.COOKIE_COLLISION])
+            protected.add_metric([ifname], v[Counter.CHALLENGE_SENT] + v[Counter.SYN_ALLOW_CIDR])
         yield protected
         drops = CounterMetricFamily(COUNTER_NAMES[Counter.SYN_DROPPED_DENY].metric,
                                     COUNTER_NAMES[Counter.SYN_DROPPED_DENY].help, labels=["interface", "reason"])
@@ -63,6 +62,12 @@ class SynguardCollector(Collector):
         for m in Mode:
             mode.add_metric([m.label], 1.0 if d.config.mode == m else 0.0)
         yield mode
+        method = GaugeMetricFamily("synguard_cookie_method", "1 for the SYN-cookie method in use: kfunc (XDP "
+                                   "SYN-ACK + tc bpf_sk_assign_tcp_reqsk) or none (kernel without it).",
+                                   labels=["method"])
+        for m in ("kfunc", "none"):
+            method.add_metric([m], 1.0 if (d.datapath.cookie_method or "none") == m else 0.0)
+        yield method
         active = GaugeMetricFamily("synguard_protecting", "1 while the XDP program challenges (protect), else 0.")
         active.add_metric([], 1.0 if d.protecting else 0.0)
         yield active
@@ -72,13 +77,6 @@ class SynguardCollector(Collector):
         for ifname, how in d.datapath.attached.items():
             attached.add_metric([ifname, how], 1.0)
         yield attached
-
-        size = GaugeMetricFamily("synguard_allowlist_entries", "Verified sources currently in the allowlist map.")
-        size.add_metric([], d.allowlist_size())
-        yield size
-        cap = GaugeMetricFamily("synguard_allowlist_capacity", "Size of the allowlist map (LRU beyond it).")
-        cap.add_metric([], d.allowlist_capacity)
-        yield cap
 
         age = GaugeMetricFamily("synguard_secret_age_seconds", "Seconds since the cookie secret last changed.")
         age.add_metric([], time.time() - d.secret_since)

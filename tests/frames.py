@@ -8,7 +8,6 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
-from synguard import cookie
 
 CLIENT_MAC = "02:00:00:00:00:01"
 SERVER_MAC = "02:00:00:00:00:02"
@@ -23,87 +22,69 @@ def eth():
     return Ether(src=CLIENT_MAC, dst=SERVER_MAC)
 
 
+def _tcp(sport, dport, seq, flags, options):
+    """TCP with options as scapy tuples, or as raw option bytes (any layout, padded to 4)."""
+    if isinstance(options, (bytes, bytearray)):
+        raw = bytes(options) + b"\0" * (-len(options) % 4)
+        return TCP(sport=sport, dport=dport, seq=seq, flags=flags, dataofs=5 + len(raw) // 4) / raw
+    return TCP(sport=sport, dport=dport, seq=seq, flags=flags, options=options)
+
+
 def syn4(sport=40000, dport=80, seq=1000, src=CLIENT4, dst=SERVER4, flags="S", options=SYN_OPTIONS, **ip):
-    return eth() / IP(src=src, dst=dst, **ip) / TCP(sport=sport, dport=dport, seq=seq, flags=flags, options=options)
+    return eth() / IP(src=src, dst=dst, **ip) / _tcp(sport, dport, seq, flags, options)
 
 
 def syn6(sport=40000, dport=80, seq=1000, src=CLIENT6, dst=SERVER6, flags="S", ext=None, options=SYN_OPTIONS):
     l3 = IPv6(src=src, dst=dst)
     if ext is not None:
         l3 = l3 / ext
-    return eth() / l3 / TCP(sport=sport, dport=dport, seq=seq, flags=flags, options=options)
+    return eth() / l3 / _tcp(sport, dport, seq, flags, options)
 
 
-def rst(cookie_value, sport=40000, dport=80, src=CLIENT4, dst=SERVER4, flags="R", ipv6=False):
-    l3 = IPv6(src=src, dst=dst) if ipv6 else IP(src=src, dst=dst)
-    return eth() / l3 / TCP(sport=sport, dport=dport, seq=cookie_value, ack=0, flags=flags)
+def ack4(seq, ack, sport=40000, dport=80, src=CLIENT4, dst=SERVER4, flags="A", options=()):
+    return eth() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, options=list(options))
 
 
-def expected_cookie(secret, gen, slot, src, dst, sport, dport):
-    return cookie.cookie(secret, src, dst, sport, dport, slot, gen)
+def check_synack(out: bytes, syn: bytes, key: bytes, slot: int, mss4: int, mss6: int, wscale: int,
+                 tcp_opts: int) -> None:
+    """Assert out is the cookie SYN-ACK answering syn (COOKIE.md).
 
+    Two independent checks: byte equality with synguard.model.synack (built from
+    synguard.cookie and an RFC 1071 checksum), and scapy's reading of the frame
+    (fields, options, both checksums recomputed by scapy)."""
+    from synguard import model
 
-def parseable(data: bytes):
-    """Ether(data), with garbage TCP options replaced by NOPs if scapy cannot parse them.
+    syn = bytes(syn)
+    seg = model.parse(syn)
+    assert isinstance(seg, model.Segment), seg
+    want = model.synack(syn, seg, key, slot, mss4, mss6, wscale, tcp_opts)
+    assert out == want, f"kernel SYN-ACK differs from the reference:\n{out.hex()}\n{want.hex()}"
 
-    The program never reads TCP options, so a mutated SYN with broken options is
-    still a SYN; scapy turns its whole TCP header into Raw, which this undoes."""
-    from scapy.packet import Raw
-
-    frame = Ether(data)
-    if TCP in frame or Raw not in frame:
-        return frame
-    tcp = frame[Raw].load
-    off = bytes(frame).find(tcp)
-    if len(tcp) < 20 or off < 0:
-        return frame
-    hdr = (tcp[12] >> 4) * 4
-    fixed = data[:off + 20] + b"\x01" * max(0, min(hdr, len(tcp)) - 20) + data[off + max(hdr, 20):]
-    again = Ether(fixed)
-    return again if TCP in again else frame
-
-
-def check_challenge(out: bytes, syn, secret: bytes, gen: int, slot: int) -> int:
-    """Assert out is the specified cookie SYN-ACK for syn; returns the cookie."""
-    reply = Ether(out)
-    if isinstance(syn, (bytes, bytearray)):
-        syn = parseable(bytes(syn))
-    l3_name = IPv6 if IPv6 in syn else IP
-    ip_in = syn[l3_name]
-    tcp_in = syn[TCP]
-    assert reply.src == syn.dst and reply.dst == syn.src
-    # VLAN tags kept as they were.
-    assert [(l.vlan, l.type) for l in _tags(reply)] == [(l.vlan, l.type) for l in _tags(syn)]
-    if l3_name is IP:
+    reply, request = Ether(out), Ether(syn)
+    assert reply.src == request.dst and reply.dst == request.src
+    assert [(l.vlan, l.type) for l in _tags(reply)] == [(l.vlan, l.type) for l in _tags(request)]
+    if seg.ipv6:
+        ip = reply[IPv6]
+        assert (ip.version, ip.tc, ip.fl, ip.plen, ip.nh, ip.hlim) == (6, 0, 0, 40, 6, 64)
+    else:
         ip = reply[IP]
         assert (ip.version, ip.ihl, ip.tos, ip.len, ip.id, int(ip.flags), ip.frag, ip.ttl, ip.proto) == (
-            4, 5, 0, 40, 0, 2, 0, 64, 6)
-        assert not ip.options
-        check = ip.chksum
-        del ip.chksum
-        assert IP(bytes(ip))[IP].chksum == check, "IPv4 header checksum"
-        ip = reply[IP]
-    else:
-        ip = reply[IPv6]
-        assert (ip.version, ip.tc, ip.fl, ip.plen, ip.nh, ip.hlim) == (6, 0, 0, 20, 6, 64)
-    assert ip.src == ip_in.dst and ip.dst == ip_in.src
+            4, 5, 0, 60, 0, 2, 0, 64, 6)
+        rebuilt = IP(bytes(ip))
+        del rebuilt.chksum
+        assert IP(bytes(rebuilt)).chksum == ip.chksum, "IPv4 header checksum"
+    assert ipaddress.ip_address(ip.src).packed == seg.daddr and ipaddress.ip_address(ip.dst).packed == seg.saddr
     tcp = reply[TCP]
-    assert (tcp.sport, tcp.dport) == (tcp_in.dport, tcp_in.sport)
-    assert tcp.flags == "SA" and tcp.dataofs == 5 and tcp.options == [] and tcp.urgptr == 0
-    assert tcp.window == 65535 and tcp.reserved == 0
-    # No TCP payload; what follows the IP length is Ethernet padding (the SYN's
-    # old option bytes), which receivers trim.
-    assert not bytes(tcp.payload) or tcp.payload.__class__.__name__ == "Padding"
-    assert len(out) == len(bytes(syn)), "the frame keeps its length"
-    c = expected_cookie(secret, gen, slot, ip_in.src, ip_in.dst, tcp_in.sport, tcp_in.dport)
-    assert tcp.ack == c, f"cookie {tcp.ack:#x} != reference {c:#x}"
-    assert tcp.ack != (tcp_in.seq + 1) & 0xFFFFFFFF, "acceptable SYN-ACK emitted"
-    assert tcp.seq == cookie.challenge_isn(secret, ip_in.src, ip_in.dst, tcp_in.sport, tcp_in.dport, slot)
-    want = tcp.chksum
+    assert (tcp.sport, tcp.dport) == (seg.dport, seg.sport)
+    assert tcp.ack == (seg.seq + 1) & 0xFFFFFFFF, "a real SYN-ACK: ack = ISN + 1"
+    assert tcp.dataofs == 10 and tcp.window == 65535 and tcp.urgptr == 0 and tcp.reserved == 0
+    assert str(tcp.flags) in ("SA", "SAE")
+    assert not bytes(tcp.payload) and len(out) == seg.l3 + (80 if seg.ipv6 else 60), "frame sized to the reply"
     rebuilt = reply.copy()
     del rebuilt[TCP].chksum
-    assert Ether(bytes(rebuilt))[TCP].chksum == want, "TCP checksum"
-    return c
+    assert Ether(bytes(rebuilt))[TCP].chksum == tcp.chksum, "TCP checksum"
+    names = [o[0] for o in tcp.options if o[0] != "NOP"]
+    assert names[0] == "MSS" and dict(tcp.options)["MSS"] == (mss6 if seg.ipv6 else mss4)
 
 
 def _tags(frame):
@@ -118,5 +99,5 @@ def _tags(frame):
 
 __all__ = [
     "ARP", "Dot1AD", "Dot1Q", "Ether", "IP", "IPv6", "IPv6ExtHdrDestOpt", "IPv6ExtHdrFragment",
-    "IPv6ExtHdrHopByHop", "TCP", "UDP", "ipaddress",
+    "IPv6ExtHdrHopByHop", "TCP", "UDP", "ipaddress", "syn4", "syn6", "ack4", "eth", "check_synack",
 ]

@@ -54,3 +54,16 @@ def ones_sum(data: bytes) -> int:
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s
+
+
+def _tc_program_missing() -> bool:
+    from synguard.abi import EBPF_DIR_DEFAULT
+
+    return not (EBPF_DIR_DEFAULT / "synguard_tc.bpf.c").exists()
+
+
+# Since ABI 2 a client connects through protect mode only when the tc program turns its
+# cookie ACK into a connection (XDP alone answers the SYN; the kernel resets the ACK).
+needs_tc = pytest.mark.skipif(_tc_program_missing(),
+                              reason="needs the tc program (ebpf/synguard_tc.bpf.c): clients connect through "
+                                     "protect mode only with it")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import needs_tc
+
 SYNGUARD = [sys.executable, "-m", "synguard.cli"]
 
 
@@ -116,6 +118,7 @@ def _wait_for(proc, needle, timeout):
 
 
 @pytest.mark.netns
+@needs_tc
 def test_run_defends_and_detaches_on_sigterm(lab):
     from synguard.datapath import attached_prog
 
@@ -129,8 +132,8 @@ def test_run_defends_and_detaches_on_sigterm(lab):
         with lab.netns(lab.server_ns):
             assert attached_prog(lab.server_client_if)[1] == "xdp_synguard"
         assert all(t is not None for t in lab.connect_times(3, 8080))
-        lines = _wait_for(proc, "cookies validated 1", 15)
-        assert "challenges sent 1" in lines[-1] and "cookies validated 1" in lines[-1]
+        lines = _wait_for(proc, "cookies validated 3", 15)  # ABI 2: every first contact is a cookie
+        assert "challenges sent 3" in lines[-1] and "cookies validated 3" in lines[-1]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert "SIGTERM: detaching" in proc.stderr.read()

@@ -4,9 +4,9 @@ import ipaddress
 import struct
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from synguard import cookie
+from synguard import abi, cookie
 
 # SipHash-2-4 paper, Appendix A / reference implementation vectors:
 # key = 00 01 .. 0f, message i = 00 01 .. (i-1), i = 0..63.
@@ -41,18 +41,159 @@ def test_siphash_rejects_bad_key():
 
 
 def test_message_layout_ipv4_and_ipv6():
-    m4 = cookie.cookie_message(ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("198.51.100.7"), 40000, 80, 0x01020304)
-    assert m4 == bytes([198, 51, 100, 7, 192, 0, 2, 1]) + struct.pack("!HH", 80, 40000) + bytes([4, 3, 2, 1])
-    m6 = cookie.cookie_message(ipaddress.ip_address("2001:db8::1"), ipaddress.ip_address("2001:db8::2"), 1, 2, 3)
-    assert len(m6) == 40
+    m4 = cookie.cookie_message("192.0.2.1", "198.51.100.7", 40000, 80, 0xA1B2C3D4, 0x01020304, 0x1FF)
+    assert m4 == (bytes([198, 51, 100, 7, 192, 0, 2, 1]) + struct.pack("!HH", 80, 40000)
+                  + bytes([0xA1, 0xB2, 0xC3, 0xD4]) + bytes([4, 3, 2, 1]) + bytes([0xFF, 1, 0, 0]))
+    m6 = cookie.cookie_message("2001:db8::1", "2001:db8::2", 1, 2, 3, 4, 5)
+    assert len(m6) == 48 and m6[:16] == ipaddress.ip_address("2001:db8::2").packed
     with pytest.raises(ValueError):
-        cookie.cookie_message(ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("2001:db8::2"), 1, 2, 3)
+        cookie.cookie_message("192.0.2.1", "2001:db8::2", 1, 2, 3, 4, 5)
 
 
-@given(st.binary(min_size=16, max_size=16), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
-       st.integers(0, 65535), st.integers(0, 65535), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
-def test_cookie_selector_bits(secret, s, d, sport, dport, slot, gen):
-    c = cookie.cookie(secret, ipaddress.IPv4Address(s), ipaddress.IPv4Address(d), sport, dport, slot, gen)
-    assert c & 1 == slot & 1
-    assert (c >> 1) & 1 == gen & 1
-    assert c >> 2 == (cookie.cookie_hash(secret, ipaddress.IPv4Address(s), ipaddress.IPv4Address(d), sport, dport, slot) & 0xFFFFFFFF) >> 2
+ALL = abi.OPT_TS | abi.OPT_SACK | abi.OPT_WSCALE | abi.OPT_ECN
+
+
+@pytest.mark.parametrize("ipv6, mss, cls", [
+    (False, None, 0), (False, 100, 0), (False, 536, 0), (False, 1299, 0), (False, 1300, 1), (False, 1459, 2),
+    (False, 1460, 3), (False, 65495, 3), (True, None, 0), (True, 1220, 0), (True, 1420, 1), (True, 1440, 2),
+    (True, 8939, 2), (True, 8940, 3), (True, 65475, 3),
+])
+def test_mss_class(ipv6, mss, cls):
+    assert cookie.negotiate(ipv6, mss, None, False, False, False, ALL).mss_class == cls
+
+
+@pytest.mark.parametrize("args, tcp_opts, expect", [
+    # (wscale, sack, ts, ecn), server options -> (wscale, sack, ecn, ts)
+    ((7, True, True, True), ALL, (7, True, True, True)),
+    ((20, True, True, False), ALL, (14, True, False, True)),       # shift clamped to 14
+    ((7, True, False, True), ALL, (0xF, False, False, False)),     # no TS: only the MSS survives
+    ((7, True, True, True), ALL & ~abi.OPT_TS, (0xF, False, False, False)),
+    ((7, True, True, True), ALL & ~abi.OPT_SACK, (7, False, True, True)),
+    ((7, True, True, True), ALL & ~abi.OPT_WSCALE, (0xF, True, True, True)),
+    ((7, True, True, True), ALL & ~abi.OPT_ECN, (7, True, False, True)),
+    ((None, False, True, False), ALL, (0xF, False, False, True)),
+])
+def test_negotiate(args, tcp_opts, expect):
+    w, sack, ts, ecn = args
+    n = cookie.negotiate(False, 1460, w, sack, ts, ecn, tcp_opts)
+    assert (n.wscale, n.sack, n.ecn, n.ts) == expect
+    assert n.opt == 3 | n.wscale << 2 | n.sack << 6 | n.ecn << 7 | n.ts << 8
+
+
+@pytest.mark.parametrize("raw, expect", [
+    (b"", (None, None, False, None)),
+    (bytes.fromhex("020405b40402080a0000000100000000") + bytes.fromhex("01030307"), (1460, 7, True, 1)),
+    (bytes.fromhex("020405b4010303080101040200000000"), (1460, 8, True, None)),   # Windows-like, EOL padding
+    (bytes.fromhex("0204000001030305"), (None, 5, False, None)),                # MSS 0 ignored
+    (bytes.fromhex("000204058c"), (None, None, False, None)),                   # EOL first ends the list
+    (bytes.fromhex("0205000005b4020405dc"), (None, None, False, None)),         # bad-length MSS skipped, then overrun: stop
+    (bytes.fromhex("fe04aabb020405dc"), (1500, None, False, None)),             # unknown kind skipped
+    (bytes.fromhex("020405dc0301"), (1500, None, False, None)),                 # length 1: parsing stops
+    (bytes.fromhex("020405dc0303"), (1500, None, False, None)),                 # runs past the end: stops
+    (bytes.fromhex("020405dc08"), (1500, None, False, None)),                   # kind without length byte
+    (bytes.fromhex("020405dc020405b4"), (1460, None, False, None)),             # later duplicate wins
+])
+def test_parse_syn_options(raw, expect):
+    assert tuple(cookie.parse_syn_options(raw)) == expect
+
+
+def test_parse_syn_options_mss_wrong_length():
+    # kind 2 length 5 is skipped whole (5 bytes), the next MSS is read
+    assert cookie.parse_syn_options(bytes.fromhex("0205000005020405dc")).mss == 1500
+
+
+def test_synack_options_layout():
+    n = cookie.negotiate(False, 1460, 7, True, True, True, ALL)
+    assert cookie.synack_options(n, 1460, 10, 0x11223344, 0x55667788) == bytes.fromhex(
+        "020405b4" "0402" "080a1122334455667788" "0103030a")
+    n = cookie.negotiate(True, None, None, False, False, False, ALL)
+    assert cookie.synack_options(n, 1440, 10, None, None) == bytes.fromhex("020405a0" + "01" * 16)
+
+
+KEYS = (bytes(range(16)), bytes(range(16, 32)))
+
+
+@given(st.booleans(), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 65535),
+       st.integers(0, 65535), st.integers(0, 2**32 - 1), st.integers(1, 2**28 - 1), st.integers(0, 65535),
+       st.one_of(st.none(), st.integers(0, 255)), st.booleans(), st.booleans(), st.booleans(),
+       st.integers(0, 15), st.integers(0, 2**32 - 1))
+def test_synack_then_ack_validates(ipv6, s, d, sport, dport, isn, slot, mss, wscale, sack, ts, ecn, tcp_opts,
+                                   client_tsval):
+    if ipv6:
+        saddr, daddr = ipaddress.IPv6Address(s << 64 | d), ipaddress.IPv6Address(d << 96 | s)
+    else:
+        saddr, daddr = ipaddress.IPv4Address(s), ipaddress.IPv4Address(d)
+    n = cookie.negotiate(ipv6, mss, wscale, sack, ts, ecn, tcp_opts)
+    seq, tsval = cookie.synack_fields(KEYS[slot & 1], saddr, daddr, sport, dport, isn, slot, n)
+    assert seq & 7 == (slot & 1) << 2 | n.mss_class
+    assert (tsval is None) == (not n.ts)
+    ack_seq, ack_ack = (isn + 1) & 0xFFFFFFFF, (seq + 1) & 0xFFFFFFFF
+    # accepted in its own slot and the next; never two slots later
+    for cfg_slot in (slot, slot + 1):
+        assert cookie.check_ack(KEYS, cfg_slot, saddr, daddr, sport, dport, ack_seq, ack_ack, tsval) == n
+    assert cookie.check_ack(KEYS, slot + 2, saddr, daddr, sport, dport, ack_seq, ack_ack, tsval) is None
+    # any change of an authenticated input fails
+    assert cookie.check_ack(KEYS, slot, saddr, daddr, sport ^ 1, dport, ack_seq, ack_ack, tsval) is None
+    assert cookie.check_ack(KEYS, slot, saddr, daddr, sport, dport, ack_seq ^ 1, ack_ack, tsval) is None
+    assert cookie.check_ack(KEYS, slot, saddr, daddr, sport, dport, ack_seq, ack_ack ^ 1, tsval) is None
+    assert cookie.check_ack(KEYS[::-1], slot, saddr, daddr, sport, dport, ack_seq, ack_ack, tsval) is None
+    if tsval is None:
+        assert cookie.check_ack(KEYS, slot, saddr, daddr, sport, dport, ack_seq, ack_ack, 0) is None
+    else:
+        assert cookie.check_ack(KEYS, slot, saddr, daddr, sport, dport, ack_seq, ack_ack, tsval ^ 0x10) is None
+        assert cookie.check_ack(KEYS, slot, saddr, daddr, sport, dport, ack_seq, ack_ack, tsval ^ 0x40) is None
+        assert cookie.check_ack(KEYS, slot, saddr, daddr, sport, dport, ack_seq, ack_ack, None) is None
+
+
+def test_cookie_fixed_vector():
+    """Pins the reference: a change to cookie.py that changes the bits fails here."""
+    n = cookie.negotiate(False, 1460, 7, True, True, False, ALL)
+    assert n.opt == 0x15F
+    msg = cookie.cookie_message("192.0.2.1", "198.51.100.7", 40000, 80, 1000, 5, n.opt)
+    h = cookie.siphash24(KEYS[1], msg)
+    seq, tsval = cookie.synack_fields(KEYS[1], "192.0.2.1", "198.51.100.7", 40000, 80, 1000, 5, n)
+    assert seq == (h & 0xFFFFFFF8) | 4 | 3
+    assert tsval == ((h >> 32) & 0xFFFFFFC0) | 7 | 16
+
+
+# ---- the kernel against the reference (BPF_PROG_TEST_RUN) -----------------------
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.booleans(), st.integers(1, 65535), st.integers(0, 2**32 - 1), st.integers(0, 2**28 - 1),
+       st.binary(min_size=16, max_size=16), st.integers(0, 15),
+       st.sampled_from(["linux", "windows", "none", "mss-only"]), st.booleans())
+def test_kernel_synack_validates_with_the_reference(dp, ipv6, sport, isn, slot, key, tcp_opts, layout, ecn):
+    """What a client ACKs after the kernel's SYN-ACK passes cookie.check_ack, which
+    decodes exactly the options cookie.negotiate gives for that SYN; one slot later
+    still, two slots later not."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from frames import CLIENT4, CLIENT6, SERVER4, SERVER6, TCP, Ether, syn4, syn6
+
+    opts = {"linux": [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (77, 0)), ("NOP", None), ("WScale", 7)],
+            "windows": [("MSS", 1440), ("NOP", None), ("WScale", 8), ("NOP", None), ("NOP", None), ("SAckOK", b"")],
+            "none": [], "mss-only": [("MSS", 1300)]}[layout]
+    dp.set_ports([])
+    dp.set_slot_key(slot, key)
+    other = bytes(reversed(key))
+    dp.set_slot_key(slot + 1, other)
+    dp.set_slot(slot)
+    dp.set_synack(1460, 1440, 10, tcp_opts)
+    make, src, dst = (syn6, CLIENT6, SERVER6) if ipv6 else (syn4, CLIENT4, SERVER4)
+    frame = make(sport=sport, seq=isn, options=opts, flags="SEC" if ecn else "S")
+    result = dp.test_run(bytes(frame))
+    assert result.retval == 3
+    tcp = Ether(result.data)[TCP]
+    tsval = dict(tcp.options).get("Timestamp", (None,))[0]
+    keys = [None, None]
+    keys[slot & 1], keys[(slot + 1) & 1] = key, other
+    ack_seq, ack_ack = (isn + 1) & 0xFFFFFFFF, (tcp.seq + 1) & 0xFFFFFFFF
+    got = cookie.check_ack(keys, slot, src, dst, sport, 80, ack_seq, ack_ack, tsval)
+    syn_opts = cookie.parse_syn_options(bytes(Ether(bytes(frame))[TCP])[20:])
+    assert got == cookie.negotiate_syn(ipv6, syn_opts, ecn, tcp_opts)
+    assert cookie.check_ack(keys, slot + 1, src, dst, sport, 80, ack_seq, ack_ack, tsval) == got
+    keys2 = list(keys)
+    keys2[slot & 1] = bytes(16) if key != bytes(16) else bytes(range(16))  # slot + 2 has a new key
+    assert cookie.check_ack(keys2, slot + 2, src, dst, sport, 80, ack_seq, ack_ack, tsval) is None

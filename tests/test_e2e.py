@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import statistics
 import subprocess
 import sys
 import time
@@ -41,7 +40,6 @@ from synguard_lab import lab as labmod
 from synguard.abi import Counter, Mode
 
 PORT = 8080
-ALLOW_TTL_S = 60
 
 pytestmark = [
     pytest.mark.netns,
@@ -49,8 +47,6 @@ pytestmark = [
                        reason="needs root (BPF, XDP, network namespaces)"),
 ]
 
-CLIENT4 = ip_address(labmod.CLIENT_IP4)
-CLIENT6 = ip_address(labmod.CLIENT_IP6)
 
 
 
@@ -64,9 +60,10 @@ def e2e_datapath():
 
     d = DataPath()
     try:
-        d.set_secret(1, os.urandom(16))
+        d.set_slot_key(1, os.urandom(16))
+        d.set_slot(1)
         d.tick()
-        d.set_allow_ttl(ALLOW_TTL_S)
+        d.set_synack(1460, 1440, 7, 0xF)
         d.set_ports({PORT})
         d.set_mode(Mode.PROTECT)
         yield d
@@ -76,11 +73,9 @@ def e2e_datapath():
 
 def _configure(dp, mode: Mode = Mode.PROTECT) -> None:
     dp.tick()
-    dp.set_allow_ttl(ALLOW_TTL_S)
     dp.set_ports({PORT})
     dp.set_allow_cidrs([])
     dp.set_deny_cidrs([])
-    dp.allowlist_clear()
     dp.set_mode(mode)
 
 
@@ -135,80 +130,31 @@ def _ms(x: float) -> str:
     return f"{x * 1000:8.2f}"
 
 
-# --- 1. a Linux client through the challenge -------------------------------------
+# --- 1. a Linux client accepts the SYN-ACK ---------------------------------------
+# Completing the connection is the tc program's job (ebpf/synguard_tc.bpf.c); here
+# XDP alone: the client's own stack takes our SYN-ACK as valid (connect() returns in
+# one round trip; the server's kernel then resets the ACK it cannot match).
 
-N_LAT = 10   # connects per measurement
 
-
-@hard_timeout(180)
-def test_client_connects_through_the_challenge(guarded, record_property):
+@hard_timeout(120)
+def test_linux_client_accepts_the_synack(guarded):
     lab, dp = guarded
     lab.tcp_server(PORT, backlog=128)
-    rows = {}
-    for family, client in ((4, CLIENT4), (6, CLIENT6)):
-        # Warm the neighbour caches (ARP / ND) in observe mode, so the first
-        # challenged connect does not also pay for address resolution.
-        dp.set_mode(Mode.OBSERVE)
+    for family in (4, 6):
+        dp.set_mode(Mode.OBSERVE)  # warm ARP / ND
         assert all(t is not None for t in lab.connect_times(2, PORT, family=family))
-
-        # Observe mode: the baseline.
-        dp.tick()
-        before = dp.counters()
-        observe = lab.connect_times(N_LAT, PORT, family=family, timeout=5)
-        assert all(t is not None for t in observe), observe
-        after = dp.counters()
-        assert _delta(before, after, Counter.CHALLENGE_SENT) == 0
-        assert _delta(before, after, Counter.SYN_RECEIVED) >= N_LAT
-        assert client not in dp.allowlist()
-
-        # Protect mode, the first connect of an unverified source: challenged.
         dp.set_mode(Mode.PROTECT)
-        challenged = []
-        for _ in range(N_LAT):
-            dp.tick()
-            dp.allowlist_clear()
-            assert client not in dp.allowlist()
-            before = dp.counters()
-            [t] = lab.connect_times(1, PORT, family=family, timeout=5)
-            after = dp.counters()
-            assert t is not None, f"IPv{family}: challenged connect failed"
-            challenged.append(t)
-            assert _delta(before, after, Counter.CHALLENGE_SENT) >= 1
-            assert _delta(before, after, Counter.COOKIE_VALIDATED) >= 1
-            assert _delta(before, after, Counter.SYN_ALLOWLISTED) >= 1
-            assert client in dp.allowlist()
-            expires, validated = dp.allowlist()[client]
-            assert validated >= 1 and expires > dp.config()["now_s"]
-        # Linux answers the unacceptable SYN-ACK with an RST and retransmits
-        # its SYN after TCP_TIMEOUT_MIN (2 jiffies); a 1 s RTO here would mean
-        # the fast retransmit did not happen.
-        assert all(t < 1.0 for t in challenged), challenged
-
-        # Protect mode, already verified: passes straight to the kernel.
         dp.tick()
-        before = dp.counters()
-        verified = lab.connect_times(N_LAT, PORT, family=family, timeout=5)
-        after = dp.counters()
-        assert all(t is not None for t in verified), verified
-        assert _delta(before, after, Counter.CHALLENGE_SENT) == 0
-        assert _delta(before, after, Counter.SYN_ALLOWLISTED) >= N_LAT
-        rows[family] = (challenged, verified, observe)
-
-    lines = [
-        "",
-        f"connect() latency, {N_LAT} connects each, ms "
-        "(client ns -> server ns over veth, program on s0/s1)",
-        f"{'':6}{'challenged p50':>15}{'max':>9}{'verified p50':>14}{'max':>9}"
-        f"{'observe p50':>13}{'max':>9}{'added p50':>11}",
-    ]
-    for family, (ch, ve, ob) in rows.items():
-        added = statistics.median(ch) - statistics.median(ob)
-        lines.append(
-            f"IPv{family:<4}{_ms(statistics.median(ch)):>15}{_ms(max(ch)):>9}"
-            f"{_ms(statistics.median(ve)):>14}{_ms(max(ve)):>9}"
-            f"{_ms(statistics.median(ob)):>13}{_ms(max(ob)):>9}{_ms(added):>11}")
-    print("\n".join(lines))
-    record_property("connect_latency", "\n".join(lines[1:]))
+        before, cli_before = dp.counters(), lab.netstat(lab.client_ns)
+        times = lab.connect_times(3, PORT, family=family, timeout=5)
+        after, cli_after = dp.counters(), lab.netstat(lab.client_ns)
+        assert _delta(before, after, Counter.CHALLENGE_SENT) == 3  # one SYN each: no retransmission
+        # Each connect reached ESTABLISHED on the client (our SYN-ACK accepted, its ACK
+        # sent): it either completed or was reset from ESTABLISHED (EstabResets), never
+        # failed in SYN-SENT (AttemptFails: a SYN-ACK the client refused).
+        connected = sum(t is not None for t in times)
+        assert connected + _netstat_delta(cli_before, cli_after, "Tcp", "EstabResets") == 3, times
+        assert _netstat_delta(cli_before, cli_after, "Tcp", "AttemptFails") == 0
 
 
 # --- 2. a spoofed flood never reaches the listener -------------------------------
@@ -269,18 +215,6 @@ def test_spoofed_flood_never_reaches_the_listener(guarded, record_property):
     assert challenges <= sent
     assert _delta(before, after, Counter.COOKIE_VALIDATED) == 0
     assert _delta(before, after, Counter.SYN_PASSED) == 0
-    # No spoofed source verified (nothing at all: the client was quiet).
-    assert dp.allowlist() == {}
-
-    # A legit client still gets in right after the flood (challenged first).
-    dp.tick()
-    before = dp.counters()
-    for family in (4, 6):
-        times = lab.connect_times(3, PORT, family=family, timeout=5)
-        assert all(t is not None for t in times), (family, times)
-    after = dp.counters()
-    assert _delta(before, after, Counter.COOKIE_VALIDATED) >= 2
-    assert set(dp.allowlist()) == {CLIENT4, CLIENT6}
 
     # Control, to prove the assertions above can fail: in observe mode a
     # smaller flood does reach the listener.
@@ -378,17 +312,11 @@ def test_established_connection_survives_mode_switches(guarded):
             dp.set_mode(mode)
             t0 = time.monotonic()
             if mode == Mode.PROTECT:
-                # Prove protect mode is live meanwhile: a new connection from
-                # the attacker ns (not the client) is challenged and verified.
+                # Prove protect mode is live meanwhile: spoofed SYNs from the
+                # attacker ns are answered in XDP (their SYN-ACKs go to the sink).
                 before = dp.counters()
-                [t] = lab.connect_times(1, PORT, family=4, timeout=5,
-                                        ns=lab.attacker_ns,
-                                        host=labmod.SERVER_ATTACKER_IP4)
-                assert t is not None
-                after = dp.counters()
-                assert _delta(before, after, Counter.CHALLENGE_SENT) >= 1
-                assert _delta(before, after, Counter.COOKIE_VALIDATED) >= 1
-                assert ip_address(labmod.ATTACKER_IP4) in dp.allowlist()
+                assert lab.flood(50, 5, dport=PORT, seed=77)["sent"] == 50
+                assert _wait_counter(dp, before, Counter.CHALLENGE_SENT, 50) >= 50
             time.sleep(max(0.0, PHASE_S - (time.monotonic() - t0)))
             phases.append((mode, t0, time.monotonic()))
         srv_mid = lab.netstat(lab.server_ns)
@@ -415,12 +343,10 @@ def test_established_connection_survives_mode_switches(guarded):
     for before, mid in ((srv_before, srv_mid), (cli_before, cli_mid)):
         assert _netstat_delta(before, mid, "Tcp", "EstabResets") == 0
         assert _netstat_delta(before, mid, "Tcp", "OutRsts") == 0
-    # The client was never verified nor allowed by CIDR: its segments simply
-    # are not the program's business.
+    # The client was never allowed by CIDR: its segments simply are not the
+    # program's business.
     assert dp.config()["allow_cidrs"] == 0
-    assert CLIENT4 not in dp.allowlist() and CLIENT6 not in dp.allowlist()
     assert _delta(start, end, Counter.SYN_ALLOW_CIDR) == 0
-    assert _delta(start, end, Counter.COOKIE_INVALID) == 0
     # Its data segments went through the program (s0) as TCP.
     assert _delta(start, end, Counter.TCP) >= 2 * len(summary["done"])
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from helpers import needs_lab  # noqa: E402
+from helpers import needs_lab, needs_tc  # noqa: E402
 
 
 def evaluation(fn):
@@ -124,6 +124,7 @@ def test_slow_ramp_detected_before_it_ends_as_spoofed(results):
 
 @evaluation
 @pytest.mark.parametrize("prefix", ["quiet", "spoofed", "single", "300", "flash", "slow ramp"])
+@needs_tc
 def test_legit_clients_all_connect(results, prefix):
     r = scenario(results, prefix)
     assert r["legit_n"] > 0 and r["legit_success_pct"] == 100.0, \

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from helpers import hard_timeout, needs_lab  # noqa: E402
+from helpers import hard_timeout, needs_lab, needs_tc  # noqa: E402
 
 pytestmark = [pytest.mark.netns, needs_lab]
 
@@ -33,6 +33,7 @@ def result():
     return _short_run()
 
 
+@needs_tc
 def test_synguard_keeps_every_legit_connect(result):
     legit = result["synguard"]["legit"]
     assert legit["tried"] > 0

@@ -39,9 +39,13 @@ __all__ = ["DataPath", "DataPathError", "TestRunResult", "PROG_NAME", "XDP_MODES
 class DataPath:
     """The compiled program, its maps and its attachments."""
 
-    def __init__(self, *, cflags: tuple[str, ...] = (), log_dir: Path | None = None, keep_state: bool = False):
+    def __init__(self, *, cflags: tuple[str, ...] = (), log_dir: Path | None = None, keep_state: bool = False,
+                 tc: bool = False):
         """keep_state: pin the maps that must survive a crash (the daemon does; tests don't,
-        so that several programs in one namespace never share state)."""
+        so that several programs in one namespace never share state).
+        tc: also load the tc program (ebpf/synguard_tc.bpf.c) on the same maps and attach
+        it wherever the XDP program goes; without the kfunc it needs, cookie_method is
+        None and tc_unavailable says why (observe mode still works)."""
         from bcc import BPF  # Debian's python3-bpfcc
 
         check_privileges()
@@ -63,6 +67,9 @@ class DataPath:
             with capture_fd2(self.log_path):
                 self.bpf = BPF(src_file=str(self.src_file).encode(), cflags=self.cflags)
                 self.fn = self.bpf.load_func(PROG_NAME.encode(), BPF.XDP)
+                # Tail-called by the program: a SYN whose options need the bounded scan.
+                self.optscan = self.bpf.load_func(b"xdp_synguard_optscan", BPF.XDP)
+                self.bpf[b"sg_progs"][ct.c_int(0)] = ct.c_int(self.optscan.fd)
         except Exception as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataPathError(
@@ -84,6 +91,24 @@ class DataPath:
         if self.state_dir is not None:
             self.adopted, note = adopt_state(self.state_dir, {n: self.map(n) for n in self.kept_maps()})
             self.state_note = note or self.state_note
+        # The second kernel program: turns cookie ACKs into connections (synguard/datapath/tc.py).
+        self.tc = None
+        self.cookie_method: str | None = None  # "kfunc" when SYN-ACK cookies can complete
+        self.tc_unavailable: str | None = None
+        self.tc_problem: str | None = None  # last attach's warning (tcp_syncookies=0), for the daemon
+        if tc:
+            from synguard.datapath import tc as tcmod
+
+            if not tcmod.kernel_has_kfunc():
+                self.tc_unavailable = (f"this kernel has no {tcmod.KFUNC}() kfunc (Linux >= 6.9 with BTF): "
+                                       f"cookie ACKs cannot be turned into connections")
+            else:
+                try:
+                    self.tc = tcmod.TcProgram({name: self.map(name).map_fd for name in tcmod.SHARED_MAPS})
+                except BaseException:
+                    self.close(keep_state=True)
+                    raise
+                self.cookie_method = "kfunc"
 
     def kept_maps(self) -> list[str]:
         """Maps whose content outlives a crashed daemon: those the C declares with SG_KEPT."""
@@ -229,22 +254,27 @@ class DataPath:
                 merged = regs if merged is None else bytes(map(max, merged, regs))
         return merged
 
-    def set_allow_ttl(self, seconds: int) -> None:
-        self._write_config(allow_ttl_s=int(seconds))
+    def set_slot_key(self, slot: int, key: bytes) -> None:
+        """Install the 16-byte SipHash key of cookie slot `slot` (sg_secrets[slot & 1]).
 
-    def set_secret(self, gen: int, secret: bytes) -> None:
-        """Install the secret of generation gen and make it current.
-
-        The slot written (gen & 1) held generation gen - 2, already invalid, so
-        cookies of the previous generation keep validating across a rotation.
-        """
+        Write the key of a slot before set_slot() makes it current; the other
+        entry keeps the previous slot's key, which the ACK check still accepts."""
         from synguard.secret import secret_words
 
         table = self.map("sg_secrets")
         leaf = table.Leaf()
-        leaf.k0, leaf.k1 = secret_words(secret)
-        table[ct.c_int(gen & 1)] = leaf
-        self._write_config(secret_gen=gen)
+        leaf.k0, leaf.k1 = secret_words(key)
+        table[ct.c_int(slot & 1)] = leaf
+
+    def set_slot(self, slot: int) -> None:
+        """The current cookie slot (sg_config.slot): CLOCK_REALTIME seconds >> SLOT_SHIFT."""
+        self._write_config(slot=int(slot))
+
+    def set_synack(self, mss4: int, mss6: int, wscale: int, tcp_opts: int) -> None:
+        """What our SYN-ACK offers: MSS per family, our window scale, the SG_OPT_* the server accepts."""
+        if not (0 < mss4 < 65536 and 0 < mss6 < 65536 and 0 <= wscale <= 14 and 0 <= tcp_opts <= 0xF):
+            raise ValueError(f"bad SYN-ACK settings: mss4={mss4} mss6={mss6} wscale={wscale} tcp_opts={tcp_opts:#x}")
+        self._write_config(synack_mss4=mss4, synack_mss6=mss6, synack_wscale=wscale, tcp_opts=tcp_opts)
 
     def _set_cidrs(self, trie_name: str, count_field: str, nets) -> None:
         table = self.map(trie_name)
@@ -281,35 +311,6 @@ class DataPath:
             return
         yield first
         yield from batch
-
-    def allowlist(self) -> dict[ipaddress.IPv4Address | ipaddress.IPv6Address, tuple[int, int]]:
-        """Verified sources: address -> (expires_s, validated)."""
-        return {addr_of_key(bytes(key.addr)): (int(leaf.expires_s), int(leaf.validated))
-                for key, leaf in self.entries("sg_allowlist")}
-
-    def allowlist_clear(self) -> None:
-        self.map("sg_allowlist").clear()
-        self.allow_filter_rebuild()
-
-    def allow_filter_rebuild(self) -> int:
-        """Rewrite sg_allow_filter from sg_allowlist's live entries; returns bits set.
-
-        Drops the bits of evicted and expired sources. A validation racing with
-        this may lose its bit: that source is challenged once more, never dropped."""
-        now = self._config["now_s"]
-        words: dict[int, int] = {}
-        for key, leaf in self.entries("sg_allowlist"):
-            if (int(leaf.expires_s) - now) & 0x80000000 or int(leaf.expires_s) == now:
-                continue
-            bit = abi.allow_filter_bit(bytes(key.addr))
-            words[bit >> 6] = words.get(bit >> 6, 0) | 1 << (bit & 63)
-        table = self.map("sg_allow_filter")
-        old = {int(k.value) for k, v in table.items() if v.value}
-        for word in old - set(words):
-            table[ct.c_int(word)] = ct.c_uint64(0)
-        for word, value in words.items():
-            table[ct.c_int(word)] = ct.c_uint64(value)
-        return sum(bin(v).count("1") for v in words.values())
 
     # -- running --------------------------------------------------------------
 
@@ -351,11 +352,13 @@ class DataPath:
                 self._netns[ifname] = current_netns_fd()
                 self._map_interface(ifname)
                 if pinned_prog_id() != self.prog_id:
-                    err = pin(self.prog_fd)
+                    err = pin(self.prog_fd, self.map("sg_progs").map_fd)
                     if err:
                         self.pin_error = err
                     else:
                         self._pins.add(pin_path())
+                if self.tc is not None:
+                    self.tc_problem = self.tc.attach(ifname, strict=False)
                 return mode
         raise DataPathError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
 
@@ -370,6 +373,8 @@ class DataPath:
         if mode is None:
             return False
         fd = self._netns.pop(ifname)  # the counter slot stays: a re-attach continues its counters
+        if self.tc is not None:
+            self.tc.detach(ifname)
         try:
             with in_netns(fd):
                 return self._detach_here(ifname, mode)
@@ -395,12 +400,16 @@ class DataPath:
         fd = self._netns.pop(ifname, None)
         if fd is not None:
             os.close(fd)
+        if self.tc is not None:
+            self.tc.forget(ifname)
 
     def rename(self, old: str, new: str) -> None:
         """The device we are attached to was renamed: the program followed it."""
         for d in (self.attached, self.ifindexes, self._netns, self._slots):
             if old in d:
                 d[new] = d.pop(old)
+        if self.tc is not None:
+            self.tc.rename(old, new)
 
     def detach_all(self) -> None:
         for ifname in list(self.attached):
@@ -411,6 +420,9 @@ class DataPath:
         """Idempotent: detach everywhere, unpin, then free the program and maps.
         keep_state (a failed start): the kept maps stay pinned for the next start."""
         self.detach_all()
+        tc, self.tc = getattr(self, "tc", None), None
+        if tc is not None:
+            tc.close()
         for path in getattr(self, "_pins", ()):
             unpin(path, self.prog_id)
         self._pins = set()

@@ -30,6 +30,47 @@ class _TestRunOpts(ct.Structure):
     ]
 
 
+# libbpf.h
+BPF_TC_INGRESS = 1 << 0
+BPF_TC_F_REPLACE = 1 << 0
+
+
+class TcHook(ct.Structure):
+    """struct bpf_tc_hook (libbpf 1.1)."""
+
+    _fields_ = [("sz", ct.c_size_t), ("ifindex", ct.c_int), ("attach_point", ct.c_int), ("parent", ct.c_uint32)]
+
+
+class TcOpts(ct.Structure):
+    """struct bpf_tc_opts (libbpf 1.1)."""
+
+    _fields_ = [
+        ("sz", ct.c_size_t),
+        ("prog_fd", ct.c_int),
+        ("flags", ct.c_uint32),
+        ("prog_id", ct.c_uint32),
+        ("handle", ct.c_uint32),
+        ("priority", ct.c_uint32),
+    ]
+
+
+class OpenOpts(ct.Structure):
+    """struct bpf_object_open_opts (libbpf 1.1), for the verifier log buffer."""
+
+    _fields_ = [
+        ("sz", ct.c_size_t),
+        ("object_name", ct.c_char_p),
+        ("relaxed_maps", ct.c_bool),
+        ("pin_root_path", ct.c_char_p),
+        ("_removed_attach_prog_fd", ct.c_uint32),
+        ("kconfig", ct.c_char_p),
+        ("btf_custom_path", ct.c_char_p),
+        ("kernel_log_buf", ct.c_void_p),
+        ("kernel_log_size", ct.c_size_t),
+        ("kernel_log_level", ct.c_uint32),
+    ]
+
+
 _libbpf = None
 
 
@@ -46,6 +87,24 @@ def lib():
         lib.bpf_map_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
         lib.bpf_map_lookup_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
         lib.bpf_map_update_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]
+        vp = ct.c_void_p
+        lib.bpf_object__open_file.argtypes = [ct.c_char_p, ct.POINTER(OpenOpts)]
+        lib.bpf_object__open_file.restype = vp
+        lib.bpf_object__find_map_by_name.argtypes = [vp, ct.c_char_p]
+        lib.bpf_object__find_map_by_name.restype = vp
+        lib.bpf_map__reuse_fd.argtypes = [vp, ct.c_int]
+        lib.bpf_map__fd.argtypes = [vp]
+        lib.bpf_object__load.argtypes = [vp]
+        lib.bpf_object__find_program_by_name.argtypes = [vp, ct.c_char_p]
+        lib.bpf_object__find_program_by_name.restype = vp
+        lib.bpf_program__fd.argtypes = [vp]
+        lib.bpf_object__close.argtypes = [vp]
+        lib.bpf_object__close.restype = None
+        for fn in ("bpf_tc_hook_create",):
+            getattr(lib, fn).argtypes = [ct.POINTER(TcHook)]
+        for fn in ("bpf_tc_attach", "bpf_tc_detach", "bpf_tc_query"):
+            getattr(lib, fn).argtypes = [ct.POINTER(TcHook), ct.POINTER(TcOpts)]
+        lib.libbpf_num_possible_cpus.argtypes = []
     return _libbpf
 
 

@@ -107,6 +107,7 @@ def _fd_kind(fd: int) -> dict[str, str]:
 
 
 XDP_PROG_TYPE = 6  # enum bpf_prog_type BPF_PROG_TYPE_XDP
+SCHED_CLS_PROG_TYPE = 3  # BPF_PROG_TYPE_SCHED_CLS (our tc program)
 
 
 def pin_problem() -> str | None:
@@ -123,22 +124,22 @@ def pin_problem() -> str | None:
     return None
 
 
-def pinned_prog_fd_checked(path: Path) -> int | None:
-    """An fd of the XDP program pinned at path (None if no pin); ForeignPin if the pin
-    is not ours or not an XDP program."""
+def pinned_prog_fd_checked(path: Path, prog_type: int = XDP_PROG_TYPE) -> int | None:
+    """An fd of the program pinned at path (None if no pin); ForeignPin if the pin
+    is not ours or not a program of prog_type."""
     if not check_pin(path):
         return None
     fd = _lib().bpf_obj_get(str(path).encode())
     if fd < 0:
         return None
     info = _fd_kind(fd)
-    if info.get("prog_type") != str(XDP_PROG_TYPE):
+    if info.get("prog_type") != str(prog_type):
         os.close(fd)
-        raise ForeignPin(f"{path} is not an XDP program")
+        raise ForeignPin(f"{path} is not a program of type {prog_type}")
     return fd
 
 
-def pinned_prog_id(path: Path | None = None) -> int | None:
+def pinned_prog_id(path: Path | None = None, name: str = "xdp_synguard", prog_type: int = XDP_PROG_TYPE) -> int | None:
     """Id of the program pinned by a synguard in this namespace (maybe a dead one's);
     None if there is none, or if the pin or its directory is foreign (pin_problem())."""
     try:
@@ -146,8 +147,8 @@ def pinned_prog_id(path: Path | None = None) -> int | None:
             d = trusted_pin_dir()
             if d is None:
                 return None
-            path = d / "xdp_synguard"
-        fd = pinned_prog_fd_checked(path)
+            path = d / name
+        fd = pinned_prog_fd_checked(path, prog_type)
     except (ForeignPin, OSError):
         return None
     if fd is None:
@@ -158,20 +159,24 @@ def pinned_prog_id(path: Path | None = None) -> int | None:
         os.close(fd)
 
 
-def pin(prog_fd: int) -> str | None:
-    """Pin our program (replacing an older pin of ours); returns an error text or None."""
+def pin(prog_fd: int, progs_fd: int | None = None) -> str | None:
+    """Pin our program (replacing an older pin of ours) and its tail-call array sg_progs
+    (the kernel clears a prog array's entries when its last user reference goes: a
+    crashed daemon's program would lose its option scan); returns an error text or None."""
     lib = _lib()
     try:
         d = trusted_pin_dir(create=True)
-        path = d / "xdp_synguard"
-        if check_pin(path):
-            path.unlink()
+        todo = [(prog_fd, d / "xdp_synguard")] + ([(progs_fd, d / "sg_progs")] if progs_fd is not None else [])
+        for _, path in todo:
+            if check_pin(path):
+                path.unlink()
     except ForeignPin as e:
         return foreign_note(e)
     except OSError as e:
         return f"{pin_path()}: {e.strerror}"
-    if lib.bpf_obj_pin(prog_fd, str(path).encode()) != 0:
-        return f"{path}: {os.strerror(ct.get_errno())}"
+    for fd, path in todo:
+        if lib.bpf_obj_pin(fd, str(path).encode()) != 0:
+            return f"{path}: {os.strerror(ct.get_errno())}"
     return None
 
 
@@ -188,8 +193,10 @@ def unpin(path: Path | None = None, expected_id: int | None = None) -> None:
     except (ForeignPin, OSError):
         return
     if expected_id is None or pinned_prog_id(path) == expected_id:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ForeignPin):
             path.unlink()
+            if check_pin(path.with_name("sg_progs")):
+                path.with_name("sg_progs").unlink()
             path.parent.rmdir()
 
 
@@ -299,3 +306,36 @@ def _copy_map(lib, old_fd: int, table, ncpu: int) -> int:
             raise OSError(err, os.strerror(err))
         copied += 1
     return copied
+
+
+def pin_named(fd: int, name: str) -> str | None:
+    """Pin a BPF object of ours as `name` in this namespace's trusted pin directory
+    (replacing an older pin of ours); returns an error text or None."""
+    try:
+        path = trusted_pin_dir(create=True) / name
+        if check_pin(path):
+            path.unlink()
+    except ForeignPin as e:
+        return foreign_note(e)
+    except OSError as e:
+        return f"{pin_path().parent / name}: {e.strerror}"
+    if _lib().bpf_obj_pin(fd, str(path).encode()) != 0:
+        return f"{path}: {os.strerror(ct.get_errno())}"
+    return None
+
+
+def unpin_named(name: str, expected_id: int | None, prog_type: int, directory: Path | None = None) -> None:
+    """Remove our pin `name` in this namespace's directory (or `directory`, one recorded
+    in another namespace), only if it still holds expected_id when given; a foreign pin
+    or directory is left alone; the directory goes when it is empty."""
+    try:
+        d = trusted_pin_dir(ns_dir=directory)
+        if d is None or not check_pin(d / name):
+            return
+    except (ForeignPin, OSError):
+        return
+    if expected_id is None or pinned_prog_id(d / name, prog_type=prog_type) == expected_id:
+        with contextlib.suppress(OSError):
+            (d / name).unlink()
+        with contextlib.suppress(OSError):
+            d.rmdir()

@@ -1,0 +1,613 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * synguard tc ingress program: the ACK side of the one-round-trip cookie
+ * (ebpf/COOKIE.md). The XDP program (synguard.bpf.c) answered a SYN with a
+ * SYN-ACK whose seq is our cookie; the client's ACK comes here. If the cookie
+ * is valid we find the listener and hand the kernel the options the cookie
+ * carries with bpf_sk_assign_tcp_reqsk() (Linux >= 6.9); the kernel then
+ * creates the connection as if it had made the request socket itself.
+ *
+ * Contract:
+ *  - Compiled by clang (-O2 -g -target bpf) and loaded by libbpf
+ *    (synguard/tcprog.py), not BCC: BCC cannot emit kfunc calls.
+ *  - Its maps ARE the XDP program's: the loader passes their fds with
+ *    bpf_map__reuse_fd() before load. The declarations below must keep the
+ *    type, key, value and max_entries of the BCC declarations.
+ *  - Verdict: never drop, never change the packet. Every packet leaves with
+ *    TC_ACT_UNSPEC ("not decided here"): the next tc filter on the hook, if
+ *    any, still runs, and without one the packet goes up the stack as with
+ *    TC_ACT_OK. The kernel decides what a cookie ACK becomes (the kfunc only
+ *    attaches a request socket to the skb).
+ *  - One SipHash per checked ACK; no lookup unless the cookie matches.
+ *  - Assumes a little-endian host: the hash words are read as SipHash reads
+ *    the message bytes (little-endian u64), which on x86/arm64 is a plain load.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "synguard_abi.h"
+
+char LICENSE[] SEC("license") = "GPL"; /* kfuncs are GPL-only */
+
+#define SG_TC_PASS TC_ACT_UNSPEC
+
+#define SG_TCP_SYN 0x02
+#define SG_TCP_RST 0x04
+#define SG_TCP_ACK 0x10
+
+/* TCP option kinds (include/net/tcp.h is not UAPI). */
+#define SG_TCPOPT_EOL 0
+#define SG_TCPOPT_NOP 1
+#define SG_TCPOPT_TS 8
+#define SG_TCPOLEN_TS 10
+
+/* ---- Kernel types we need, declared here (no vmlinux.h). --------------- */
+
+/* include/net/tcp.h (6.9+). Checked against this kernel's BTF by
+ * tests/test_tc.py::test_req_attrs_layout_matches_kernel_btf. */
+struct bpf_tcp_req_attrs {
+	__u32 rcv_tsval;
+	__u32 rcv_tsecr;
+	__u16 mss;
+	__u8 rcv_wscale;
+	__u8 snd_wscale;
+	__u8 ecn_ok;
+	__u8 wscale_ok;
+	__u8 sack_ok;
+	__u8 tstamp_ok;
+	__u8 usec_ts_ok;
+	__u8 reserved[3];
+};
+
+/* Opaque here. libbpf matches the kfunc's prototype by type kind, so this must
+ * be a struct (a bare forward declaration is a different kind). */
+struct sock {
+	int __opaque;
+};
+
+extern int bpf_sk_assign_tcp_reqsk(struct __sk_buff *skb, struct sock *sk, struct bpf_tcp_req_attrs *attrs,
+				   int attrs__sz) __ksym;
+
+/* ---- Maps: the XDP program's (reused by fd), same shapes as in BCC. ---- */
+
+/* Event counters, per CPU and per interface slot (shared with XDP). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, int);
+	__type(value, struct sg_counter_block);
+	__uint(max_entries, SG_IFACE_SLOTS);
+} sg_counters SEC(".maps");
+
+/* Interface slot of an ifindex (0: not mapped). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, int);
+	__type(value, __u32);
+	__uint(max_entries, SG_IFINDEX_MAX);
+} sg_ifaces SEC(".maps");
+
+/* Runtime settings, one entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, int);
+	__type(value, struct sg_config);
+	__uint(max_entries, 1);
+} sg_config SEC(".maps");
+
+/* SipHash keys: [slot & 1]. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, int);
+	__type(value, struct sg_secret);
+	__uint(max_entries, 2);
+} sg_secrets SEC(".maps");
+
+/* Per destination port (host order): protected? */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, int);
+	__type(value, struct sg_port);
+	__uint(max_entries, SG_PORTS);
+} sg_ports SEC(".maps");
+
+/* ---- Counting ------------------------------------------------------------ */
+
+static __always_inline struct sg_counter_block *counters_for(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ingress_ifindex, slot = 0;
+	__u32 *mapped = bpf_map_lookup_elem(&sg_ifaces, &ifindex);
+
+	if (mapped && *mapped < SG_IFACE_SLOTS)
+		slot = *mapped;
+	return bpf_map_lookup_elem(&sg_counters, &slot);
+}
+
+static __always_inline void count(struct sg_counter_block *blk, __u32 idx)
+{
+	if (blk && idx < SG_CNT_MAX)
+		blk->cnt[idx]++;
+}
+
+/* ---- Parsing: one helper per header, explicit bounds, byte order noted. -- */
+
+struct sg_vlanhdr {
+	__be16 tci;
+	__be16 encap_proto;
+};
+
+/* What the cookie check needs from an ACK, copied out of the packet so that no
+ * packet pointer has to survive the v4/v6 branch. */
+struct sg_ack {
+	__u32 saddr[4]; /* network byte order; IPv4 in [0] */
+	__u32 daddr[4]; /* network byte order; IPv4 in [0] */
+	__u32 seq_be;   /* network byte order, as on the wire */
+	__u32 ack;      /* host byte order */
+	__u32 tsval;    /* host byte order (ts only) */
+	__u32 tsecr;    /* host byte order (ts only) */
+	__u16 sport;    /* network byte order */
+	__u16 dport;    /* network byte order */
+	__u8 ipv6;
+	__u8 ts;        /* the ACK carries a Timestamps option */
+	__u32 tcp_off;  /* bytes from data to the TCP header, kept as a number (see sg_parse_ts) */
+};
+
+/* EtherType after up to SG_VLAN_MAX tags (network byte order), or 0 when the
+ * frame is too short. (At tc ingress the kernel has usually removed the outer
+ * tag already; an inner one is still in the data.) */
+static __always_inline __be16 parse_ethhdr(void **pos, void *data_end, __u32 *off)
+{
+	struct ethhdr *eth = *pos;
+	struct sg_vlanhdr *vlan;
+	__be16 proto;
+
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	proto = eth->h_proto;
+	*pos = eth + 1;
+	*off = sizeof(*eth);
+#pragma unroll
+	for (int i = 0; i < SG_VLAN_MAX; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		vlan = *pos;
+		if ((void *)(vlan + 1) > data_end)
+			return 0;
+		proto = vlan->encap_proto;
+		*pos = vlan + 1;
+		*off += sizeof(*vlan);
+	}
+	return proto;
+}
+
+/* IPv4 header: 1 and the TCP header in *pos, or 0 (not TCP, fragment, short). */
+static __always_inline int parse_ip4(void **pos, void *data_end, struct sg_ack *a)
+{
+	struct iphdr *ip = *pos;
+	__u32 ihl;
+
+	if ((void *)(ip + 1) > data_end)
+		return 0;
+	ihl = ip->ihl * 4;
+	if (ip->version != 4 || ihl < sizeof(*ip) || ip->protocol != IPPROTO_TCP)
+		return 0;
+	if (ip->frag_off & bpf_htons(0x3fff)) /* MF or an offset: a fragment */
+		return 0;
+	__builtin_memset(a->saddr, 0, sizeof(a->saddr)); /* defined, never read for IPv4 */
+	__builtin_memset(a->daddr, 0, sizeof(a->daddr));
+	a->saddr[0] = ip->saddr;
+	a->daddr[0] = ip->daddr;
+	a->ipv6 = 0;
+	*pos = (void *)ip + ihl;
+	a->tcp_off += ihl;
+	return 1;
+}
+
+/* IPv6 header: 1 and the TCP header in *pos, or 0.
+ * XXX: an ACK with extension headers is not checked (passed untouched); the
+ * kernel then answers it as a failed syncookie. Our SYN-ACK carries none, and
+ * clients do not add them to a handshake ACK in practice. */
+static __always_inline int parse_ip6(void **pos, void *data_end, struct sg_ack *a)
+{
+	struct ipv6hdr *ip6 = *pos;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return 0;
+	if (ip6->nexthdr != IPPROTO_TCP)
+		return 0;
+	__builtin_memcpy(a->saddr, &ip6->saddr, 16);
+	__builtin_memcpy(a->daddr, &ip6->daddr, 16);
+	a->ipv6 = 1;
+	*pos = ip6 + 1;
+	a->tcp_off += sizeof(*ip6);
+	return 1;
+}
+
+/* The pure ACK / data segment we check: ACK set, SYN and RST clear.
+ * Returns the TCP header (its first 20 bytes and doff*4 bytes in bounds)
+ * or NULL for anything else. */
+static __always_inline struct tcphdr *parse_ack(struct __sk_buff *skb, struct sg_ack *a)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	void *pos = data;
+	struct tcphdr *tcp;
+	__u8 flags;
+	__be16 proto;
+	int ok;
+
+	proto = parse_ethhdr(&pos, data_end, &a->tcp_off);
+	if (proto == bpf_htons(ETH_P_IP))
+		ok = parse_ip4(&pos, data_end, a);
+	else if (proto == bpf_htons(ETH_P_IPV6))
+		ok = parse_ip6(&pos, data_end, a);
+	else
+		return NULL;
+	if (!ok)
+		return NULL;
+	tcp = pos;
+	if ((void *)(tcp + 1) > data_end)
+		return NULL;
+	flags = ((__u8 *)tcp)[13];
+	if ((flags & (SG_TCP_ACK | SG_TCP_SYN | SG_TCP_RST)) != SG_TCP_ACK)
+		return NULL;
+	if (tcp->doff < 5 || (void *)tcp + tcp->doff * 4 > data_end)
+		return NULL;
+	a->sport = tcp->source;
+	a->dport = tcp->dest;
+	a->seq_be = tcp->seq;
+	a->ack = bpf_ntohl(tcp->ack_seq);
+	a->tsval = 0; /* defined even without TS: clang may otherwise move any register, */
+	a->tsecr = 0; /* even a packet pointer, into them, which the verifier refuses */
+	return tcp;
+}
+
+/* Timestamps option of the TCP header at tcp_off: 1 and ts filled (host
+ * order), or 0. Fast path: Linux's layout NOP, NOP, TS first. Else a bounded
+ * walk over the option bytes from a fixed base with a masked offset (the
+ * verifier cannot follow a pointer that advances by a variable length).
+ * A global function: the verifier checks it once, on its own, instead of once
+ * per state of the caller (inlined, the walk cost ~170k verifier steps). */
+struct sg_ts {
+	__u32 tsval;
+	__u32 tsecr;
+};
+
+__noinline int sg_parse_ts(struct __sk_buff *skb, __u32 tcp_off, struct sg_ts *ts)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct tcphdr *tcp;
+	__u32 optlen, off = 0;
+	__u8 *opt;
+
+	if (!ts)
+		return 0;
+	tcp = data + (tcp_off & 0xff); /* <= 14 + 8 + 60: the mask only bounds it for the verifier */
+	if ((void *)(tcp + 1) > data_end)
+		return 0;
+	opt = (__u8 *)(tcp + 1);
+	optlen = tcp->doff * 4;
+	if (optlen <= sizeof(*tcp))
+		return 0;
+	optlen -= sizeof(*tcp);
+	if (optlen >= 12 && (void *)(opt + 12) <= data_end && *(__u32 *)opt == bpf_htonl(0x0101080a)) {
+		ts->tsval = bpf_ntohl(*(__u32 *)(opt + 4));
+		ts->tsecr = bpf_ntohl(*(__u32 *)(opt + 8));
+		return 1;
+	}
+	for (int i = 0; i < 40; i++) { /* each step advances >= 1 byte of <= 40 */
+		__u8 *p, kind, len;
+
+		off &= 0x3f;
+		if (off >= optlen)
+			return 0;
+		p = opt + off;
+		if ((void *)(p + 1) > data_end)
+			return 0;
+		kind = p[0];
+		if (kind == SG_TCPOPT_EOL)
+			return 0;
+		if (kind == SG_TCPOPT_NOP) {
+			off++;
+			continue;
+		}
+		if ((void *)(p + 2) > data_end)
+			return 0;
+		len = p[1];
+		if (len < 2 || off + len > optlen)
+			return 0;
+		if (kind == SG_TCPOPT_TS && len == SG_TCPOLEN_TS) {
+			if ((void *)(p + 10) > data_end)
+				return 0;
+			ts->tsval = ((__u32)p[2] << 24) | ((__u32)p[3] << 16) | ((__u32)p[4] << 8) | p[5];
+			ts->tsecr = ((__u32)p[6] << 24) | ((__u32)p[7] << 16) | ((__u32)p[8] << 8) | p[9];
+			return 1;
+		}
+		off += len;
+	}
+	return 0;
+}
+
+/* Linux's layout, NOP, NOP, TS first, read in place: 1 and a->tsval/tsecr set, or 0.
+ * (The global sg_parse_ts() costs a BPF-to-BPF call, ~14 ns measured; this is most ACKs.) */
+static __always_inline int parse_ts_fast(struct tcphdr *tcp, void *data_end, struct sg_ack *a)
+{
+	__u8 *opt = (__u8 *)(tcp + 1);
+
+	if ((void *)(opt + 12) > data_end || tcp->doff < 8) /* pointer re-checked: clang may re-derive tcp */
+		return 0;
+	if (*(__u32 *)opt != bpf_htonl(0x0101080a))
+		return 0;
+	a->tsval = bpf_ntohl(*(__u32 *)(opt + 4));
+	a->tsecr = bpf_ntohl(*(__u32 *)(opt + 8));
+	return 1;
+}
+
+/* ---- SipHash-2-4 over 3 (IPv4) or 6 (IPv6) little-endian words ---------- */
+
+#define SG_ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SG_SIPROUND                                                          \
+	do {                                                                 \
+		v0 += v1; v1 = SG_ROTL(v1, 13); v1 ^= v0; v0 = SG_ROTL(v0, 32); \
+		v2 += v3; v3 = SG_ROTL(v3, 16); v3 ^= v2;                     \
+		v0 += v3; v3 = SG_ROTL(v3, 21); v3 ^= v0;                     \
+		v2 += v1; v1 = SG_ROTL(v1, 17); v1 ^= v2; v2 = SG_ROTL(v2, 32); \
+	} while (0)
+
+struct sg_sip {
+	__u64 v0, v1, v2, v3;
+};
+
+static __always_inline void sip_init(struct sg_sip *s, const struct sg_secret *key)
+{
+	s->v0 = key->k0 ^ 0x736f6d6570736575ULL;
+	s->v1 = key->k1 ^ 0x646f72616e646f6dULL;
+	s->v2 = key->k0 ^ 0x6c7967656e657261ULL;
+	s->v3 = key->k1 ^ 0x7465646279746573ULL;
+}
+
+/* Absorb one little-endian message word: 2 rounds. */
+static __always_inline void sip_word(struct sg_sip *s, __u64 m)
+{
+	__u64 v0 = s->v0, v1 = s->v1, v2 = s->v2, v3 = s->v3;
+
+	v3 ^= m;
+	SG_SIPROUND;
+	SG_SIPROUND;
+	v0 ^= m;
+	s->v0 = v0; s->v1 = v1; s->v2 = v2; s->v3 = v3;
+}
+
+/* Finish a message of exactly len bytes (whole words, no tail): 4 rounds. */
+static __always_inline __u64 sip_final(struct sg_sip *s, __u64 len)
+{
+	__u64 v0 = s->v0, v1 = s->v1, v2 = s->v2, v3 = s->v3;
+	__u64 b = len << 56;
+
+	v3 ^= b;
+	SG_SIPROUND;
+	SG_SIPROUND;
+	v0 ^= b;
+	v2 ^= 0xff;
+	SG_SIPROUND;
+	SG_SIPROUND;
+	SG_SIPROUND;
+	SG_SIPROUND;
+	return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* SipHash state after absorbing an IPv6 destination, cached per CPU: the
+ * message starts with the destination (one of the server's few addresses), so
+ * 4 of IPv6's 16 rounds are the same for every ACK to it. Tagged with the key,
+ * so a new secret never meets a stale state. Private to the tc program.
+ * Measured with BPF_PROG_TEST_RUN: 5-21 ns less per IPv6 ACK on a protected port. */
+#ifndef SG_TC_SIP_CACHE
+#define SG_TC_SIP_CACHE 16 /* entries per CPU (power of 2): a server has few addresses */
+#endif
+
+struct sg_sip_cache_entry {
+	__u64 daddr[2];
+	__u64 k0, k1;
+	__u64 filled; /* 0 in a fresh entry: an all-zero key and address must not match it */
+	struct sg_sip state;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct sg_sip_cache_entry);
+	__uint(max_entries, SG_TC_SIP_CACHE);
+} sg_tc_sip_cache SEC(".maps");
+
+static __always_inline void sip_after_daddr6(struct sg_sip *s, const struct sg_secret *key, __u64 d0, __u64 d1)
+{
+	__u32 idx = (__u32)(((d0 ^ d1) * 0x9E3779B97F4A7C15ULL) >> 60) & (SG_TC_SIP_CACHE - 1);
+	struct sg_sip_cache_entry *e = bpf_map_lookup_elem(&sg_tc_sip_cache, &idx);
+
+	if (e && e->filled && e->daddr[0] == d0 && e->daddr[1] == d1 && e->k0 == key->k0 && e->k1 == key->k1) {
+		*s = e->state;
+		return;
+	}
+	sip_init(s, key);
+	sip_word(s, d0);
+	sip_word(s, d1);
+	if (e) {
+		e->daddr[0] = d0;
+		e->daddr[1] = d1;
+		e->k0 = key->k0;
+		e->k1 = key->k1;
+		e->filled = 1;
+		e->state = *s;
+	}
+}
+
+/* ---- The cookie (ebpf/COOKIE.md, "Validation") --------------------------- */
+
+/* MSS of a class: the kernel's own syncookie tables (a switch, not a table:
+ * clang-14 would put a small const table in .rodata.cst8, which libbpf 1.1
+ * rejects). */
+static __always_inline __u16 sg_mss(__u32 ipv6, __u32 c)
+{
+	if (ipv6) {
+		switch (c & 3) {
+		case 0: return 1220;
+		case 1: return 1420;
+		case 2: return 1440;
+		default: return 8940;
+		}
+	}
+	switch (c & 3) {
+	case 0: return 536;
+	case 1: return 1300;
+	case 2: return 1440;
+	default: return 1460;
+	}
+}
+
+/* 1 and attrs filled when the ACK carries our cookie, else 0. */
+static __always_inline int sg_cookie_check(const struct sg_config *cfg, const struct sg_ack *a,
+					   struct bpf_tcp_req_attrs *attrs)
+{
+	__u32 cookie = a->ack - 1;
+	__u32 isn_be = bpf_htonl(bpf_ntohl(a->seq_be) - 1);
+	__u32 c = cookie & 3, w = SG_COOKIE_WSCALE_NONE, sack = 0, ecn = 0, ts = a->ts;
+	__u32 slot = cfg->slot, opt, key_idx;
+	const struct sg_secret *key;
+	struct sg_sip sip;
+	__u64 ports, tail, h;
+
+	if ((slot ^ (cookie >> 2)) & 1)
+		slot -= 1; /* the previous slot's cookie */
+	key_idx = slot & 1;
+	key = bpf_map_lookup_elem(&sg_secrets, &key_idx);
+	if (!key)
+		return 0;
+	if (ts) {
+		w = a->tsecr & 0xf;
+		sack = a->tsecr >> 4 & 1;
+		ecn = a->tsecr >> 5 & 1;
+	}
+	opt = c | w << 2 | sack << 6 | ecn << 7 | ts << 8;
+	tail = slot | (__u64)opt << 32;
+	ports = a->dport | (__u64)a->sport << 16 | (__u64)isn_be << 32;
+	if (a->ipv6) {
+		sip_after_daddr6(&sip, key, a->daddr[0] | (__u64)a->daddr[1] << 32, a->daddr[2] | (__u64)a->daddr[3] << 32);
+		sip_word(&sip, a->saddr[0] | (__u64)a->saddr[1] << 32);
+		sip_word(&sip, a->saddr[2] | (__u64)a->saddr[3] << 32);
+		sip_word(&sip, ports);
+		sip_word(&sip, tail);
+		h = sip_final(&sip, 48);
+	} else {
+		sip_init(&sip, key);
+		sip_word(&sip, a->daddr[0] | (__u64)a->saddr[0] << 32);
+		sip_word(&sip, ports);
+		sip_word(&sip, tail);
+		h = sip_final(&sip, 24);
+	}
+	if (((__u32)h ^ cookie) & 0xFFFFFFF8)
+		return 0;
+	if (ts && (((__u32)(h >> 32) ^ a->tsecr) & 0xFFFFFFC0))
+		return 0;
+
+	__builtin_memset(attrs, 0, sizeof(*attrs));
+	attrs->mss = sg_mss(a->ipv6, c);
+	attrs->tstamp_ok = ts;
+	if (ts) {
+		attrs->rcv_tsval = a->tsval;
+		attrs->rcv_tsecr = a->tsecr;
+	}
+	if (w != SG_COOKIE_WSCALE_NONE) {
+		attrs->wscale_ok = 1;
+		attrs->snd_wscale = w;
+		attrs->rcv_wscale = cfg->synack_wscale;
+	}
+	attrs->sack_ok = sack;
+	attrs->ecn_ok = ecn;
+	return 1;
+}
+
+/* Find the listener and let the kernel build the connection. Returns the
+ * counter to bump, or SG_CNT_MAX for "an established socket: not ours". */
+static __always_inline __u32 sg_assign(struct __sk_buff *skb, const struct sg_ack *a,
+				       struct bpf_tcp_req_attrs *attrs)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 size;
+	int ret;
+
+	if (a->ipv6) {
+		__builtin_memcpy(t.ipv6.saddr, a->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, a->daddr, 16);
+		t.ipv6.sport = a->sport;
+		t.ipv6.dport = a->dport;
+		size = sizeof(t.ipv6);
+	} else {
+		t.ipv4.saddr = a->saddr[0];
+		t.ipv4.daddr = a->daddr[0];
+		t.ipv4.sport = a->sport;
+		t.ipv4.dport = a->dport;
+		size = sizeof(t.ipv4);
+	}
+	sk = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return SG_CNT_COOKIE_NO_LISTENER;
+	if (sk->state != BPF_TCP_LISTEN) {
+		/* The 4-tuple already has a socket and this ACK happens to match a
+		 * cookie (data ACKs within ~8 bytes of the handshake): not ours. */
+		bpf_sk_release(sk);
+		return SG_CNT_MAX;
+	}
+	ret = bpf_sk_assign_tcp_reqsk(skb, (struct sock *)sk, attrs, sizeof(*attrs));
+	bpf_sk_release(sk);
+	return ret == 0 ? SG_CNT_COOKIE_VALIDATED : SG_CNT_COOKIE_REFUSED;
+}
+
+/* ---- Entry: parse -> classify -> check -> assign -> count ---------------- */
+
+SEC("tc")
+int tc_synguard(struct __sk_buff *skb)
+{
+	struct bpf_tcp_req_attrs attrs;
+	struct sg_counter_block *blk;
+	const struct sg_config *cfg;
+	const struct sg_port *port;
+	struct sg_ack a;
+	struct tcphdr *tcp;
+	struct sg_ts ts;
+	__u32 zero = 0, dport;
+
+	tcp = parse_ack(skb, &a);
+	if (!tcp)
+		return SG_TC_PASS;
+	cfg = bpf_map_lookup_elem(&sg_config, &zero);
+	if (!cfg || cfg->mode == SG_MODE_OBSERVE)
+		return SG_TC_PASS;
+	if (!cfg->all_ports) {
+		dport = bpf_ntohs(a.dport);
+		port = bpf_map_lookup_elem(&sg_ports, &dport);
+		if (!port || !port->protect)
+			return SG_TC_PASS;
+	}
+	blk = counters_for(skb);
+	count(blk, SG_CNT_ACK_CHECKED);
+	a.ts = parse_ts_fast(tcp, (void *)(long)skb->data_end, &a);
+	if (!a.ts && tcp->doff > 5) {
+		ts.tsval = ts.tsecr = 0;
+		a.ts = sg_parse_ts(skb, a.tcp_off, &ts);
+		a.tsval = ts.tsval;
+		a.tsecr = ts.tsecr;
+	}
+	if (!sg_cookie_check(cfg, &a, &attrs))
+		return SG_TC_PASS;
+	count(blk, sg_assign(skb, &a, &attrs));
+	return SG_TC_PASS;
+}
