@@ -5,7 +5,10 @@
  * with -I ebpf/. The ACK side is the tc program (synguard_tc.bpf.c).
  *
  * Contract (see ../shared/DESIGN.md, "The defense", and COOKIE.md):
- *  - Entry: xdp_synguard(). parse -> classify -> verdict -> count.
+ *  - Entry: xdp_synguard(). parse -> classify -> verdict -> count. A SYN to
+ *    answer whose options are not a fast-path layout (none, Linux, Windows,
+ *    Apple) is finished by xdp_synguard_optscan(), tail-called through
+ *    sg_progs (the loader fills it; left empty, such SYNs pass).
  *  - observe mode: every frame passes; SYNs are counted.
  *  - protect/auto mode, SYN (SYN set, ACK and RST clear):
  *      deny CIDR -> DROP; port not protected -> PASS; allow CIDR -> PASS;
@@ -20,10 +23,10 @@
  *  - Everything else (ACKs, RSTs, data, non-TCP, fragments, malformed) -> PASS:
  *    the kernel owns it, so switching modes never touches established connections.
  *  - XDP_ABORTED only for the impossible (a map lookup on a fixed index failing,
- *    a frame shorter after bpf_xdp_adjust_tail than it said). A SYN whose
- *    reply does not fit (adjust_tail refused) passes to the kernel.
+ *    a frame shorter after a resize than it said). A SYN whose reply does not
+ *    fit (bpf_xdp_adjust_head/_tail refused) passes to the kernel.
  *  - No clock is read: sg_config.now_s and sg_config.slot come from the
- *    control plane every second.
+ *    control plane every second; the key is sg_secrets[slot & 1].
  * XXX: hash message words are built from raw loads assuming a little-endian
  * host (x86_64, arm64 LE); a big-endian host would hash other bytes.
  */
