@@ -5,7 +5,10 @@
  * with -I ebpf/. The ACK side is the tc program (synguard_tc.bpf.c).
  *
  * Contract (see ../shared/DESIGN.md, "The defense", and COOKIE.md):
- *  - Entry: xdp_synguard(). parse -> classify -> verdict -> count.
+ *  - Entry: xdp_synguard(). parse -> classify -> verdict -> count. A SYN to
+ *    answer whose options are not a fast-path layout (none, Linux, Windows,
+ *    Apple) is finished by xdp_synguard_optscan(), tail-called through
+ *    sg_progs (the loader fills it; left empty, such SYNs pass).
  *  - observe mode: every frame passes; SYNs are counted.
  *  - protect/auto mode, SYN (SYN set, ACK and RST clear):
  *      deny CIDR -> DROP; port not protected -> PASS; allow CIDR -> PASS;
@@ -20,10 +23,10 @@
  *  - Everything else (ACKs, RSTs, data, non-TCP, fragments, malformed) -> PASS:
  *    the kernel owns it, so switching modes never touches established connections.
  *  - XDP_ABORTED only for the impossible (a map lookup on a fixed index failing,
- *    a frame shorter after bpf_xdp_adjust_tail than it said). A SYN whose
- *    reply does not fit (adjust_tail refused) passes to the kernel.
+ *    a frame shorter after a resize than it said). A SYN whose reply does not
+ *    fit (bpf_xdp_adjust_head/_tail refused) passes to the kernel.
  *  - No clock is read: sg_config.now_s and sg_config.slot come from the
- *    control plane every second.
+ *    control plane every second; the key is sg_secrets[slot & 1].
  * XXX: hash message words are built from raw loads assuming a little-endian
  * host (x86_64, arm64 LE); a big-endian host would hash other bytes.
  */
@@ -458,31 +461,52 @@ static __always_inline int synopts_scan(struct xdp_md *ctx, __u32 off, __u32 opt
 	return 0;
 }
 
-/* Fast path: no options, or exactly Linux's 20 bytes (MSS, SACK-permitted,
- * Timestamps, NOP, window scale). Returns 0 for any other layout: the caller
- * tail-calls xdp_synguard_optscan, which scans. */
+/* Fast path: no options, or one of the common fixed layouts
+ *   Linux   (20 bytes): MSS, SACK-permitted, Timestamps, NOP, WS
+ *   Windows (12 bytes): MSS, NOP, WS, NOP, NOP, SACK-permitted
+ *   Apple   (24 bytes): MSS, NOP, WS, NOP, NOP, Timestamps, SACK-permitted, EOL, EOL
+ * Returns 0 for any other layout: the caller tail-calls xdp_synguard_optscan. */
 static __always_inline int synopts_fast(struct xdp_md *ctx, const struct sg_pkt *pkt, struct sg_syn *syn)
 {
 	struct tcphdr *th = pkt->tcp;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 optlen = th->doff * 4 - sizeof(*th); /* parse_tcphdr checked doff >= 5 */
 	__u8 *o = (void *)(th + 1);
+	__u8 w;
 
 	syn->wscale = SG_WSCALE_ABSENT;
 	if (optlen == 0)
 		return 1;
-	if (optlen == 20 && (void *)(o + 20) <= data_end &&
-	    (*(__u32 *)o & bpf_htonl(0xffff0000)) == bpf_htonl(0x02040000) &&
-	    *(__u32 *)(o + 4) == bpf_htonl(0x0402080a) &&
-	    (*(__u32 *)(o + 16) & bpf_htonl(0xffffff00)) == bpf_htonl(0x01030300)) {
-		syn->mss = o[2] << 8 | o[3];
-		syn->sack = 1;
+	if ((void *)(o + 12) > data_end || (*(__u32 *)o & bpf_htonl(0xffff0000)) != bpf_htonl(0x02040000))
+		return 0; /* every fast layout starts with the MSS */
+	if (optlen == 20) {
+		if ((void *)(o + 20) > data_end || *(__u32 *)(o + 4) != bpf_htonl(0x0402080a) ||
+		    (*(__u32 *)(o + 16) & bpf_htonl(0xffffff00)) != bpf_htonl(0x01030300))
+			return 0;
 		syn->ts = 1;
 		syn->tsval = *(__u32 *)(o + 8);
-		syn->wscale = o[19] > 14 ? 14 : o[19]; /* RFC 7323 limit; 0xff means "none" */
-		return 1;
+		w = o[19];
+	} else if (optlen == 12 || optlen == 24) {
+		if ((*(__u32 *)(o + 4) & bpf_htonl(0xffffff00)) != bpf_htonl(0x01030300))
+			return 0;
+		w = o[7];
+		if (optlen == 12) {
+			if (*(__u32 *)(o + 8) != bpf_htonl(0x01010402))
+				return 0;
+		} else {
+			if ((void *)(o + 24) > data_end || *(__u32 *)(o + 8) != bpf_htonl(0x0101080a) ||
+			    *(__u32 *)(o + 20) != bpf_htonl(0x04020000))
+				return 0;
+			syn->ts = 1;
+			syn->tsval = *(__u32 *)(o + 12);
+		}
+	} else {
+		return 0;
 	}
-	return 0;
+	syn->mss = o[2] << 8 | o[3];
+	syn->sack = 1;
+	syn->wscale = w > 14 ? 14 : w; /* RFC 7323 limit; 0xff means "none" */
+	return 1;
 }
 
 /* ---- The cookie (COOKIE.md) ------------------------------------------------ */

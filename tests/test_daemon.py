@@ -356,3 +356,24 @@ def test_interface_removed_readded_and_renamed(lab, tmp_path):
         assert [i["name"] for i in st["interfaces"]] == ["dum1"]
     finally:
         lab.stop(d.proc)
+
+
+def test_synack_settings_follow_the_server_sysctls(lab):
+    """What the SYN-ACK offers comes from the server netns's own sysctls: an option the
+    kernel would refuse when it makes the connection is never offered."""
+    from synguard import abi
+    from synguard.daemon import synack_settings
+
+    for cmd in ("net.ipv4.tcp_sack=0", "net.ipv4.tcp_ecn=1", "net.ipv4.tcp_timestamps=1",
+                "net.ipv4.tcp_window_scaling=1", "net.ipv4.tcp_rmem=4096 131072 33554432"):
+        lab.run(lab.server_ns, ["sysctl", "-qw", cmd])
+    with lab.netns(lab.server_ns):
+        rmem_max = int(open("/proc/sys/net/core/rmem_max").read())
+        mss4, mss6, wscale, opts = synack_settings(1500)
+    assert (mss4, mss6) == (1460, 1440)
+    assert opts == abi.OPT_TS | abi.OPT_WSCALE | abi.OPT_ECN
+    assert wscale == min(max(max(33554432, rmem_max).bit_length() - 1 - 15, 0), 14) >= 10  # 2^25: 10
+    lab.run(lab.server_ns, ["sysctl", "-qw", "net.ipv4.tcp_timestamps=0"])
+    lab.run(lab.server_ns, ["sysctl", "-qw", "net.ipv4.tcp_ecn=2"])
+    with lab.netns(lab.server_ns):
+        assert synack_settings(9000)[::3] == (8960, abi.OPT_WSCALE)

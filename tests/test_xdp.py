@@ -85,6 +85,12 @@ CASES = [
          "01030309" "0101010101010101"), XDP_TX, CHALLENGED, "synack"),
     Case("20 option bytes, not linux's layout", raw_opts("020405b4" "0101" "080a0000000700000000" "01030309"),
          XDP_TX, CHALLENGED, "synack"),
+    Case("windows layout, last option not SACK", raw_opts("020405b4" "01030308" "0101" "0502"), XDP_TX, CHALLENGED,
+         "synack"),
+    Case("apple layout, padding not EOL", raw_opts("020405b4" "01030306" "0101080a0000007b00000000" "0402" "0101"),
+         XDP_TX, CHALLENGED, "synack"),
+    Case("apple layout, mss 0", raw_opts("02040000" "01030306" "0101080a0000007b00000000" "0402" "0000"),
+         XDP_TX, CHALLENGED, "synack"),
     Case("linux layout with wscale kind changed", raw_opts("020405b4" "0402" "080a0000000700000000" "01040309"),
          XDP_TX, CHALLENGED, "synack"),
     # frames around the segment
