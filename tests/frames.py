@@ -49,10 +49,10 @@ def check_synack(out: bytes, syn: bytes, key: bytes, slot: int, mss4: int, mss6:
                  tcp_opts: int) -> None:
     """Assert out is the cookie SYN-ACK answering syn (COOKIE.md).
 
-    Two independent checks: byte equality with synguard.model.synack (built from
+    Two independent checks: byte equality with synguard_lab.model.synack (built from
     synguard.cookie and an RFC 1071 checksum), and scapy's reading of the frame
     (fields, options, both checksums recomputed by scapy)."""
-    from synguard import model
+    from synguard_lab import model
 
     syn = bytes(syn)
     seg = model.parse(syn)

@@ -7,7 +7,7 @@ every common layout and random ones, Ethernet padding), mutations of those
 fields, VLAN insertion), and the clients' ACKs to the program's own SYN-ACKs.
 The control plane moves on meanwhile (clock, cookie slot and key, SYN-ACK
 settings, arming). Every frame goes through the program and the model
-(synguard.model, written from the README verdict table): the verdicts
+(synguard_lab.model, written from the README verdict table): the verdicts
 must be equal, an XDP_TX output must equal the model's frame byte for byte, and
 any other verdict must leave the frame untouched. Counters are compared per
 batch (reading per-CPU maps per frame would dominate the run): the program's

@@ -27,7 +27,7 @@ import pytest
 from helpers import hard_timeout
 
 from synguard import cookie
-from synguard import lab as labmod
+from synguard_lab import lab as labmod
 from synguard.abi import OPT_ECN, OPT_SACK, OPT_TS, OPT_WSCALE, Counter, Mode
 
 PORT = 8080
@@ -99,7 +99,7 @@ class Keys:
 @pytest.fixture
 def guarded(programs):
     """(lab, dp, tc, keys): XDP + tc on s0 and s1, protect mode on PORT, a listener."""
-    from synguard.lab import Lab
+    from synguard_lab.lab import Lab
 
     dp, tc = programs
     with Lab("sgh") as lab:
@@ -281,7 +281,7 @@ def test_forged_ack_frames_valid(dst):
     as corrupt, which would hide them from nothing), ACK only, NOP NOP TS, random."""
     from helpers import ones_sum
 
-    from synguard import flood
+    from synguard_lab import flood
 
     ipv6 = ":" in dst
     buf, flen = flood.build_ack_frames(dst=dst, dport=PORT, dst_mac="02:00:00:00:00:01",

@@ -174,7 +174,7 @@ def _flood(dp, h, frame: bytes, n: int, seed: int, label: str):
 
 
 def _random_segments(dp, h, n: int):
-    from synguard import model
+    from synguard_lab import model
     from synguard.abi import Counter
 
     frame = _tcp4("S", seq=0)

@@ -2,7 +2,7 @@
 
 Each case: input frame -> expected verdict, output frame check, and the exact
 counter deltas (every counter not listed must stay unchanged). A SYN-ACK is
-checked byte for byte against the reference (synguard.model.synack, built on
+checked byte for byte against the reference (synguard_lab.model.synack, built on
 synguard.cookie) and read back with scapy (fields, options, checksums).
 """
 
@@ -183,7 +183,7 @@ def test_fixture(dp, case):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_fixture_agrees_with_the_model(case):
-    """The README verdict table as synguard.model implements it gives every fixture's
+    """The README verdict table as synguard_lab.model implements it gives every fixture's
     verdict, counters and output (setups call the same methods on the model)."""
     m = model_of()
     case.setup(m)
