@@ -114,6 +114,16 @@ class SynguardCollector(Collector):
         g.add_metric([], det.baseline if det else 0.0)
         yield g
 
+        # Not in node_exporter's default collectors, and it decides whether a cookie ACK becomes a
+        # connection: with 0 the kfunc still succeeds (cookies validated) but the kernel resets the ACK.
+        syncookies = kernel.sysctls().get("net.ipv4.tcp_syncookies")
+        if syncookies is not None:
+            g = GaugeMetricFamily("synguard_kernel_tcp_syncookies",
+                                  "net.ipv4.tcp_syncookies in the daemon's network namespace (0: the kernel "
+                                  "resets every cookie ACK, and drops SYNs when a SYN queue is full).")
+            g.add_metric([], syncookies)
+            yield g
+
         rows = kernel.listeners()
         g_recv = GaugeMetricFamily("synguard_listen_syn_recv", "Half-open (SYN_RECV) requests per listener.",
                                    labels=["address", "port"])

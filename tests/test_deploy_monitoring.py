@@ -40,7 +40,8 @@ RULE_TESTS = PROM_DIR / "synguard.rules.test.yml"
 EXAMPLE = PROM_DIR / "prometheus.example.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "synguard.json"
 
-ALERTS = {"SynguardDown", "SynguardAttackActive", "SynguardNotProtecting", "SynguardCookieValidationCollapse",
+ALERTS = {"SynguardDown", "SynguardAttackActive", "SynguardNotProtecting", "SynguardCookiesUnavailable",
+          "SynguardCookieValidationCollapse", "SynguardCookiesRefused", "SynguardSyncookiesOff",
           "SynguardSynQueueHigh", "SynguardAcceptQueueOverflow", "SynguardConfigReloadFailed"}
 SEVERITIES = {"critical", "warning"}
 SYNQ_PORT = 8080      # backlog 64, filled with spoofed half-open requests
@@ -175,14 +176,30 @@ def test_promtool_checks_and_unit_tests_pass():
         assert "SUCCESS" in r.stdout + r.stderr
 
 
-def test_promtool_unit_tests_catch_a_broken_rule(tmp_path):
-    """The unit tests would notice a wrong threshold (they are not vacuous)."""
-    broken = RULES.read_text().replace("> 0.8", "> 0.9", 1)
-    assert broken != RULES.read_text()
-    (tmp_path / RULES.name).write_text(broken)
+# (text in synguard.rules.yml, a plausible wrong version, the rule the unit tests must then fail on)
+RULE_MUTATIONS = [
+    ("> 0.8", "> 0.9", "SynguardSynQueueHigh"),
+    ("increase(synguard_cookies_refused_total[5m])) >= 5", "increase(synguard_cookies_refused_total[5m])) >= 4",
+     "SynguardCookiesRefused"),
+    ("expr: synguard_kernel_tcp_syncookies == 0", "expr: synguard_kernel_tcp_syncookies < 2", "SynguardSyncookiesOff"),
+    ('synguard_cookie_method{method="none"} == 1)', 'synguard_cookie_method{method="none"} >= 0)',
+     "SynguardCookiesUnavailable"),
+    ("increase(synguard_cookies_validated_total[5m])) < 1", "increase(synguard_cookies_validated_total[5m])) < 5",
+     "SynguardCookieValidationCollapse"),
+    ("(rate(synguard_acks_checked_total[1m]))", "(rate(synguard_cookies_validated_total[1m]))",
+     "instance:synguard_acks_checked:rate1m"),
+]
+
+
+@pytest.mark.parametrize("old, new, rule", RULE_MUTATIONS, ids=[m[2] for m in RULE_MUTATIONS])
+def test_promtool_unit_tests_catch_a_broken_rule(tmp_path, old, new, rule):
+    """The unit tests would notice a wrong threshold or series (they are not vacuous)."""
+    text = RULES.read_text()
+    assert text.count(old) == 1, old
+    (tmp_path / RULES.name).write_text(text.replace(old, new))
     (tmp_path / RULE_TESTS.name).write_text(RULE_TESTS.read_text())
     r = promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
-    assert r.returncode != 0 and "SynguardSynQueueHigh" in r.stdout + r.stderr
+    assert r.returncode != 0 and rule in r.stdout + r.stderr
 
 
 def test_every_alert_has_for_severity_summary_description_and_tests():
