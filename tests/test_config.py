@@ -1060,3 +1060,20 @@ def test_fifo_device_and_huge_files_are_one_line_without_hanging(tmp_path):
         assert r.returncode == 1 and lines == [f"{path}: {lines[0].split(': ', 1)[1]}"], (path, r.stderr[-2000:])
         assert message in lines[0], lines
         assert took < 5, (path, took)
+
+
+def test_readme_config_table_names_only_keys_the_parser_accepts():
+    """README's "Config keys" table: every key it names exists (a removed key, such as
+    protect.allow_ttl, cannot linger there), and the example config lists none of the removed ones."""
+    import re
+
+    readme = (EXAMPLE.parent.parent / "README.md").read_text()
+    table = readme.split("### Config keys", 1)[1].split("\n### ", 1)[0]
+    named = []
+    for row in re.findall(r"^\| (`[^|]+`) \|", table, re.M):
+        keys = re.findall(r"`([\w.]+)`", row)
+        section = keys[0].rsplit(".", 1)[0] + "." if "." in keys[0] else ""
+        named += [keys[0]] + [k if "." in k or not section else section + k for k in keys[1:]]
+    assert len(named) >= 20, named
+    assert set(named) <= set(config.schema_keys()), set(named) - set(config.schema_keys())
+    assert not set(config.REMOVED_KEYS) & set(_key_paths(yaml.compose(EXAMPLE.read_text())))
