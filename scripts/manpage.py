@@ -48,18 +48,20 @@ sampled: counts are estimates).""",
 DESCRIPTION = """\
 .B synguard
 defends TCP servers against SYN floods. An XDP program on each protected interface counts
-SYNs and, when protection is on, answers SYNs from unverified sources with a SYN\\-ACK whose
-sequence number is a keyed cookie (SipHash\\-2\\-4, like the kernel's own SYN cookies); the
-client's ACK is checked and the connection handed to the kernel. Spoofed SYNs cost the
-server one XDP pass and never fill its listen queues.
+SYNs and, when protection is on, answers every SYN to a protected port with a real SYN\\-ACK
+whose sequence number is a keyed cookie (SipHash\\-2\\-4, like the kernel's own SYN cookies),
+before the kernel sees the SYN; a tc program checks the cookie in the client's ACK and the
+kernel makes the connection, in one round trip and with the client's TCP options. Spoofed
+SYNs cost the server one XDP pass and never fill its listen queues. Protection needs Linux 6.9 or later
+and \\fBnet.ipv4.tcp_syncookies\\fR not 0.
 .PP
 The daemon reads its settings from
 .IR /etc/synguard/synguard.yaml ,
 exports Prometheus metrics, logs one line per event, and answers
 .BR "synguard status" " and " "synguard top"
 on a control socket.
-The modes: \\fBobserve\\fR counts only; \\fBprotect\\fR challenges SYNs to the protected
-ports all the time; \\fBauto\\fR protects a port while the detector sees an attack on it.
+The modes: \\fBobserve\\fR counts only; \\fBprotect\\fR answers SYNs to the protected
+ports with cookies all the time; \\fBauto\\fR protects a port while the detector sees an attack on it.
 .PP
 The Debian package installs the service disabled: nothing is attached to any interface
 until the interfaces are listed in the configuration file and the service is enabled.

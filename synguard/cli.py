@@ -75,11 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-i", "--interface", action="append", default=None, dest="interfaces", metavar="IFACE",
                      help="interface to protect (repeat for several)")
     run.add_argument("--mode", choices=Mode.labels(), default=None,
-                     help="observe: count only; protect: challenge unverified sources (default: observe)")
+                     help="observe: count only; protect: answer SYNs with SYN cookies from XDP; "
+                          "auto: protect while an attack is detected (default: observe)")
     run.add_argument("--ports", type=_ports, default=None, metavar="LIST",
                      help="protected TCP ports, e.g. 80,443, or all (default: every port)")
-    run.add_argument("--allow-ttl", type=_seconds, default=None, metavar="DURATION",
-                     help="how long a verified source stays verified (default: 1h)")
+    # Removed with the RST challenge (ABI 2); still accepted so that an old command line
+    # (a systemd drop-in) does not stop the daemon from starting: warned about, ignored.
+    run.add_argument("--allow-ttl", default=None, help=argparse.SUPPRESS)
     run.add_argument("--xdp-mode", choices=XDP_MODES, default=None,
                      help="XDP attach mode; auto tries native, then generic (default: auto)")
     run.add_argument("--metrics-listen", default=None, metavar="HOST:PORT", help="Prometheus endpoint ('' = off)")
@@ -139,7 +141,7 @@ def cmd_run(args) -> int:
     try:
         cfg = configmod.load(args.config) if args.config else configmod.Config()
         overrides = {k: v for k, v in dict(interfaces=args.interfaces, mode=args.mode, ports=args.ports,
-                                              allow_ttl=args.allow_ttl, xdp_mode=args.xdp_mode).items()
+                                              xdp_mode=args.xdp_mode).items()
                      if v is not None}
         cfg = configmod.override(cfg, **overrides)
         extra = {}
@@ -153,6 +155,9 @@ def cmd_run(args) -> int:
     except configmod.ConfigError as e:
         print(str(e), file=sys.stderr)
         return 1
+    if args.allow_ttl is not None:
+        print(f"synguard run: warning: --allow-ttl {configmod.REMOVED_KEYS['protect.allow_ttl']}",
+              file=sys.stderr)
     if not cfg.interfaces:
         print("synguard run: error: no interface: give -i IFACE or `interfaces:` in the config", file=sys.stderr)
         return 2
@@ -227,6 +232,8 @@ def cmd_check_config(args) -> int:
     except Exception as e:  # a parser bug: still one line, never a traceback
         print(f"{args.file}: cannot load: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
         return 1
+    for line in cfg.warnings:  # keys that no longer mean anything: the file is still valid
+        print(f"{args.file}: warning: {line}", file=sys.stderr)
     # What the daemon would refuse at start, checked without compiling anything.
     problems = host_problems(cfg)
     for line in problems:

@@ -7,6 +7,9 @@ Contract:
   (list indexes are 0-based: protect.ports[2] is the third port).
 - Unknown keys are errors (with a "did you mean"), wrong types are errors, an
   empty file means all defaults. Config() is the defaults (DEFAULTS).
+- Keys of earlier versions that no longer mean anything (REMOVED_KEYS) are not
+  errors: the Config carries one warning line each (Config.warnings, same
+  "KEY.PATH (line N): ..." form) for check-config and the daemon's log.
 - The result holds tuples, ipaddress networks and int seconds; Config.to_dict()
   gives back the file's shape (JSON-ready, and parse() accepts it again).
 - override() applies `synguard run` flags on top (None = keep), validated by the
@@ -60,8 +63,8 @@ DEFAULT_CONTROL_SOCKET = "/run/synguard/control.sock"
 # rotations within that window would reject cookies still in flight, so the
 # period must exceed it; one minute leaves a margin.
 ROTATE_MIN_S = 60
-# allow_ttl ends up in sg_config.allow_ttl_s (u32) and is added to now_s; a year
-# is far past any sensible value and far from overflow.
+# The longest duration any key takes: a year is far past any sensible value and
+# far from overflowing the u32 seconds the data path adds them to.
 DURATION_MAX_S = 365 * 86400
 # AF_UNIX sun_path is 108 bytes including the terminating NUL.
 SUN_PATH_MAX = 107
@@ -103,7 +106,6 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 @dataclass(frozen=True)
 class ProtectConfig:
     ports: tuple[int, ...] = ()  # empty: every port
-    allow_ttl: int = 3600  # seconds a verified source stays verified
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,8 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     log: LogConfig = field(default_factory=LogConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    # Not settings: what parse() wants the operator to know (REMOVED_KEYS found in the file).
+    warnings: tuple[str, ...] = field(default=(), compare=False, metadata={"setting": False})
 
     def to_dict(self) -> dict:
         """The config file's shape, JSON-ready (CIDRs as strings, durations in
@@ -186,7 +190,8 @@ class Config:
 
 def _plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.init and f.metadata.get("setting", True)}
     if isinstance(obj, tuple):
         return [_plain(x) for x in obj]
     if isinstance(obj, (ipaddress.IPv4Network, ipaddress.IPv6Network, Mode)):
@@ -318,19 +323,25 @@ class _PyValue(_Value):
         return [_PyValue(x) for x in self.obj]
 
 
+def _where(path: str, line: int | None, msg: str) -> str:
+    if path and line:
+        return f"{path} (line {line}): {msg}"
+    if path or line:
+        return f"{path or f'line {line}'}: {msg}"
+    return msg
+
+
 class _Errors:
     def __init__(self):
         self._items: list[tuple[float, int, str]] = []
+        self.warnings: list[str] = []  # REMOVED_KEYS found: not errors
 
     def add(self, path: str, line: int | None, msg: str) -> None:
-        if path and line:
-            text = f"{path} (line {line}): {msg}"
-        elif path or line:
-            text = f"{path or f'line {line}'}: {msg}"
-        else:
-            text = msg
         # sorted by line, then in the order found
-        self._items.append((line if line is not None else float("inf"), len(self._items), text))
+        self._items.append((line if line is not None else float("inf"), len(self._items), _where(path, line, msg)))
+
+    def warn(self, path: str, line: int | None, msg: str) -> None:
+        self.warnings.append(_where(path, line, msg))
 
     def __bool__(self) -> bool:
         return bool(self._items)
@@ -704,6 +715,9 @@ def _section(cls: type, keys: dict[str, Checker],
                 errs.add(kpath, kline, f"duplicate key (first at line {seen[key]})" if seen[key] else "duplicate key")
                 continue
             seen[key] = kline
+            if key not in keys and kpath in REMOVED_KEYS:
+                errs.warn(kpath, kline, REMOVED_KEYS[kpath])
+                continue
             if key not in keys:
                 hint = _suggest(key, list(keys)) or f"; valid keys{' under ' + path if path else ''}: {', '.join(keys)}"
                 errs.add(kpath, kline, f"unknown key {key!r}{hint}")
@@ -746,7 +760,15 @@ def _detection_consistent(got: dict, raw: dict, path: str, errs: _Errors) -> Non
 
 _PROTECT_KEYS: dict[str, Checker] = {
     "ports": _list_of(_port, "ports 1-65535", sort=True),
-    "allow_ttl": _duration(),
+}
+
+# Keys earlier versions accepted that no longer mean anything -> why, in one line.
+# A warning, not an error: an upgraded host keeps the operator's edited conffile, and
+# an error there would fail the unit's ExecStartPre check and leave the host without
+# any protection over a key whose removal changes nothing it does.
+REMOVED_KEYS: dict[str, str] = {
+    "protect.allow_ttl": "removed with the RST challenge (no source is remembered any more: every new "
+                         "connection completes through its own SYN cookie); ignored, delete the line",
 }
 _SECRET_KEYS: dict[str, Checker] = {
     "file": _abs_path("a secret file", nullable=True),
@@ -831,7 +853,7 @@ def parse(text: str, source: str = "<string>") -> Config:
     cfg = _check_config(top, "", errs)
     if errs:
         raise ConfigError(errs.messages(), source)
-    return cfg
+    return dataclasses.replace(cfg, warnings=tuple(errs.warnings)) if errs.warnings else cfg
 
 
 def _yaml_problem(e: yaml.MarkedYAMLError) -> str:
@@ -895,19 +917,18 @@ _OVERRIDES: dict[str, tuple[str, str | None, str]] = {
     "mode": ("--mode", None, "mode"),
     "xdp_mode": ("--xdp-mode", None, "xdp_mode"),
     "ports": ("--ports", "protect", "ports"),
-    "allow_ttl": ("--allow-ttl", "protect", "allow_ttl"),
     "metrics_listen": ("--metrics-listen", "metrics", "listen"),  # "" disables metrics
     "control_socket": ("--control-socket", "control", "socket"),
     "log_format": ("--log-format", "log", "format"),
 }
 
 
-def override(cfg: Config, *, interfaces=None, mode=None, ports=None, allow_ttl=None, xdp_mode=None,
+def override(cfg: Config, *, interfaces=None, mode=None, ports=None, xdp_mode=None,
              metrics_listen=None, control_socket=None, log_format=None) -> Config:
     """cfg with `synguard run` flags applied (None = keep), checked like the file.
 
     Errors name the flag: ConfigError(source="command line")."""
-    given = dict(interfaces=interfaces, mode=mode, ports=ports, allow_ttl=allow_ttl, xdp_mode=xdp_mode,
+    given = dict(interfaces=interfaces, mode=mode, ports=ports, xdp_mode=xdp_mode,
                  metrics_listen=metrics_listen, control_socket=control_socket, log_format=log_format)
     errs = _Errors()
     top: dict[str, Any] = {}

@@ -190,6 +190,8 @@ class Daemon:
         ports = ",".join(map(str, cfg.protect.ports)) or "all"
         event("config", f"mode {cfg.mode}, protected ports {ports}, "
               f"allow {len(cfg.allow)} / deny {len(cfg.deny)} CIDRs", mode=cfg.mode.label, ports=list(cfg.protect.ports))
+        for line in cfg.warnings:  # keys of earlier versions, ignored (config.REMOVED_KEYS)
+            event("config_warning", f"{self.config_path or 'config'}: {line}", level=logging.WARNING)
 
     def _report_tc(self, ifname: str) -> None:
         """What attaching the tc program beside the XDP one (DataPath.attach) ran into."""

@@ -46,8 +46,8 @@ class SynguardCollector(Collector):
                 m.add_metric([ifname], values[counter])
             yield m
         protected = CounterMetricFamily(
-            "synguard_syn_protected", "SYNs to a protected port while protecting (challenged + allow CIDR; "
-            "derived, not counted in XDP).", labels=["interface"])
+            "synguard_syn_protected", "SYNs to a protected port while protecting (answered with a cookie + "
+            "allow CIDR; derived, not counted in XDP).", labels=["interface"])
         for ifname, v in by_if.items():
             protected.add_metric([ifname], v[Counter.CHALLENGE_SENT] + v[Counter.SYN_ALLOW_CIDR])
         yield protected
@@ -68,7 +68,8 @@ class SynguardCollector(Collector):
         for m in ("kfunc", "none"):
             method.add_metric([m], 1.0 if (d.datapath.cookie_method or "none") == m else 0.0)
         yield method
-        active = GaugeMetricFamily("synguard_protecting", "1 while the XDP program challenges (protect), else 0.")
+        active = GaugeMetricFamily("synguard_protecting", "1 while XDP answers SYNs to protected ports with cookies (protect, or "
+                                   "auto with a port armed), else 0.")
         active.add_metric([], 1.0 if d.protecting else 0.0)
         yield active
 
@@ -113,6 +114,16 @@ class SynguardCollector(Collector):
         g = GaugeMetricFamily("synguard_detector_baseline_syn_rate", "Learnt normal SYN rate (EWMA), SYN/s.")
         g.add_metric([], det.baseline if det else 0.0)
         yield g
+
+        # Not in node_exporter's default collectors, and it decides whether a cookie ACK becomes a
+        # connection: with 0 the kfunc still succeeds (cookies validated) but the kernel resets the ACK.
+        syncookies = kernel.sysctls().get("net.ipv4.tcp_syncookies")
+        if syncookies is not None:
+            g = GaugeMetricFamily("synguard_kernel_tcp_syncookies",
+                                  "net.ipv4.tcp_syncookies in the daemon's network namespace (0: the kernel "
+                                  "resets every cookie ACK, and drops SYNs when a SYN queue is full).")
+            g.add_metric([], syncookies)
+            yield g
 
         rows = kernel.listeners()
         g_recv = GaugeMetricFamily("synguard_listen_syn_recv", "Half-open (SYN_RECV) requests per listener.",

@@ -18,7 +18,7 @@ Contract:
 - Fresh address: before every contact the kind's *edge* interface (``w0``: the
   client's own for plain/fw, the router's WAN side for the NAT kinds) gets a
   never-used address (add new, delete old). The server sees a new source each
-  time: no allowlist entry, no tcp_metrics, no neighbour entry, no conntrack
+  time: no tcp_metrics, no neighbour entry, no conntrack
   state carried over. The server reaches each kind's pool over the kind's own
   link (10.<80+i>.0.0/16, fd80:<i>::/64; server .1 / ::1 on ``k<i>``).
 - Clients connect with real kernel sockets made in the client namespace (setns

@@ -86,6 +86,8 @@ CROWD_TARGET_PPS = 3000
 CROWD_LOW_FLOOR = 500
 SETTLE_S = 2.0  # after non-attack traffic: ticks in which a late false alarm would show
 DAEMON_START_TIMEOUT = 90.0
+# Keys of the status document (synguard.status.document) kept in a result, beside the detection.
+STATUS_KEPT = ("protecting", "cookie_method", "counters", "kernel")
 
 
 @dataclass(frozen=True)
@@ -411,8 +413,7 @@ def analyse(sc: Scenario, res: dict) -> dict:
     for key in ("status_mid", "status_end"):  # keep the useful part of the status documents
         st = res.get(key)
         if st and "detection" in st:
-            res[key] = {"protecting": st.get("protecting"), "detection": st["detection"] | {"events": None},
-                        "counters": st.get("counters"), "allowlist": st.get("allowlist")}
+            res[key] = {k: st.get(k) for k in STATUS_KEPT} | {"detection": st["detection"] | {"events": None}}
     return res
 
 

@@ -9,11 +9,15 @@ window scaling behind NAT; IPv4 and IPv6 each.
   connects at first contact within FIRST_CONTACT_MS, the server sees the fresh
   address (NAT'ed for the NAT kinds) and negotiates the options the client's
   stack offers. The table of median times is printed (``-s`` / ``-rA``).
-- Under a defense in protect mode on the server port: the same requirement.
-  The RST challenge fails it for NAT and INVALID-dropping clients (its SYN-ACK
-  acknowledges a cookie, which conntrack marks INVALID), so that
-  parametrization is a strict xfail: when the one-round-trip defense lands and
-  the test passes, pytest reports XPASS as a failure -- flip it then.
+- Under a defense on the server port: the same requirement, and the defense must
+  have answered the SYNs itself (its own counters), so a defense that never saw
+  them cannot pass vacuously. Defenses: synguard in protect mode (XDP answers the
+  SYN with a real SYN-ACK whose seq is the cookie, the tc program checks the ACK
+  and the kernel makes the connection: one round trip, options kept; the kernel
+  never sends a syncookie of its own), and, as the control, the kernel's own
+  syncookies for every SYN (tcp_syncookies=2). The earlier RST challenge failed
+  NAT and INVALID-dropping clients here (its SYN-ACK acknowledged a cookie, which
+  conntrack marks INVALID); it is gone since ABI 2.
 
 One Lab + ClientMatrix per module (fresh addresses make contacts independent);
 the DataPath is detached from every server interface after each test, and the
@@ -31,6 +35,7 @@ import pytest
 
 from helpers import hard_timeout, needs_lab
 
+from synguard import cookie
 from synguard.abi import Counter, Mode
 from synguard_lab.clientlab import ALL_OPTS, KINDS, ClientMatrix
 from synguard_lab.lab import NETNS_DIR, Lab
@@ -55,9 +60,10 @@ def clients():
 
 @pytest.fixture(scope="module")
 def clients_dp():
+    """XDP + tc programs on shared maps (DataPath(tc=True)), as the daemon loads them."""
     from synguard.datapath import DataPath
 
-    d = DataPath()
+    d = DataPath(tc=True)
     try:
         yield d
     finally:
@@ -66,32 +72,41 @@ def clients_dp():
 
 @pytest.fixture
 def attach(clients, clients_dp):
-    """attach(mode): the DataPath on every server interface the clients use,
-    configured as the daemon would; detached again after the test."""
+    """attach(mode): the DataPath (XDP and tc) on every server interface the clients
+    use, configured as the daemon would (slot keys, slot, SYN-ACK settings from the
+    server namespace's sysctls); detached again after the test."""
+    from synguard.daemon import synack_settings
+
     lab, matrix = clients
     dp = clients_dp
 
     def _attach(mode: Mode):
-        dp.set_secret(1, os.urandom(16))
+        # The daemon's cookie clock, frozen for the test: keys of the previous and
+        # the current slot (the tc program accepts both), then the slot itself.
+        slot = cookie.slot_of(int(time.time()))
+        for s in (slot - 1, slot):
+            dp.set_slot_key(s, os.urandom(16))
+        dp.set_slot(slot)
         dp.tick()
-        dp.set_allow_ttl(60)
         dp.set_ports({PORT})
         dp.set_allow_cidrs([])
         dp.set_deny_cidrs([])
-        dp.allowlist_clear()
-        dp.set_mode(mode)
-        # Interface names resolve in the calling thread's netns.
+        # Interface names and sysctls resolve in the calling thread's netns.
         with lab.netns(lab.server_ns):
+            dp.set_synack(*synack_settings(1500))
             for ifname in matrix.server_ifs:
                 assert dp.attach(ifname, "native") == "native"
+                assert dp.tc_problem is None, dp.tc_problem
+        dp.set_mode(mode)
         return dp
 
+    _attach.datapath = dp
     try:
         yield _attach
     finally:
+        dp.set_mode(Mode.OBSERVE)
         with lab.netns(lab.server_ns):
             dp.detach_all()
-        dp.set_mode(Mode.OBSERVE)
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -178,15 +193,31 @@ def test_kernel_alone_every_kind_connects_at_first_contact(clients, attach, prog
 # --- 2. under a defense -----------------------------------------------------------------
 
 @contextlib.contextmanager
-def _rst_challenge(lab, attach):
+def _synguard(lab, attach):
+    """synguard in protect mode: every first contact answered by XDP (challenges
+    sent), completed by the tc program (cookies validated, none refused), and the
+    kernel never sent a syncookie of its own."""
+    if attach.datapath.cookie_method is None:
+        pytest.skip("the tc program cannot run here (kernel without bpf_sk_assign_tcp_reqsk)")
     dp = attach(Mode.PROTECT)
     before = dp.counters()
+    kernel_before = lab.netstat(lab.server_ns)["TcpExt"]["SyncookiesSent"]
 
     def engaged(n_contacts: int) -> str | None:
-        sent = dp.counters()[Counter.CHALLENGE_SENT] - before[Counter.CHALLENGE_SENT]
-        if sent < n_contacts:
-            return f"only {sent} challenges for {n_contacts} first contacts"
-        return None
+        after = dp.counters()
+        d = {c: after[c] - before[c] for c in Counter}
+        kernel = lab.netstat(lab.server_ns)["TcpExt"]["SyncookiesSent"] - kernel_before
+        why = []
+        if d[Counter.CHALLENGE_SENT] < n_contacts:
+            why.append(f"XDP answered {d[Counter.CHALLENGE_SENT]} SYNs for {n_contacts} first contacts")
+        if d[Counter.COOKIE_VALIDATED] < n_contacts:
+            why.append(f"tc validated {d[Counter.COOKIE_VALIDATED]} cookies for {n_contacts} first contacts")
+        if d[Counter.COOKIE_REFUSED] or d[Counter.COOKIE_NO_LISTENER]:
+            why.append(f"{d[Counter.COOKIE_REFUSED]} cookies refused by the kernel, "
+                       f"{d[Counter.COOKIE_NO_LISTENER]} without listener")
+        if kernel:
+            why.append(f"the kernel sent {kernel} syncookies of its own (SYNs reached it)")
+        return "; ".join(why) or None
     yield engaged
 
 
@@ -215,30 +246,15 @@ def _kernel_syncookies(lab, attach):
 # name -> context manager (lab, attach) yielding engaged(n_contacts): None, or why
 # the defense never saw the SYNs. A new defense adds its own entry (own counters).
 DEFENSES = {
-    # synguard protect mode today: the SYN-ACK acknowledges a cookie, the
-    # client's RST allowlists its address.
-    "rst-challenge": _rst_challenge,
+    # synguard protect mode: XDP SYN-ACK with the cookie as seq, tc ACK check, the
+    # kernel makes the connection (bpf_sk_assign_tcp_reqsk).
+    "synguard": _synguard,
     "kernel-syncookies": _kernel_syncookies,
 }
 
-RST_CHALLENGE_XFAIL = pytest.mark.xfail(
-    strict=True, raises=AssertionError,   # a broken lab (error) still fails
-    reason="RST challenge: its SYN-ACK acknowledges a cookie instead of ISN+1. Cookie "
-           "above ISN+1: conntrack marks it INVALID ('ACK over the upper bound'), an "
-           "INVALID-dropping client never answers and retries the same ISN (same cookie) "
-           "until connect() times out; a NAT router does not reverse-translate it, its own "
-           "stack answers the RST (allowlisting the router) and the client waits a 1 s RTO. "
-           "Cookie below ISN+1 behind NAT: the client's RST confuses the router's conntrack "
-           "and the handshake's ACK leaves un-NATed (private source): connect() succeeds, "
-           "the server never gets the connection. Flip to a requirement when the "
-           "one-round-trip defense (real SYN-ACK, cookie seq, tc completion) lands.")
-
 
 @hard_timeout(420)
-@pytest.mark.parametrize("defense", [
-    pytest.param("rst-challenge", marks=RST_CHALLENGE_XFAIL),
-    "kernel-syncookies",
-])
+@pytest.mark.parametrize("defense", ["synguard", "kernel-syncookies"])
 def test_every_kind_connects_at_first_contact_under_defense(clients, attach, defense,
                                                             record_property):
     lab, matrix = clients

@@ -49,7 +49,7 @@ def test_default_values():
     assert d.interfaces == ()
     assert d.mode == Mode.OBSERVE
     assert d.xdp_mode == "auto"
-    assert d.protect.ports == () and d.protect.allow_ttl == 3600
+    assert d.protect == config.ProtectConfig(ports=()) and d.warnings == ()
     assert d.allow == () and d.deny == ()
     assert d.secret.file is None and d.secret.rotate_every == 600
     assert d.metrics.listen == "127.0.0.1:9046"
@@ -80,7 +80,6 @@ def test_full_config_values_and_types():
         xdp_mode: native
         protect:
           ports: [443, 80]
-          allow_ttl: 1h30m
         allow: [192.0.2.0/24, "2001:db8::/32", 198.51.100.7]
         deny: [203.0.113.0/24]
         secret:
@@ -96,7 +95,6 @@ def test_full_config_values_and_types():
     assert cfg.interfaces == ("eth0", "bond0.100")
     assert cfg.mode == Mode.PROTECT and cfg.xdp_mode == "native"
     assert cfg.protect.ports == (80, 443)  # sorted
-    assert cfg.protect.allow_ttl == 5400
     assert cfg.allow == (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32"),
                          ipaddress.ip_network("198.51.100.7/32"))
     assert all(isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network)) for n in cfg.allow + cfg.deny)
@@ -160,7 +158,35 @@ def test_unknown_nested_key_suggests_with_full_path():
 
 def test_unknown_key_without_close_match_lists_valid_keys():
     e = one_error("protect:\n  zzz: 1\n")
-    assert e == "protect.zzz (line 2): unknown key 'zzz'; valid keys under protect: ports, allow_ttl"
+    assert e == "protect.zzz (line 2): unknown key 'zzz'; valid keys under protect: ports"
+
+
+REMOVED_TTL = ("protect.allow_ttl (line 3): removed with the RST challenge (no source is remembered any more: "
+               "every new connection completes through its own SYN cookie); ignored, delete the line")
+
+
+def test_removed_allow_ttl_is_a_warning_not_an_error():
+    """An upgraded host keeps its edited conffile (the shipped one listed allow_ttl: 1h):
+    the file still loads, with one warning line naming the key, its line and why."""
+    old = "mode: protect\nprotect:\n  allow_ttl: 1h\n  ports: [80]\n"
+    cfg = parse(old)
+    assert cfg == parse("mode: protect\nprotect:\n  ports: [80]\n")
+    assert cfg.warnings == (REMOVED_TTL,)
+    assert parse("protect: {ports: [80]}\n").warnings == ()
+    # Only that key: a typo of it, or the key elsewhere, is still an error.
+    assert one_error("protect:\n  allow_tl: 1h\n").startswith("protect.allow_tl (line 2): unknown key")
+    assert one_error("detection:\n  allow_ttl: 1h\n").startswith("detection.allow_ttl (line 2): unknown key")
+    # ... and real errors still fail the file.
+    assert one_error(old.replace("[80]", "[0]")).startswith("protect.ports[0] (line 4)")
+
+
+def test_check_config_warns_about_allow_ttl_and_passes(tmp_path):
+    p = tmp_path / "old.yaml"
+    p.write_text("mode: observe\nprotect:\n  allow_ttl: 1h\n")
+    r, _ = _check_config(p)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [f"{p}: warning: {REMOVED_TTL}"]
+    assert r.stdout.startswith(f"{p}: OK")
 
 
 def test_unknown_detection_key_suggests_the_close_one():
@@ -259,7 +285,7 @@ def test_detection_errors_all_at_once_with_lines():
 @pytest.mark.parametrize("text, expected", [
     ("mode: 1\n", "mode (line 1): expected one of observe, protect, auto, got integer 1"),
     ("interfaces: eth0\n", "interfaces (line 1): expected a list of interface names, got string 'eth0'"),
-    ("protect: [80]\n", "protect (line 1): expected a mapping with keys ports, allow_ttl, got a list"),
+    ("protect: [80]\n", "protect (line 1): expected a mapping with keys ports, got a list"),
     ("protect:\n  ports: \"80,443\"\n", "protect.ports (line 2): expected a list of ports 1-65535, got string '80,443'"),
     ("protect:\n  ports: [\"80\"]\n", "protect.ports[0] (line 2): expected a port number 1-65535, got string '80'"),
     ("allow: [10]\n", "allow[0] (line 1): expected a CIDR like 192.0.2.0/24 or 2001:db8::/32, got integer 10"),
@@ -324,7 +350,7 @@ def test_port_boolean_is_not_an_integer():
     ("1h30m", 5400), ("1d2h3m4s", 93784), ("1_000", 1000),
 ])
 def test_duration_forms(value, seconds):
-    assert parse(f"protect:\n  allow_ttl: {value}\n").protect.allow_ttl == seconds
+    assert parse(f"detection:\n  hold: {value}\n").detection.hold == seconds
 
 
 @pytest.mark.parametrize("value, message", [
@@ -342,8 +368,8 @@ def test_duration_forms(value, seconds):
     ("400d", "400d is above the maximum 365d"),
 ])
 def test_bad_duration(value, message):
-    e = one_error(f"protect:\n  allow_ttl: {value}\n")
-    assert e.startswith("protect.allow_ttl (line 2): ") and message in e, e
+    e = one_error(f"detection:\n  hold: {value}\n")
+    assert e.startswith("detection.hold (line 2): ") and message in e, e
 
 
 def test_rotation_faster_than_a_minute_is_refused_with_the_reason():
@@ -581,7 +607,7 @@ def test_all_errors_reported_together_with_lines(tmp_path):
           ports:
             - 80
             - 70000
-          allow_ttl: 5x
+        secret: {rotate_every: 5x}
         allow:
           - 10.0.0.1/8
         metrics:
@@ -593,7 +619,7 @@ def test_all_errors_reported_together_with_lines(tmp_path):
     assert ei.value.errors == [
         "mode (line 2): 'protec' is not one of observe, protect, auto; did you mean 'protect'?",
         "protect.ports[1] (line 6): port 70000 out of range 1-65535",
-        "protect.allow_ttl (line 7): invalid duration '5x': use seconds or e.g. 90s, 10m, 1h, 2d, 1h30m",
+        "secret.rotate_every (line 7): invalid duration '5x': use seconds or e.g. 90s, 10m, 1h, 2d, 1h30m",
         "allow[0] (line 9): '10.0.0.1/8' has host bits set; did you mean '10.0.0.0/8'?",
         "metrics.listen (line 11): '::1:9046': an IPv6 address goes in brackets: [::1]:9046",
         "colour (line 12): unknown key 'colour'; valid keys: interfaces, mode, xdp_mode, protect, allow, deny, "
@@ -620,17 +646,17 @@ def test_config_error_is_a_value_error_and_not_double_prefixed():
 # -- override() -------------------------------------------------------------------------------
 
 def test_override_none_keeps_everything():
-    cfg = parse("interfaces: [eth0]\nmode: protect\nprotect: {ports: [80], allow_ttl: 5m}\n")
+    cfg = parse("interfaces: [eth0]\nmode: protect\nprotect: {ports: [80]}\ndetection: {hold: 5m}\n")
     assert config.override(cfg) == cfg
 
 
 def test_override_replaces_given_values_only():
-    cfg = parse("interfaces: [eth0]\nprotect: {ports: [80], allow_ttl: 5m}\nlog: {format: json}\n")
+    cfg = parse("interfaces: [eth0]\nprotect: {ports: [80]}\nlog: {format: json}\n")
     new = config.override(cfg, interfaces=["eth1", "eth2"], mode="protect", ports=[443, 80],
-                          allow_ttl="2h", xdp_mode="generic")
+                          xdp_mode="generic")
     assert new.interfaces == ("eth1", "eth2")
     assert new.mode == Mode.PROTECT and new.xdp_mode == "generic"
-    assert new.protect == config.ProtectConfig(ports=(80, 443), allow_ttl=7200)
+    assert new.protect == config.ProtectConfig(ports=(80, 443))
     assert new.log.format == "json"  # untouched
     assert cfg.protect.ports == (80,) and cfg.mode == Mode.OBSERVE  # original unchanged
 
@@ -638,7 +664,8 @@ def test_override_replaces_given_values_only():
 def test_override_empty_ports_means_every_port():
     cfg = parse("protect: {ports: [80]}\n")
     assert config.override(cfg, ports=[]).protect.ports == ()
-    assert config.override(cfg, allow_ttl=90).protect == config.ProtectConfig(ports=(80,), allow_ttl=90)
+    with pytest.raises(TypeError):
+        config.override(cfg, allow_ttl=90)  # removed with the RST challenge
 
 
 def test_override_metrics_control_log():
@@ -654,13 +681,12 @@ def test_override_metrics_control_log():
 
 def test_override_is_validated_and_names_the_flags():
     with pytest.raises(ConfigError) as ei:
-        config.override(config.DEFAULTS, mode="block", ports=[70000], allow_ttl=0, interfaces=["a/b"])
+        config.override(config.DEFAULTS, mode="block", ports=[70000], interfaces=["a/b"])
     assert ei.value.source == "command line"
     assert ei.value.errors == [
         "--interface[0]: interface name 'a/b' may not contain '/', ':' or whitespace, nor be '.' or '..'",
         "--mode: 'block' is not one of observe, protect, auto",
         "--ports[0]: port 70000 out of range 1-65535",
-        "--allow-ttl: duration must be positive, got 0",
     ]
 
 
@@ -685,7 +711,7 @@ def test_to_dict_is_json_and_round_trips():
     d = cfg.to_dict()
     assert d["allow"] == ["192.0.2.0/24", "2001:db8::/32"]
     assert d["metrics"] == {"listen": None}
-    assert d["protect"] == {"ports": [80], "allow_ttl": 3600}
+    assert d["protect"] == {"ports": [80]} and "warnings" not in d
     json.dumps(d)
     assert parse(yaml.safe_dump(d)) == cfg
     assert parse(json.dumps(d)) == cfg  # JSON is YAML
@@ -854,8 +880,7 @@ def valid_configs(draw):
         doc["deny"], want["deny"] = [str(n) for n in cidrs[cut:]], tuple(cidrs[cut:])
     for name, cls, keys in (
         ("protect", config.ProtectConfig, {
-            "ports": pair(st.lists(st.integers(1, 65535), unique=True, max_size=8), lambda p: tuple(sorted(p))),
-            "allow_ttl": durations()}),
+            "ports": pair(st.lists(st.integers(1, 65535), unique=True, max_size=8), lambda p: tuple(sorted(p)))}),
         ("secret", config.SecretConfig, {
             "file": st.one_of(st.just((None, None)), pair(paths)),
             "rotate_every": durations(config.ROTATE_MIN_S)}),
@@ -957,12 +982,12 @@ def merge_bomb(levels: int, fan: int, size: int) -> str:
 
 
 HOSTILE_NUMBERS = {
-    "int_5001_digits": ("protect:\n  allow_ttl: " + "9" * 5001 + "\n", "protect.allow_ttl (line 2)"),
+    "int_5001_digits": ("detection:\n  hold: " + "9" * 5001 + "\n", "detection.hold (line 2)"),
     "port_5001_digits": ("protect:\n  ports: [80, " + "9" * 5001 + "]\n", "protect.ports[1] (line 2)"),
     "floor_5001_digits": ("detection:\n  floor_pps: -" + "9" * 5001 + "\n", "detection.floor_pps (line 2)"),
     "interfaces_5001_digits": ("interfaces: " + "9" * 5001 + "\n", "interfaces (line 1)"),
     "hex_4000_digits": ("protect:\n  ports: [0x" + "f" * 4000 + "]\n", "protect.ports[0] (line 2)"),
-    "duration_5001_digits": ("protect:\n  allow_ttl: '" + "9" * 5001 + "s'\n", "protect.allow_ttl (line 2)"),
+    "duration_5001_digits": ("detection:\n  source_deny: '" + "9" * 5001 + "s'\n", "detection.source_deny (line 2)"),
     "float_5001_digits": ("detection:\n  ewma_alpha: " + "9" * 5001 + ".5\n", "detection.ewma_alpha (line 2)"),
 }
 
@@ -1017,8 +1042,8 @@ def test_hostile_yaml_shapes_are_one_line(tmp_path, text, message):
 
 
 def test_legitimate_merge_keys_still_work():
-    cfg = parse("protect: {<<: {ports: [80, 443]}, allow_ttl: 10m}\n")
-    assert cfg.protect.ports == (80, 443) and cfg.protect.allow_ttl == 600
+    cfg = parse("detection: {<<: {floor_pps: 500}, hold: 10m}\nprotect: {<<: {ports: [80, 443]}}\n")
+    assert cfg.protect.ports == (80, 443) and cfg.detection.hold == 600 and cfg.detection.floor_pps == 500
 
 
 def test_fifo_device_and_huge_files_are_one_line_without_hanging(tmp_path):
@@ -1035,3 +1060,20 @@ def test_fifo_device_and_huge_files_are_one_line_without_hanging(tmp_path):
         assert r.returncode == 1 and lines == [f"{path}: {lines[0].split(': ', 1)[1]}"], (path, r.stderr[-2000:])
         assert message in lines[0], lines
         assert took < 5, (path, took)
+
+
+def test_readme_config_table_names_only_keys_the_parser_accepts():
+    """README's "Config keys" table: every key it names exists (a removed key, such as
+    protect.allow_ttl, cannot linger there), and the example config lists none of the removed ones."""
+    import re
+
+    readme = (EXAMPLE.parent.parent / "README.md").read_text()
+    table = readme.split("### Config keys", 1)[1].split("\n### ", 1)[0]
+    named = []
+    for row in re.findall(r"^\| (`[^|]+`) \|", table, re.M):
+        keys = re.findall(r"`([\w.]+)`", row)
+        section = keys[0].rsplit(".", 1)[0] + "." if "." in keys[0] else ""
+        named += [keys[0]] + [k if "." in k or not section else section + k for k in keys[1:]]
+    assert len(named) >= 20, named
+    assert set(named) <= set(config.schema_keys()), set(named) - set(config.schema_keys())
+    assert not set(config.REMOVED_KEYS) & set(_key_paths(yaml.compose(EXAMPLE.read_text())))

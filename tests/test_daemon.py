@@ -179,6 +179,26 @@ def test_sighup_keeps_the_running_config_on_errors(lab, tmp_path):
         lab.stop(d.proc)
 
 
+def test_removed_allow_ttl_is_logged_once_and_ignored(lab, tmp_path):
+    """An upgraded conffile still saying protect.allow_ttl: the daemon starts in protect mode
+    and logs one warning naming the line; reloaded without it, it warns no more."""
+    old = config_text(lab).replace("protect:\n", "protect:\n  allow_ttl: 1h\n")
+    d = Running(lab, tmp_path, old)
+    try:
+        warned = [line for line in d.log if f"{d.config}: protect.allow_ttl (line 4): removed with the RST "
+                  f"challenge" in line]
+        assert len(warned) == 1, d.log
+        st = d.status()
+        assert st["mode"] == "protect" and st["ports"] == [PORT]
+        seen = len(d.log)
+        d.config.write_text(config_text(lab))
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log("config reloaded")
+        assert not any("removed with the RST challenge" in line for line in d.log[seen:]), d.log[seen:]
+    finally:
+        lab.stop(d.proc)
+
+
 def test_sighup_survives_hostile_configs(lab, tmp_path):
     """Issue 11, finding 4/5: a reload of a 5,001-digit integer, a merge-key bomb, a FIFO
     or /dev/zero is a logged failure; the daemon keeps running with its last good config."""

@@ -40,7 +40,8 @@ RULE_TESTS = PROM_DIR / "synguard.rules.test.yml"
 EXAMPLE = PROM_DIR / "prometheus.example.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "synguard.json"
 
-ALERTS = {"SynguardDown", "SynguardAttackActive", "SynguardNotProtecting", "SynguardCookieValidationCollapse",
+ALERTS = {"SynguardDown", "SynguardAttackActive", "SynguardNotProtecting", "SynguardCookiesUnavailable",
+          "SynguardCookieValidationCollapse", "SynguardCookiesRefused", "SynguardSyncookiesOff",
           "SynguardSynQueueHigh", "SynguardAcceptQueueOverflow", "SynguardConfigReloadFailed"}
 SEVERITIES = {"critical", "warning"}
 SYNQ_PORT = 8080      # backlog 64, filled with spoofed half-open requests
@@ -175,14 +176,30 @@ def test_promtool_checks_and_unit_tests_pass():
         assert "SUCCESS" in r.stdout + r.stderr
 
 
-def test_promtool_unit_tests_catch_a_broken_rule(tmp_path):
-    """The unit tests would notice a wrong threshold (they are not vacuous)."""
-    broken = RULES.read_text().replace("> 0.8", "> 0.9", 1)
-    assert broken != RULES.read_text()
-    (tmp_path / RULES.name).write_text(broken)
+# (text in synguard.rules.yml, a plausible wrong version, the rule the unit tests must then fail on)
+RULE_MUTATIONS = [
+    ("> 0.8", "> 0.9", "SynguardSynQueueHigh"),
+    ("increase(synguard_cookies_refused_total[5m])) >= 5", "increase(synguard_cookies_refused_total[5m])) >= 4",
+     "SynguardCookiesRefused"),
+    ("expr: synguard_kernel_tcp_syncookies == 0", "expr: synguard_kernel_tcp_syncookies < 2", "SynguardSyncookiesOff"),
+    ('synguard_cookie_method{method="none"} == 1)', 'synguard_cookie_method{method="none"} >= 0)',
+     "SynguardCookiesUnavailable"),
+    ("increase(synguard_cookies_validated_total[5m])) < 1", "increase(synguard_cookies_validated_total[5m])) < 5",
+     "SynguardCookieValidationCollapse"),
+    ("(rate(synguard_acks_checked_total[1m]))", "(rate(synguard_cookies_validated_total[1m]))",
+     "instance:synguard_acks_checked:rate1m"),
+]
+
+
+@pytest.mark.parametrize("old, new, rule", RULE_MUTATIONS, ids=[m[2] for m in RULE_MUTATIONS])
+def test_promtool_unit_tests_catch_a_broken_rule(tmp_path, old, new, rule):
+    """The unit tests would notice a wrong threshold or series (they are not vacuous)."""
+    text = RULES.read_text()
+    assert text.count(old) == 1, old
+    (tmp_path / RULES.name).write_text(text.replace(old, new))
     (tmp_path / RULE_TESTS.name).write_text(RULE_TESTS.read_text())
     r = promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
-    assert r.returncode != 0 and "SynguardSynQueueHigh" in r.stdout + r.stderr
+    assert r.returncode != 0 and rule in r.stdout + r.stderr
 
 
 def test_every_alert_has_for_severity_summary_description_and_tests():
@@ -246,11 +263,12 @@ def test_dashboard_structure():
 
     exprs = dashboard_exprs(dash)
     used = set().union(*(metric_names(e) for _, e, _ in exprs))
-    wanted = {"synguard_syn_received_total", "synguard_challenges_sent_total", "synguard_cookies_validated_total",
-              "synguard_syn_passed_total", "synguard_syn_dropped_total", "synguard_attack_active",
-              "synguard_sources_distinct", "synguard_detector_cusum", "synguard_listen_syn_recv",
-              "synguard_listen_backlog", "synguard_listen_accept_queue", "synguard_allowlist_entries",
-              "synguard_mode", "synguard_build_info"}
+    wanted = {"synguard_syn_received_total", "synguard_challenges_sent_total", "synguard_acks_checked_total",
+              "synguard_cookies_validated_total", "synguard_cookies_refused_total",
+              "synguard_cookies_no_listener_total", "synguard_syn_passed_total", "synguard_syn_dropped_total",
+              "synguard_attack_active", "synguard_sources_distinct", "synguard_detector_cusum",
+              "synguard_listen_syn_recv", "synguard_listen_backlog", "synguard_listen_accept_queue",
+              "synguard_cookie_method", "synguard_kernel_tcp_syncookies", "synguard_mode", "synguard_build_info"}
     assert wanted <= used, wanted - used
     assert any("synguard_attack" in a.get("expr", "") for a in dash["annotations"]["list"])
     for where, expr, ctx in exprs:
@@ -503,6 +521,10 @@ def test_real_prometheus_scrapes_the_daemon_and_evaluates_rules_and_dashboard(li
             doc = api.query(rule["expr"])
             assert doc["status"] == "success", (name, doc)
         assert alert_present(api, "SynguardDown") is None
+        # This kernel completes cookies (kfunc) and tcp_syncookies is on: neither alert may be pending.
+        assert sample(d.scrape(), "synguard_cookie_method", method="kfunc") == 1
+        assert alert_present(api, "SynguardCookiesUnavailable") is None
+        assert alert_present(api, "SynguardSyncookiesOff") is None
 
         # 4. Real kernel state raises the listener alerts: a spoofed burst fills the SYN queue
         #    (observe mode: nothing challenged), connections nobody accepts fill the accept queue.
@@ -524,7 +546,23 @@ def test_real_prometheus_scrapes_the_daemon_and_evaluates_rules_and_dashboard(li
         ratio = api.query(f'listener:synguard_listen_syn_queue:ratio{{port="{SYNQ_PORT}"}}')["data"]["result"]
         assert ratio and float(ratio[0]["value"][1]) >= 0.8
 
-        # 5. A rejected SIGHUP reload raises SynguardConfigReloadFailed.
+        # 5. net.ipv4.tcp_syncookies=0 in the daemon's namespace (the kernel would reset every
+        #    cookie ACK) raises SynguardSyncookiesOff from the daemon's gauge.
+        key = "net/ipv4/tcp_syncookies"
+        with lab.netns(lab.server_ns), open(f"/proc/sys/{key}") as f:
+            old_syncookies = int(f.read())
+        assert old_syncookies != 0
+        try:
+            lab._sysctls(lab.server_ns, {key: 0})
+            assert sample(d.scrape(), "synguard_kernel_tcp_syncookies") == 0
+            off = api.wait("SynguardSyncookiesOff pending", lambda: alert_present(
+                api, "SynguardSyncookiesOff", instance="127.0.0.1:9046"), 20, proc)
+            assert off["labels"]["severity"] == "critical" and "sysctl -w" in off["annotations"]["description"]
+        finally:
+            lab._sysctls(lab.server_ns, {key: old_syncookies})
+        assert sample(d.scrape(), "synguard_kernel_tcp_syncookies") == old_syncookies
+
+        # 6. A rejected SIGHUP reload raises SynguardConfigReloadFailed.
         assert alert_present(api, "SynguardConfigReloadFailed") is None
         d.config.write_text(config_text(lab, mode="observe") + "bogus_key: 1\n")
         d.proc.send_signal(signal.SIGHUP)

@@ -35,6 +35,8 @@ def test_counters_move_with_real_packets(registry, dp):
     assert get("synguard_syn_protected_total", interface="other") == protected + 1
     assert get("synguard_mode", mode="protect") == 1 and get("synguard_mode", mode="auto") == 0
     assert get("synguard_secret_rotations_total") == 0
+    with open("/proc/sys/net/ipv4/tcp_syncookies") as f:
+        assert get("synguard_kernel_tcp_syncookies") == int(f.read())
 
 
 def test_exposition_parses_and_names_follow_conventions(registry, dp):
