@@ -481,7 +481,10 @@ class Daemon:
         last_log = last_dog = last_watch = last_tick = time.monotonic()
         logged = self.datapath.counters()
         try:
+            fault = os.environ.get("SYNGUARD_TEST_FAULT")  # tests only: an unexpected error in the loop
             while not self._stop.wait(1.0):
+                if fault == "tick":
+                    raise RuntimeError("SYNGUARD_TEST_FAULT=tick: injected fault")
                 now = time.monotonic()
                 wall = int(time.time())
                 self.datapath.tick(wall)

@@ -236,6 +236,37 @@ def test_sighup_applies_mode_lists_and_interfaces(lab, tmp_path):
         lab.stop(d.proc)
 
 
+def test_unexpected_error_leaves_the_programs_attached_and_protecting(lab, tmp_path):
+    """The README's promise for a crash: the daemon exits 1 with a "crash" line, our XDP and
+    tc programs stay attached (protection continues: a client still connects through a
+    cookie, SYNs still answered in XDP), the state stays pinned for the next start."""
+    from synguard.datapath import attached_prog
+    from synguard.datapath import tc as tcprog
+    from synguard.datapath.libbpf import prog_name_by_id
+
+    lab.tcp_server(PORT)
+    d = Running(lab, tmp_path, config_text(lab), env={"SYNGUARD_TEST_FAULT": "tick"})
+    try:
+        d.wait_log("unexpected error")
+        assert d.proc.wait(timeout=30) == 1
+        d.wait_log("leaving the XDP program attached", timeout=5)
+        with lab.netns(lab.server_ns):  # (`ip netns exec` hides the daemon's pins: names identify ours)
+            xdp = attached_prog(lab.server_client_if)
+            assert xdp is not None and xdp[1] == "xdp_synguard"
+            tc_id = tcprog.filter_prog_id(lab.server_client_if)
+            assert tc_id is not None and prog_name_by_id(tc_id) == tcprog.PROG_NAME
+        k0 = lab.netstat(lab.server_ns)
+        assert lab.connect_times(1, PORT, timeout=3)[0] is not None  # one round trip through the orphans
+        k1 = lab.netstat(lab.server_ns)
+        assert k1["TcpExt"].get("SyncookiesSent", 0) == k0["TcpExt"].get("SyncookiesSent", 0)
+        assert k1["Tcp"]["PassiveOpens"] == k0["Tcp"]["PassiveOpens"] + 1
+    finally:
+        lab.stop(d.proc)
+        r = lab.run(lab.server_ns, [*SYNGUARD, "detach", "-i", lab.server_client_if, "-i",
+                                    lab.server_attacker_if], check=False, timeout=60)
+        assert r.returncode == 0, r.stderr
+
+
 def test_sighup_survives_hostile_configs(lab, tmp_path):
     """Issue 11, finding 4/5: a reload of a 5,001-digit integer, a merge-key bomb, a FIFO
     or /dev/zero is a logged failure; the daemon keeps running with its last good config."""
