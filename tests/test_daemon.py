@@ -127,9 +127,12 @@ def test_metrics_status_and_top_under_a_flood(lab, tmp_path):
         assert st["mode"] == "protect"
         assert {i["name"] for i in st["interfaces"]} == {lab.server_client_if, lab.server_attacker_if}
         assert st["counters"]["challenge_sent"] >= challenged
-        assert st["worst_listener"]["port"] in (PORT, 9046) and st["listeners"] >= 2
+        # No half-open connection anywhere (the flood never reached the kernel), and our own
+        # /metrics listener is never "the worst": status says so instead of naming one.
+        assert st["worst_listener"] is None and st["listeners"] >= 2
         text = d.cli("status")
-        assert text.returncode == 0 and "challenges sent" in text.stdout and "worst listener" in text.stdout
+        assert text.returncode == 0 and "challenges sent" in text.stdout
+        assert "none with half-open connections" in text.stdout and ":9046" not in text.stdout
 
         top = json.loads(d.cli("top", "--json", "-N", "3").stdout)
         assert len(top) == 3  # three attacking sources, sampled 1 in 16 per CPU
