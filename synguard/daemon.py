@@ -209,10 +209,11 @@ class Daemon:
         """The key of a cookie slot: the secret of the epoch containing the slot's start."""
         return secret.derive_secret(self.master, (slot << abi.SLOT_SHIFT) // self.config.secret.rotate_every)
 
-    def _rotate_if_due(self) -> None:
-        """Advance the cookie slot: the new slot's key is written before the program
-        signs with it; the other entry keeps the previous slot's key."""
-        wall = int(time.time())
+    def _rotate_if_due(self, wall: int | None = None) -> None:
+        """Advance the cookie slot to the wall clock (wall: CLOCK_REALTIME seconds, now if
+        None): the new slot's key is written before the program signs with it; the other
+        entry keeps the previous slot's key."""
+        wall = int(time.time()) if wall is None else int(wall)
         slot = (wall & 0xFFFFFFFF) >> abi.SLOT_SHIFT
         if slot == self.slot:
             return
@@ -482,7 +483,10 @@ class Daemon:
         last_log = last_dog = last_watch = last_tick = time.monotonic()
         logged = self.datapath.counters()
         try:
+            fault = os.environ.get("SYNGUARD_TEST_FAULT")  # tests only: an unexpected error in the loop
             while not self._stop.wait(1.0):
+                if fault == "tick":
+                    raise RuntimeError("SYNGUARD_TEST_FAULT=tick: injected fault")
                 now = time.monotonic()
                 wall = int(time.time())
                 self.datapath.tick(wall)

@@ -127,9 +127,12 @@ def test_metrics_status_and_top_under_a_flood(lab, tmp_path):
         assert st["mode"] == "protect"
         assert {i["name"] for i in st["interfaces"]} == {lab.server_client_if, lab.server_attacker_if}
         assert st["counters"]["challenge_sent"] >= challenged
-        assert st["worst_listener"]["port"] in (PORT, 9046) and st["listeners"] >= 2
+        # No half-open connection anywhere (the flood never reached the kernel), and our own
+        # /metrics listener is never "the worst": status says so instead of naming one.
+        assert st["worst_listener"] is None and st["listeners"] >= 2
         text = d.cli("status")
-        assert text.returncode == 0 and "challenges sent" in text.stdout and "worst listener" in text.stdout
+        assert text.returncode == 0 and "challenges sent" in text.stdout
+        assert "none with half-open connections" in text.stdout and ":9046" not in text.stdout
 
         top = json.loads(d.cli("top", "--json", "-N", "3").stdout)
         assert len(top) == 3  # three attacking sources, sampled 1 in 16 per CPU
@@ -197,6 +200,94 @@ def test_removed_allow_ttl_is_logged_once_and_ignored(lab, tmp_path):
         assert not any("removed with the RST challenge" in line for line in d.log[seen:]), d.log[seen:]
     finally:
         lab.stop(d.proc)
+
+
+def test_sighup_applies_mode_lists_and_interfaces(lab, tmp_path):
+    """A reload applies every key it documents: mode, allow and deny lists, interfaces
+    (each checked by its effect on real traffic or on the attachments, not by status)."""
+    from synguard.datapath import attached_prog
+    from synguard_lab.lab import CLIENT_IP4
+
+    s0, s1 = lab.server_client_if, lab.server_attacker_if
+    client = f"{CLIENT_IP4}/32"
+
+    def reload(text: str) -> dict:
+        n = d.status()["config"]["success"]
+        d.config.write_text(text)
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log("config reloaded")
+        st = d.status()
+        assert st["config"]["success"] == n + 1
+        return st
+
+    def connect() -> bool:
+        return lab.connect_times(1, PORT, timeout=1)[0] is not None
+
+    def delta(before, key):
+        return d.status()["counters"][key] - before[key]
+
+    d = Running(lab, tmp_path, config_text(lab, mode="observe"))
+    try:
+        lab.tcp_server(PORT)
+        c0 = d.status()["counters"]
+        assert connect() and delta(c0, "challenge_sent") == 0  # observe: counted, not answered
+
+        st = reload(config_text(lab, mode="protect", extra=f"allow: [{client}]\n"))
+        assert st["mode"] == "protect"
+        c0 = st["counters"]
+        assert connect()
+        assert delta(c0, "syn_allow_cidr") == 1 and delta(c0, "challenge_sent") == 0  # allow list applied
+
+        st = reload(f"interfaces: [{s0}]\nmode: protect\nprotect:\n  ports: [{PORT}]\ndeny: [{client}]\n")
+        assert [i["name"] for i in st["interfaces"]] == [s0]
+        with lab.netns(lab.server_ns):
+            assert attached_prog(s1) is None and attached_prog(s0) is not None  # interfaces applied
+        c0 = st["counters"]
+        assert not connect()
+        assert delta(c0, "syn_dropped_deny") >= 1 and delta(c0, "syn_allow_cidr") == 0  # deny applied
+
+        st = reload(f"interfaces: [{s0}]\nmode: protect\nprotect:\n  ports: [{PORT}]\n")
+        c0 = st["counters"]
+        assert connect()
+        assert delta(c0, "challenge_sent") == 1 and delta(c0, "cookie_validated") == 1  # protect: one cookie
+
+        st = reload(config_text(lab, mode="observe"))
+        assert st["mode"] == "observe" and {i["name"] for i in st["interfaces"]} == {s0, s1}
+        c0 = st["counters"]
+        assert connect() and delta(c0, "challenge_sent") == 0  # back to observe
+    finally:
+        lab.stop(d.proc)
+
+
+def test_unexpected_error_leaves_the_programs_attached_and_protecting(lab, tmp_path):
+    """The README's promise for a crash: the daemon exits 1 with a "crash" line, our XDP and
+    tc programs stay attached (protection continues: a client still connects through a
+    cookie, SYNs still answered in XDP), the state stays pinned for the next start."""
+    from synguard.datapath import attached_prog
+    from synguard.datapath import tc as tcprog
+    from synguard.datapath.libbpf import prog_name_by_id
+
+    lab.tcp_server(PORT)
+    d = Running(lab, tmp_path, config_text(lab), env={"SYNGUARD_TEST_FAULT": "tick"})
+    try:
+        d.wait_log("unexpected error")
+        assert d.proc.wait(timeout=30) == 1
+        d.wait_log("leaving the XDP program attached", timeout=5)
+        with lab.netns(lab.server_ns):  # (`ip netns exec` hides the daemon's pins: names identify ours)
+            xdp = attached_prog(lab.server_client_if)
+            assert xdp is not None and xdp[1] == "xdp_synguard"
+            tc_id = tcprog.filter_prog_id(lab.server_client_if)
+            assert tc_id is not None and prog_name_by_id(tc_id) == tcprog.PROG_NAME
+        k0 = lab.netstat(lab.server_ns)
+        assert lab.connect_times(1, PORT, timeout=3)[0] is not None  # one round trip through the orphans
+        k1 = lab.netstat(lab.server_ns)
+        assert k1["TcpExt"].get("SyncookiesSent", 0) == k0["TcpExt"].get("SyncookiesSent", 0)
+        assert k1["Tcp"]["PassiveOpens"] == k0["Tcp"]["PassiveOpens"] + 1
+    finally:
+        lab.stop(d.proc)
+        r = lab.run(lab.server_ns, [*SYNGUARD, "detach", "-i", lab.server_client_if, "-i",
+                                    lab.server_attacker_if], check=False, timeout=60)
+        assert r.returncode == 0, r.stderr
 
 
 def test_sighup_survives_hostile_configs(lab, tmp_path):

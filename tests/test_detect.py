@@ -261,7 +261,9 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}s"
 
 
-def test_print_scenario_table(runs):
+def test_scenario_table(runs):
+    """Prints the table (pytest -s) and checks it as a whole: every attack detected, no
+    quiet scenario alarmed, no false alarm anywhere."""
     rows = [("scenario", "detected", "t_detect", "class", "t_clear", "alarms", "false", "peak_pps")]
     for r in runs.values():
         kinds = ",".join(sorted({e["attack"]["kind"] for _, e in r.starts})) or "-"
@@ -273,6 +275,10 @@ def test_print_scenario_table(runs):
     print(f"detection defaults: {CFG}")
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    assert len(rows) == len(runs) + 1
+    for r in runs.values():
+        assert (r.detect_s() is not None) == (r.sc.attack is not None), r.sc.name
+        assert r.false_alarms() == 0, r.sc.name
 
 
 @pytest.mark.parametrize("sc", scenarios(), ids=lambda sc: sc.name.strip())

@@ -212,7 +212,8 @@ def test_spoofed_flood_never_reaches_the_listener(guarded, record_property):
     assert _netstat_delta(ns_before, ns_after, "Tcp", "PassiveOpens") == 0
     # The SYNs were answered in XDP: (almost) none reached TCP at all.
     assert _netstat_delta(ns_before, ns_after, "Tcp", "InSegs") < 0.01 * sent
-    assert challenges >= 0.95 * sent, (challenges, sent)
+    assert challenges >= 0.95 * sent, (challenges, sent)  # veth may lose a few under load...
+    assert challenges == _delta(before, after, Counter.SYN_RECEIVED)  # ...but every SYN that arrived got one
     assert challenges <= sent
     assert _delta(before, after, Counter.COOKIE_VALIDATED) == 0
     assert _delta(before, after, Counter.SYN_PASSED) == 0

@@ -81,9 +81,10 @@ def test_spoofed_flood_detected_within_2s_as_spoofed(results):
     assert r["ports"] == [8080]
     assert r["false_alarms"] == 0, events(r)
     st = r["status_mid"]  # while the flood ran: the port is protected, XDP answers with cookies
-    assert st is None or (st["protecting"] and st["detection"]["protected_ports"] == [8080]
-                          and st["cookie_method"] == "kfunc" and st["counters"]["challenge_sent"] > 0
-                          and "TcpExt.SyncookiesSent" in st["kernel"]["counters"]), st
+    assert st is not None, "no status was taken while the attack was on:\n" + events(r)
+    assert (st["protecting"] and st["detection"]["protected_ports"] == [8080]
+            and st["cookie_method"] == "kfunc" and st["counters"]["challenge_sent"] > 0
+            and "TcpExt.SyncookiesSent" in st["kernel"]["counters"]), st
 
 
 @evaluation

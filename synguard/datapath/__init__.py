@@ -87,6 +87,7 @@ class DataPath:
         self.ifindexes: dict[str, int] = {}  # ifname -> ifindex at attach time
         self.pin_error: str | None = None  # why the program could not be pinned, if so
         self._pins: set[Path] = set()
+        self._orphan_ids: set[int] = set()  # pinned ids of dead daemons' programs we replace
         self._config = {name: 0 for name in abi.CONFIG_FIELDS}
         if self.state_dir is not None:
             self.adopted, note = adopt_state(self.state_dir, {n: self.map(n) for n in self.kept_maps()})
@@ -323,7 +324,12 @@ class DataPath:
             raise DataPathError(f"xdp mode must be one of {', '.join(XDP_MODES)}, not {xdp_mode!r}")
         ifindex(ifname)
         current = attached_prog(ifname)
-        if current is not None and not is_ours(current):
+        pinned = pinned_prog_id()
+        if pinned is not None and pinned != self.prog_id:
+            # A dead daemon's program: remembered before our pin replaces it, so that its
+            # copies on the other interfaces are still recognised as ours.
+            self._orphan_ids.add(pinned)
+        if current is not None and current[0] not in self._orphan_ids and not is_ours(current):
             raise DataPathError(
                 f"{ifname} already runs XDP program id {current[0]} ({current[1]}); "
                 f"synguard replaces only its own program: detach that one first"

@@ -163,6 +163,7 @@ class TcProgram:
         self.obj = None
         self.attached: dict[str, int] = {}  # ifname -> netns fd it was attached in
         self._pins: set[Path] = set()
+        self._orphan_ids: set[int] = set()
         self.pin_error: str | None = None
         self.work_dir = Path(tempfile.mkdtemp(prefix="synguard-tc-"))  # 0700, ours alone
         self.src_file = ebpf_dir() / src_name
@@ -272,9 +273,12 @@ class TcProgram:
         if ret != 0 and _errno_of(ret) != errno.EEXIST:
             raise DataPathError(f"cannot create the clsact qdisc on {ifname}: {os.strerror(_errno_of(ret))}")
         current = filter_prog_id(ifname)
+        pinned = pinned_tc_prog_id()
+        if pinned is not None and pinned != self.prog_id:
+            self._orphan_ids.add(pinned)  # a dead daemon's: still ours after our pin replaces it
         flags = 0
         if current is not None:
-            if current != self.prog_id and not is_ours(current):
+            if current != self.prog_id and current not in self._orphan_ids and not is_ours(current):
                 raise DataPathError(
                     f"{ifname} ingress already has tc program id {current} at handle {TC_HANDLE:#x} priority "
                     f"{TC_PRIORITY}; synguard replaces only its own filter: remove that one first"
