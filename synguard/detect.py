@@ -50,7 +50,9 @@ Baseline: b is an EWMA of the SYN rate, b += c.ewma_alpha * (rate - b), started
 Attack start: the attack "started" at the beginning of the CUSUM excursion that
   led to the alarm (the start of the first tick since S was last 0; the classic
   CUSUM change-point estimate), or at the start of the alarm tick.
-  detected_after_s = alarm tick's t - started.
+  detected_after_s = alarm tick's t - started; detected_after_ticks = the ticks of the
+  excursion up to and including the alarm tick (what tests bound: a busy machine
+  stretches seconds, not ticks).
 
 Classification (at the start, then on each active tick with gate open and
   x > drift, or a fast port; a change needs 2 consecutive ticks agreeing):
@@ -78,7 +80,7 @@ End (hysteresis): a tick is quiet when the gate is closed, no port is fast and
 Events (Detector.update's return value), JSON-ready:
   {"event": "attack_start" | "attack_update" | "attack_end", "attack": {
      "id": int (1, 2, ...), "kind": str, "ports": [sorted ints],
-     "started": t, "detected_after_s": s, "peak_pps": max SYN/s over the attack's ticks,
+     "started": t, "detected_after_s": s, "detected_after_ticks": n, "peak_pps": max SYN/s over the attack's ticks,
      "syns": SYNs of the excursion and of the attack's ticks,
      "sources_sample": up to 5 heaviest sources of the last attack tick,
      "ended": t or None, "duration_s": ended (or last tick) - started}}
@@ -248,8 +250,9 @@ class Detector:
         c = self.cfg
         if self.cusum > 0:
             if self._exc_start is None:
-                self._exc_start, self._exc_syns, self._exc_peak = tick.t - tick.dt, 0, 0.0
+                self._exc_start, self._exc_syns, self._exc_peak, self._exc_ticks = tick.t - tick.dt, 0, 0.0, 0
             self._exc_syns += tick.syns
+            self._exc_ticks += 1
             self._exc_peak = max(self._exc_peak, rate)
         else:
             self._exc_start = None
@@ -259,9 +262,9 @@ class Detector:
                 self._learn(tick, rate)
             return []
         if self._exc_start is not None:
-            started, syns, peak = self._exc_start, self._exc_syns, max(self._exc_peak, rate)
+            started, syns, peak, ticks = self._exc_start, self._exc_syns, max(self._exc_peak, rate), self._exc_ticks
         else:
-            started, syns, peak = tick.t - tick.dt, tick.syns, rate
+            started, syns, peak, ticks = tick.t - tick.dt, tick.syns, rate, 1
         kind = classify(tick, c)
         ports = self._attacked_ports(tick, rate) | fast
         self.active = {
@@ -270,6 +273,7 @@ class Detector:
             "ports": sorted(ports),
             "started": started,
             "detected_after_s": _round(tick.t - started, 3),
+            "detected_after_ticks": ticks,
             "peak_pps": _round(peak, 1),
             "syns": syns,
             "sources_sample": [a for a, _ in tick.top_sources[:SOURCES_SAMPLE]],

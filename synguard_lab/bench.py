@@ -141,7 +141,8 @@ def run(repeat: int = 200_000, rounds: int = 7, out=sys.stdout) -> list[dict]:
             target = f"<= {r['target']}" if r["target"] else ""
             ok = "" if not r["target"] else ("  ok" if r["ratio"] <= r["target"] else "  MISSED")
             print(f"{r['path']:44} {r['verdict']:8} {r['ns']:7.1f} {r['ratio']:8.2f} {target:>7}{ok}  {r['how']}", file=out)
-        rows.insert(0, {"path": "floor", "ns": floor, "ratio": 1.0})
+        rows.insert(0, {"path": "floor", "ns": floor, "ratio": 1.0,
+                        "spread_ns": max(floor_samples) - min(floor_samples)})
         return rows
     finally:
         h.close()

@@ -98,7 +98,8 @@ def bench_md(short: bool) -> str:
     lines.append("")
     lines.append("Rewriting paths (challenge, cross-check) run behind a harness that restores the frame "
                  "and tail-calls the program; the harness's own cost, measured the same way with an empty "
-                 "program, is subtracted. Figures move by ±10 ns run to run on a shared VM: compare ratios.")
+                 f"program, is subtracted. Spread of the empty program over the rounds in this run: "
+                 f"{rows[0].get('spread_ns', float('nan')):.1f} ns (max - min of the round medians): compare ratios.")
     return "\n".join(lines) + "\n"
 
 

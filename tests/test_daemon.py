@@ -424,20 +424,22 @@ def test_auto_mode_detects_a_spoofed_flood_and_protects(lab, tmp_path):
     d = Running(lab, tmp_path, config_text(lab, mode="auto") +
                 "detection:\n  hold: 5s\n  clear_ticks: 2\n", args=("--log-format", "json"))
     try:
-        time.sleep(2.5)  # a couple of quiet ticks: the baseline
+        d.wait_log('"event": "counters"', 10)  # two quiet ticks logged: the baseline
+        d.wait_log('"event": "counters"', 10)
         p = lab.flood_start(3_000_000, 6, dport=PORT, seed=3)
         start = json.loads(d.wait_log('"attack_start"', 15))
         flood = lab.flood_result(p, timeout=30)
         attack = start["attack"]
         assert attack["kind"] == "spoofed" and attack["ports"] == [PORT]
-        assert attack["detected_after_s"] <= 2.0
+        assert attack["detected_after_ticks"] <= 2  # (seconds are a printed figure: make bench, evaluate)
         st = d.status()
         assert st["counters"]["challenge_sent"] > 0.5 * flood["sent"]
         assert all(t is not None for t in lab.connect_times(3, PORT))
         end = json.loads(d.wait_log('"attack_end"', 30))
         assert end["attack"]["id"] == attack["id"]
-        time.sleep(7)  # hold (5 s) passes: the port is released
-        st = d.status()
+        deadline = time.monotonic() + 30  # hold (5 s) passes: the port is released
+        while (st := d.status())["detection"]["protected_ports"] and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert st["detection"]["attack"] is None and st["detection"]["protected_ports"] == []
         assert sample(d.scrape(), "synguard_attacks_total", kind="spoofed") == 1
     finally:

@@ -311,6 +311,7 @@ def test_spoofed_flood_details_and_mitigation(runs):
     (t1, end), = r.ends
     a = start["attack"]
     assert t0 == 61 and a["started"] == 60 and a["detected_after_s"] == 1.0 and a["ports"] == [80]
+    assert a["detected_after_ticks"] == 1
     assert a["ended"] is None and len(a["sources_sample"]) == 5 and a["peak_pps"] >= 90_000
     # no update every tick: the peak doubled once (half a tick of flood, then whole ticks)
     updates = [e for _, e in r.events if e["event"] == "attack_update"]
@@ -439,6 +440,7 @@ def test_just_under_the_allowance_accumulates():
     ev = feed(det, [tk(61, 50_000, 40_000), tk(62, 50_000, 40_000)])
     assert [e["event"] for e in ev] == ["attack_start"]
     assert ev[0]["attack"]["started"] == 60 and ev[0]["attack"]["detected_after_s"] == 2
+    assert ev[0]["attack"]["detected_after_ticks"] == 2  # counted in ticks, whatever the clock says
     assert ev[0]["attack"]["syns"] == 100_000
 
 
