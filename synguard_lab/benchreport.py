@@ -137,6 +137,38 @@ def floodbench_md(short: bool) -> str:
             f"\nFlood runs took {res['seconds_total']:.0f} s (labs built and torn down per run).\n")
 
 
+DATA_PATH_SOURCES = ("ebpf/synguard_abi.h", "ebpf/synguard.bpf.c", "ebpf/synguard_tc.bpf.c")
+
+
+def sources_digest(root: Path = REPO_ROOT) -> str:
+    """sha256 (12 hex) of the data path's C as it is now: what a report's figures describe."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in DATA_PATH_SOURCES:
+        path = root / name
+        h.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"") + b"\0")
+    return h.hexdigest()[:12]
+
+
+def stale_note(report: Path, root: Path = REPO_ROOT) -> str | None:
+    """Why report does not describe this code (one line), or None when it does."""
+    try:
+        text = report.read_text()
+    except OSError:
+        return f"{report.name}: missing"
+    import re
+
+    m = re.search(r"data path sources sha256 ([0-9a-f]{12})", text)
+    now = sources_digest(root)
+    if m is None:
+        return f"{report.name} does not say which data-path sources it measured: its figures may be stale"
+    if m.group(1) != now:
+        return (f"{report.name} was made from other data-path sources ({m.group(1)}; now {now}): "
+                f"its figures do not describe this code; run make bench")
+    return None
+
+
 SECTIONS = [
     ("bench", "XDP cost per path", bench_md),
     ("kernel_bench", "Control plane: listener collection and /metrics scrape under a backlog", kernel_bench_md),
@@ -163,7 +195,8 @@ def run(short: bool = False, out_path: Path | None = None, stream=sys.stdout) ->
         parts.append(f"## {title}\n\nReproduce: `{cmds[key]}` ({took:.0f} s here)\n\n{body}")
     total = time.monotonic() - t0
     text = (f"# synguard benchmarks{' (short)' if short else ''}\n\n"
-            f"{started}, {total:.0f} s in total. Reproduce everything: `{cmds['all']}` (root).\n\n"
+            f"{started}, {total:.0f} s in total. Reproduce everything: `{cmds['all']}` (root).\n"
+            f"Made from data path sources sha256 {sources_digest()} ({', '.join(DATA_PATH_SOURCES)}).\n\n"
             f"{head}\n" + "\n".join(parts))
     if out_path is not None:
         out_path.write_text(text)
@@ -176,11 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m synguard_lab.benchreport", description=__doc__.splitlines()[0])
     p.add_argument("--short", action="store_true", help="smaller runs (a quick check, not figures to quote)")
     p.add_argument("--out", default=str(REPO_ROOT / "BENCH.md"), help="markdown file to write (default BENCH.md)")
+    p.add_argument("--check", action="store_true", help="only say whether the report describes this code's C")
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         print("benchreport: needs root (BPF, XDP, network namespaces)", file=sys.stderr)
         return 1
     out = Path(a.out)
+    if a.check:
+        note = stale_note(out)
+        print(f"benchreport: {note or f'{out.name} describes this code'}", file=sys.stderr)
+        return 1 if note else 0
+    note = stale_note(out)
+    if note:
+        print(f"benchreport: {note} (regenerating it now)", file=sys.stderr)
     _, ok = run(short=a.short, out_path=out)
     print(f"benchreport: wrote {out}", file=sys.stderr)
     return 0 if ok else 1

@@ -44,3 +44,15 @@ def test_report_prints_this_runs_spread_not_a_constant():
     text = benchreport.bench_md(short=True)
     m = re.search(r"rounds in this run: ([0-9.]+) ns", text)
     assert m and "±10 ns" not in text, text
+
+
+def test_stale_report_is_named(tmp_path):
+    from synguard_lab import benchreport
+
+    report = tmp_path / "BENCH.md"
+    report.write_text(f"x\nMade from data path sources sha256 {benchreport.sources_digest()} (...)\n")
+    assert benchreport.stale_note(report) is None
+    report.write_text("x\nMade from data path sources sha256 000000000000 (...)\n")
+    assert "other data-path sources" in benchreport.stale_note(report)
+    report.write_text("an old report\n")
+    assert "does not say" in benchreport.stale_note(report)
