@@ -205,9 +205,13 @@ def test_client_connects():
     with Lab() as lab:
         lab.tcp_server(8080, backlog=128)
         for family in (4, 6):
+            before = lab.netstat(lab.client_ns)["Tcp"]
             times = lab.connect_times(20, 8080, family=family, timeout=3)
-            assert len(times) == 20
-            assert all(t is not None and t < 1.0 for t in times), times
+            after = lab.netstat(lab.client_ns)["Tcp"]
+            assert len(times) == 20 and all(t is not None for t in times), times
+            # one round trip each, counted rather than timed: no SYN was retransmitted
+            assert after["ActiveOpens"] - before["ActiveOpens"] == 20
+            assert after["RetransSegs"] == before["RetransSegs"]
         # Nothing listens on 8083: refused at once, reported as None.
         assert lab.connect_times(2, 8083, timeout=1) == [None, None]
         echo = lab.tcp_server(8084, mode="echo")
@@ -259,8 +263,10 @@ def test_flood_bounded_by_seconds_and_targets():
     with Lab() as lab:
         t0 = time.monotonic()
         res = lab.flood(10**9, 0.3, dport=9, seed=1, pool=4096)
-        assert res["seconds"] < 1.0 and 0 < res["sent"] < 10**9
-        assert time.monotonic() - t0 < 30
+        # the sender's own clock: it stopped at its 0.3-s bound (one more batch at most), far
+        # from the 10**9 it was allowed; the wall-clock bound only catches a hang
+        assert res["seconds"] < 0.3 + 1.0 and 0 < res["sent"] < 10**9
+        assert time.monotonic() - t0 < 60
         # Few-source flood towards the server's client-side address (still
         # enters via s1); the kernel answers port 9 with RSTs.
         before = lab.netstat(lab.server_ns)["Tcp"]["OutRsts"]
