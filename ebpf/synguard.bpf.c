@@ -38,6 +38,7 @@
 #include <uapi/linux/tcp.h>
 
 #include "synguard_abi.h"
+#include "synguard_siphash.h"
 
 /* TCP flags: byte 13 of the header (CWR ECE URG ACK PSH RST SYN FIN). */
 #define SG_TCP_FIN 0x01
@@ -260,59 +261,6 @@ static __always_inline enum sg_parse_result sg_parse(struct xdp_md *ctx, struct 
 	if (l3_len < l3_hdr || pkt->l3 + l3_len > data_end)
 		return SG_PARSE_MALFORMED;
 	return parse_tcphdr(&pos, data_end, l3_len - l3_hdr, &pkt->tcp);
-}
-
-/* ---- SipHash-2-4 over whole 8-byte words --------------------------------- */
-
-#define SG_ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
-#define SG_SIPROUND                                                          \
-	do {                                                                 \
-		v0 += v1; v1 = SG_ROTL(v1, 13); v1 ^= v0; v0 = SG_ROTL(v0, 32); \
-		v2 += v3; v3 = SG_ROTL(v3, 16); v3 ^= v2;                    \
-		v0 += v3; v3 = SG_ROTL(v3, 21); v3 ^= v0;                    \
-		v2 += v1; v1 = SG_ROTL(v1, 17); v1 ^= v2; v2 = SG_ROTL(v2, 32); \
-	} while (0)
-
-struct sg_sip {
-	__u64 v0, v1, v2, v3;
-};
-
-static __always_inline void sip_init(struct sg_sip *s, const struct sg_secret *key)
-{
-	s->v0 = key->k0 ^ 0x736f6d6570736575ULL;
-	s->v1 = key->k1 ^ 0x646f72616e646f6dULL;
-	s->v2 = key->k0 ^ 0x6c7967656e657261ULL;
-	s->v3 = key->k1 ^ 0x7465646279746573ULL;
-}
-
-/* Absorb one little-endian 8-byte message word (2 compression rounds). */
-static __always_inline void sip_word(struct sg_sip *s, __u64 m)
-{
-	__u64 v0 = s->v0, v1 = s->v1, v2 = s->v2, v3 = s->v3;
-
-	v3 ^= m;
-	SG_SIPROUND;
-	SG_SIPROUND;
-	v0 ^= m;
-	s->v0 = v0; s->v1 = v1; s->v2 = v2; s->v3 = v3;
-}
-
-/* Finish a message of exactly len bytes (a multiple of 8): 4 final rounds. */
-static __always_inline __u64 sip_final(struct sg_sip *s, __u64 len)
-{
-	__u64 v0 = s->v0, v1 = s->v1, v2 = s->v2, v3 = s->v3;
-	__u64 b = len << 56;
-
-	v3 ^= b;
-	SG_SIPROUND;
-	SG_SIPROUND;
-	v0 ^= b;
-	v2 ^= 0xff;
-	SG_SIPROUND;
-	SG_SIPROUND;
-	SG_SIPROUND;
-	SG_SIPROUND;
-	return v0 ^ v1 ^ v2 ^ v3;
 }
 
 /* ---- The SYN, read before the frame is rewritten ------------------------- */

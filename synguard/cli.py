@@ -133,8 +133,8 @@ def cmd_run(args) -> int:
     from synguard.datapath import ebpf_dir
 
     if args.ebpf:
-        print((ebpf_dir() / "synguard_abi.h").read_text())
-        print((ebpf_dir() / "synguard.bpf.c").read_text())
+        for name in ("synguard_abi.h", "synguard_siphash.h", "synguard.bpf.c"):
+            print(f"// ---- {name}\n{(ebpf_dir() / name).read_text()}")
         print(f"// ---- synguard_tc.bpf.c (clang -O2 -g -target bpf, libbpf)\n"
               f"{(ebpf_dir() / 'synguard_tc.bpf.c').read_text()}")
         return 0

@@ -137,7 +137,8 @@ def floodbench_md(short: bool) -> str:
             f"\nFlood runs took {res['seconds_total']:.0f} s (labs built and torn down per run).\n")
 
 
-DATA_PATH_SOURCES = ("ebpf/synguard_abi.h", "ebpf/synguard.bpf.c", "ebpf/synguard_tc.bpf.c")
+DATA_PATH_SOURCES = ("ebpf/synguard_abi.h", "ebpf/synguard_siphash.h", "ebpf/synguard.bpf.c",
+                     "ebpf/synguard_tc.bpf.c")
 
 
 def sources_digest(root: Path = REPO_ROOT) -> str:

@@ -66,7 +66,7 @@ COUNTER_BLOCK_SIZE = abi.COUNTER_MAX * 8 + abi.PORT_SLOTS * 16 + 8 + 2 * abi.HLL
 
 
 def _bpf():
-    from synguard.datapath import _lib
+    from synguard.datapath.libbpf import lib as _lib
 
     return _lib()
 

@@ -119,8 +119,9 @@ class DataPath:
 
     def source_text(self) -> str:
         """The C as compiled (for --ebpf): cflags, then the ABI header and the program."""
-        header = (ebpf_dir() / "synguard_abi.h").read_text()
-        return f"// cflags: {' '.join(self.cflags)}\n// ---- synguard_abi.h\n{header}\n// ---- {self.src_file.name}\n{self.src_file.read_text()}"
+        parts = [f"// ---- {name}\n{(ebpf_dir() / name).read_text()}"
+                 for name in ("synguard_abi.h", "synguard_siphash.h", self.src_file.name)]
+        return f"// cflags: {' '.join(self.cflags)}\n" + "\n".join(parts)
 
     # -- maps -----------------------------------------------------------------
 

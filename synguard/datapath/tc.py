@@ -183,7 +183,8 @@ class TcProgram:
         not older than the C it was built from and no extra cflags are asked for."""
         obj = abi.EBPF_OBJ_DIR_DEFAULT / self.src_file.name.replace(".c", ".o")
         try:
-            if not self.cflags and obj.stat().st_mtime >= self.src_file.stat().st_mtime:
+            newest = max(p.stat().st_mtime for p in (self.src_file, *self.src_file.parent.glob("synguard_*.h")))
+            if not self.cflags and obj.stat().st_mtime >= newest:
                 return obj
         except OSError:
             pass
