@@ -63,8 +63,8 @@ enum sg_counter {
 	/* XDP, method SG_METHOD_KERNEL_COOKIE only (each also counts SYN_PASSED): */
 	SG_CNT_SYN_NO_LISTENER = 15, /* no listening socket for the SYN: passed (the kernel resets it) */
 	SG_CNT_SYN_QUEUE_ROOM = 16,  /* bpf_tcp_gen_syncookie() said -ENOENT: the listener's SYN queue
-				      * has room (tcp_syncookies=1), or tcp_syncookies=0, or its accept
-				      * queue is full: passed, the kernel handles the SYN */
+				      * has room (tcp_syncookies is 1), or tcp_syncookies is 0, or its
+				      * accept queue is full: passed, the kernel handles the SYN */
 	SG_CNT_SYN_COOKIE_ERROR = 17, /* bpf_tcp_gen_syncookie() refused otherwise (the socket found is no
 				       * listener, e.g. TIME_WAIT; SYN+FIN; IPv4 to a v6-only listener): passed */
 	SG_CNT_MAX = 18,

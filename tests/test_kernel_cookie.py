@@ -395,3 +395,81 @@ def test_full_queue_default_syncookies_first_contact(clients, kdp, family):
     assert all(c.ms is not None and c.ms <= FIRST_CONTACT_MS and c.server is not None for c in contacts), contacts
     assert d[C.CHALLENGE_SENT] >= 3 and d[C.SYN_QUEUE_ROOM] == 0, d
     assert all(c.server.options & TCPI_ALL == 0 for c in contacts), contacts
+
+
+# ---- 3. method selection and the daemon -----------------------------------------------------
+
+
+def test_datapath_chooses_the_method(monkeypatch):
+    """DataPath(tc=True): kfunc when the kernel has it (this one), kernel-cookie when
+    SYNGUARD_COOKIE_METHOD forces it (no tc program then), an unknown value refused."""
+    from synguard.datapath import COOKIE_METHOD_ENV, DataPath, DataPathError
+    from synguard.datapath import tc as tcmod
+
+    if not tcmod.kernel_has_kfunc():
+        pytest.skip(f"kernel lacks {tcmod.KFUNC}: kfunc cannot be chosen here")
+    monkeypatch.delenv(COOKIE_METHOD_ENV, raising=False)
+    dp = DataPath(tc=True)
+    try:
+        assert (dp.cookie_method, dp.config()["method"], dp.tc is not None) == ("kfunc", 0, True)
+        assert tcmod.KFUNC in dp.cookie_method_reason
+    finally:
+        dp.close()
+    monkeypatch.setenv(COOKIE_METHOD_ENV, "kernel-cookie")
+    dp = DataPath(tc=True)
+    try:
+        assert (dp.cookie_method, dp.config()["method"], dp.tc) == ("kernel-cookie", 1, None)
+        assert COOKIE_METHOD_ENV in dp.cookie_method_reason
+    finally:
+        dp.close()
+    monkeypatch.setenv(COOKIE_METHOD_ENV, "siphash")
+    with pytest.raises(DataPathError, match="SYNGUARD_COOKIE_METHOD='siphash'"):
+        DataPath(tc=True)
+
+
+def test_datapath_without_the_kfunc_falls_back(monkeypatch):
+    """A kernel without the kfunc (Debian 12's 6.1), simulated by the one check that
+    reads /sys/kernel/btf/vmlinux: kernel-cookie, and kfunc forced is refused."""
+    from synguard.datapath import COOKIE_METHOD_ENV, DataPath, DataPathError
+    from synguard.datapath import tc as tcmod
+
+    monkeypatch.setattr(tcmod, "kernel_has_kfunc", lambda *a: False)
+    monkeypatch.delenv(COOKIE_METHOD_ENV, raising=False)
+    dp = DataPath(tc=True)
+    try:
+        assert (dp.cookie_method, dp.config()["method"], dp.tc) == ("kernel-cookie", 1, None)
+        assert "no bpf_sk_assign_tcp_reqsk() kfunc" in dp.cookie_method_reason
+    finally:
+        dp.close()
+    monkeypatch.setenv(COOKIE_METHOD_ENV, "kfunc")
+    with pytest.raises(DataPathError, match="kfunc, but this kernel has no"):
+        DataPath(tc=True)
+
+
+@hard_timeout(180)
+def test_daemon_reports_and_uses_the_forced_method(monkeypatch):
+    """`synguard run` with SYNGUARD_COOKIE_METHOD=kernel-cookie: the start log and the
+    status say which method and why; clients connect at first contact through XDP."""
+    from synguard_lab.common import SYNGUARD, LabDaemon
+    from synguard_lab.lab import Lab
+
+    monkeypatch.setenv("SYNGUARD_COOKIE_METHOD", "kernel-cookie")  # LabDaemon passes os.environ on
+    with Lab("sgkd") as lab:
+        set_syncookies(lab, lab.server_ns, 2)
+        lab.tcp_server(PORT)
+        d = LabDaemon(lab, f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: protect\n"
+                           f"protect:\n  ports: [{PORT}]\n")
+        try:
+            st = d.wait_ready(lambda s: len(s["interfaces"]) == 2)
+            ev = d.wait_event(lambda e: e.get("event") == "cookie_method", 10, "cookie_method")
+            times = lab.connect_times(5, PORT) + lab.connect_times(5, PORT, family=6)
+            st = d.status()
+            text = lab.run(lab.server_ns, [*SYNGUARD, "status", "--socket", d.socket], check=False,
+                           timeout=30).stdout
+        finally:
+            d.stop()
+    assert ev and ev["method"] == "kernel-cookie" and "SYNGUARD_COOKIE_METHOD" in ev["reason"], ev
+    assert st["cookie_method"] == "kernel-cookie" and "SYNGUARD_COOKIE_METHOD" in st["cookie_method_reason"]
+    assert "cookies:     kernel-cookie" in text, text
+    assert all(t is not None and t * 1000 <= FIRST_CONTACT_MS for t in times), times
+    assert st["counters"]["challenge_sent"] >= 10 and st["counters"]["ack_checked"] == 0, st["counters"]
