@@ -69,9 +69,11 @@ BPF_ARRAY(sg_ports, struct sg_port, SG_PORTS);
 /* Sampled SYN counts per source address, for top-K (synguard top). */
 SG_KEPT("lru_hash", struct sg_addr, struct sg_src_stat, sg_src_syns, SG_SRC_SIZE);
 /* Programs xdp_synguard tail-calls, filled by the loader: [SG_PROG_OPTSCAN] answers
- * a SYN whose options need the bounded scan. */
-BPF_PROG_ARRAY(sg_progs, 1);
+ * a SYN whose options need the bounded scan, [SG_PROG_KCOOKIE] a SYN to answer
+ * with the kernel-cookie method. */
+BPF_PROG_ARRAY(sg_progs, 2);
 #define SG_PROG_OPTSCAN 0
+#define SG_PROG_KCOOKIE 1 /* answers a SYN with the kernel's cookie (method kernel-cookie) */
 /* Static allow list: SYNs pass unchallenged. */
 BPF_LPM_TRIE(sg_allow_cidrs, struct sg_cidr_key, __u8, SG_CIDR_SIZE);
 /* Static deny list: SYNs dropped (protect mode). */
@@ -1032,8 +1034,11 @@ static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config
 		count(pkt->cnt, SG_CNT_SYN_ALLOW_CIDR);
 		goto pass;
 	}
-	if (cfg->method == SG_METHOD_KERNEL_COOKIE)
-		return kcookie_reply(ctx, cfg, pkt, &syn);
+	if (cfg->method == SG_METHOD_KERNEL_COOKIE) {
+		/* A program of its own: the kfunc path's code stays as it was. */
+		sg_progs.call(ctx, SG_PROG_KCOOKIE);
+		goto pass; /* not reached unless the loader left the slot empty */
+	}
 
 	if (!synopts_fast(ctx, pkt, &syn)) {
 		sg_progs.call(ctx, SG_PROG_OPTSCAN);
@@ -1105,4 +1110,23 @@ int xdp_synguard_optscan(struct xdp_md *ctx)
 	syn.wscale = SG_WSCALE_ABSENT;
 	synopts_scan(ctx, off, optlen, &syn);
 	return synack_reply(ctx, cfg, pkt.cnt, pkt.l3_off, &syn);
+}
+
+/* Tail-called by xdp_synguard (sg_progs[SG_PROG_KCOOKIE]) for a SYN it parsed,
+ * counted and classified as one to answer, when sg_config.method is
+ * SG_METHOD_KERNEL_COOKIE: the socket lookup and bpf_tcp_gen_syncookie() stay out
+ * of the main program, whose kfunc-method path is unchanged by them. */
+int xdp_synguard_kcookie(struct xdp_md *ctx)
+{
+	struct sg_pkt pkt = {};
+	struct sg_syn syn = {};
+	struct sg_config *cfg;
+	__u32 zero = 0;
+
+	pkt.cnt = counters_for(ctx);
+	cfg = sg_config.lookup(&zero);
+	if (!pkt.cnt || !cfg || sg_parse(ctx, &pkt) != SG_PARSE_TCP)
+		return XDP_ABORTED; /* impossible: xdp_synguard parsed this frame */
+	syn_load(&pkt, &syn);
+	return kcookie_reply(ctx, cfg, &pkt, &syn);
 }

@@ -90,6 +90,9 @@ class DataPath:
                 # Tail-called by the program: a SYN whose options need the bounded scan.
                 self.optscan = self.bpf.load_func(b"xdp_synguard_optscan", BPF.XDP)
                 self.bpf[b"sg_progs"][ct.c_int(0)] = ct.c_int(self.optscan.fd)
+                # Tail-called too: a SYN to answer with the kernel-cookie method.
+                self.kcookie = self.bpf.load_func(b"xdp_synguard_kcookie", BPF.XDP)
+                self.bpf[b"sg_progs"][ct.c_int(1)] = ct.c_int(self.kcookie.fd)
         except Exception as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataPathError(
