@@ -9,6 +9,11 @@
  *    answer whose options are not a fast-path layout (none, Linux, Windows,
  *    Apple) is finished by xdp_synguard_optscan(), tail-called through
  *    sg_progs (the loader fills it; left empty, such SYNs pass).
+ *  - sg_config.method picks the answer: SG_METHOD_KFUNC_COOKIE (below: our
+ *    cookie, the tc program completes the ACK) or SG_METHOD_KERNEL_COOKIE (for
+ *    kernels without bpf_sk_assign_tcp_reqsk: xdp_synguard_kcookie(), also
+ *    tail-called, answers with the kernel's own cookie, MSS only, or passes the
+ *    SYN when the kernel makes none; the kernel completes the ACK).
  *  - observe mode: every frame passes; SYNs are counted.
  *  - protect/auto mode, SYN (SYN set, ACK and RST clear):
  *      deny CIDR -> DROP; port not protected -> PASS; allow CIDR -> PASS;
