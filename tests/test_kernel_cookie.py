@@ -230,6 +230,27 @@ def test_helper_refusals_pass(lab, kdp, case):
         assert (verdict, d) == (XDP_PASS, {**SYN_PASSED, C.SYN_NO_LISTENER: 1})
 
 
+@hard_timeout(60)
+def test_attach_with_syncookies_off_reports_the_problem(lab, kdp):
+    """tcp_syncookies=0: the kernel makes no cookies, XDP can answer nothing; attach
+    says so (the daemon logs it as syncookies_off)."""
+    set_syncookies(lab, lab.server_ns, 0)
+    with lab.netns(lab.server_ns):
+        try:
+            assert kdp.attach(lab.server_client_if, "native") == "native"
+            problem, kdp.tc_problem = kdp.tc_problem, None
+        finally:
+            kdp.detach_all()
+    assert problem and "tcp_syncookies is 0" in problem and "unanswered by XDP" in problem, problem
+    set_syncookies(lab, lab.server_ns, 1)
+    with lab.netns(lab.server_ns):
+        try:
+            kdp.attach(lab.server_client_if, "native")
+            assert kdp.tc_problem is None
+        finally:
+            kdp.detach_all()
+
+
 def _answer_and_complete(lab, kdp, listener, frame: bytes, family: int) -> tuple[dict, dict, dict]:
     """test_run the SYN (must be TX), then inject the client's ACK: (SYN-ACK fields,
     counter deltas, server TCP_INFO + TcpExt deltas)."""
