@@ -9,6 +9,11 @@
  *    answer whose options are not a fast-path layout (none, Linux, Windows,
  *    Apple) is finished by xdp_synguard_optscan(), tail-called through
  *    sg_progs (the loader fills it; left empty, such SYNs pass).
+ *  - sg_config.method picks the answer: SG_METHOD_KFUNC_COOKIE (below: our
+ *    cookie, the tc program completes the ACK) or SG_METHOD_KERNEL_COOKIE (for
+ *    kernels without bpf_sk_assign_tcp_reqsk: xdp_synguard_kcookie(), also
+ *    tail-called, answers with the kernel's own cookie, MSS only, or passes the
+ *    SYN when the kernel makes none; the kernel completes the ACK).
  *  - observe mode: every frame passes; SYNs are counted.
  *  - protect/auto mode, SYN (SYN set, ACK and RST clear):
  *      deny CIDR -> DROP; port not protected -> PASS; allow CIDR -> PASS;
@@ -70,9 +75,11 @@ BPF_ARRAY(sg_ports, struct sg_port, SG_PORTS);
 /* Sampled SYN counts per source address, for top-K (synguard top). */
 SG_KEPT("lru_hash", struct sg_addr, struct sg_src_stat, sg_src_syns, SG_SRC_SIZE);
 /* Programs xdp_synguard tail-calls, filled by the loader: [SG_PROG_OPTSCAN] answers
- * a SYN whose options need the bounded scan. */
-BPF_PROG_ARRAY(sg_progs, 1);
+ * a SYN whose options need the bounded scan, [SG_PROG_KCOOKIE] a SYN to answer
+ * with the kernel-cookie method. */
+BPF_PROG_ARRAY(sg_progs, 2);
 #define SG_PROG_OPTSCAN 0
+#define SG_PROG_KCOOKIE 1 /* answers a SYN with the kernel's cookie (method kernel-cookie) */
 /* Static allow list: SYNs pass unchallenged. */
 BPF_LPM_TRIE(sg_allow_cidrs, struct sg_cidr_key, __u8, SG_CIDR_SIZE);
 /* Static deny list: SYNs dropped (protect mode). */
@@ -838,6 +845,119 @@ static __always_inline int synack_reply(struct xdp_md *ctx, const struct sg_conf
 	return XDP_PASS;
 }
 
+/* ---- Method SG_METHOD_KERNEL_COOKIE: the kernel's own cookie ------------------
+ * For kernels without bpf_sk_assign_tcp_reqsk() (Debian 12's 6.1, Ubuntu 22.04 /
+ * 24.04). bpf_tcp_gen_syncookie() (5.3+) makes the cookie the kernel itself would
+ * send, and arms the listener's "recent SYN queue overflow" flag, so the kernel
+ * accepts the client's ACK by itself (cookie_v4_check / cookie_v6_check): no tc
+ * program. The helper answers -ENOENT unless tcp_syncookies=2 or the listener's
+ * SYN queue is full: the SYN then goes to the kernel, which queues it. Without
+ * timestamps in our SYN-ACK the kernel's cookie keeps the client's MSS class
+ * only (536/1300/1440/1460; IPv6 1220/1420/1440/8940): no window scaling, SACK,
+ * timestamps or ECN on these connections (DESIGN.md explains why we do not
+ * forge the kernel's TS encoding). */
+
+/* The socket the kernel would give this SYN (a listener, or a TIME_WAIT/request
+ * socket of the same 4-tuple), looked up in the ingress device's namespace.
+ * NULL: none. The caller releases it. */
+static __always_inline struct bpf_sock *kcookie_lookup(struct xdp_md *ctx, const struct sg_syn *syn)
+{
+	struct bpf_sock_tuple t = {};
+
+	if (syn->ipv6) {
+		__builtin_memcpy(t.ipv6.saddr, syn->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, syn->daddr, 16);
+		t.ipv6.sport = syn->sport;
+		t.ipv6.dport = syn->dport;
+		return bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	}
+	t.ipv4.saddr = (__u32)syn->saddr[0];
+	t.ipv4.daddr = (__u32)syn->daddr[0];
+	t.ipv4.sport = syn->sport;
+	t.ipv4.dport = syn->dport;
+	return bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+}
+
+/* bpf_tcp_gen_syncookie() wants th_len == doff * 4 as a size the verifier can
+ * bound against the packet: one constant-size check and call per doff value. */
+#define SG_KCOOKIE_DOFF(n)                                                        \
+	case n:                                                                   \
+		if ((void *)th + (n) * 4 > data_end)                              \
+			return -1;                                                \
+		return bpf_tcp_gen_syncookie(sk, l3, l3_len, th, (n) * 4)
+
+/* The kernel's cookie for the SYN (low 32 bits) and the MSS it encodes (bits
+ * 32-47), or a negative errno. */
+static __always_inline __s64 kcookie_gen(struct xdp_md *ctx, struct bpf_sock *sk, const struct sg_pkt *pkt)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct tcphdr *th = pkt->tcp;
+	void *l3 = pkt->l3;
+	__u32 l3_len = pkt->ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr);
+
+	/* One check covers both families: an IPv4 TCP segment has >= 40 bytes from l3 too. */
+	if (l3 + sizeof(struct ipv6hdr) > data_end)
+		return -1;
+	switch (th->doff) {
+	SG_KCOOKIE_DOFF(5);
+	SG_KCOOKIE_DOFF(6);
+	SG_KCOOKIE_DOFF(7);
+	SG_KCOOKIE_DOFF(8);
+	SG_KCOOKIE_DOFF(9);
+	SG_KCOOKIE_DOFF(10);
+	SG_KCOOKIE_DOFF(11);
+	SG_KCOOKIE_DOFF(12);
+	SG_KCOOKIE_DOFF(13);
+	SG_KCOOKIE_DOFF(14);
+	SG_KCOOKIE_DOFF(15);
+	}
+	return -1; /* doff < 5: parse_tcphdr refused it already */
+}
+
+#define SG_ENOENT 2
+
+/* Answer a SYN with the kernel's cookie, or pass it to the kernel (counted why). */
+static __always_inline int kcookie_reply(struct xdp_md *ctx, const struct sg_config *cfg, struct sg_pkt *pkt,
+					 const struct sg_syn *syn)
+{
+	struct sg_synack_opts opts;
+	struct bpf_sock *sk;
+	__u32 mss, ours;
+	__s64 ret;
+	int verdict;
+
+	sk = kcookie_lookup(ctx, syn);
+	if (!sk) {
+		count(pkt->cnt, SG_CNT_SYN_NO_LISTENER);
+		goto pass;
+	}
+	ret = kcookie_gen(ctx, (struct bpf_sock *)sk, pkt);
+	bpf_sk_release(sk);
+	if (ret < 0) {
+		count(pkt->cnt, ret == -SG_ENOENT ? SG_CNT_SYN_QUEUE_ROOM : SG_CNT_SYN_COOKIE_ERROR);
+		goto pass;
+	}
+	/* MSS option: the client's MSS class the cookie encodes, never more than our
+	 * own link takes (what the kernel's SYN-ACK would offer). No other option. */
+	mss = (__u32)(ret >> 32) & 0xffff;
+	ours = syn->ipv6 ? cfg->synack_mss6 : cfg->synack_mss4;
+	if (ours && ours < mss)
+		mss = ours;
+	opts.w[0] = bpf_htonl(0x02040000 | mss);
+	opts.w[1] = SG_NOP4;
+	opts.w[2] = SG_NOP4;
+	opts.w[3] = SG_NOP4;
+	opts.w[4] = SG_NOP4;
+	verdict = synack_send(ctx, pkt->l3_off, syn, (__u32)ret, SG_TCP_SYN | SG_TCP_ACK, &opts);
+	if (verdict != XDP_PASS) {
+		count(pkt->cnt, SG_CNT_CHALLENGE_SENT);
+		return verdict;
+	}
+pass:
+	count(pkt->cnt, SG_CNT_SYN_PASSED);
+	return XDP_PASS;
+}
+
 static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config *cfg,
 				      struct sg_pkt *pkt)
 {
@@ -866,6 +986,11 @@ static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config
 	if (cfg->allow_cidrs && cidr_allowed(&src)) {
 		count(pkt->cnt, SG_CNT_SYN_ALLOW_CIDR);
 		goto pass;
+	}
+	if (cfg->method == SG_METHOD_KERNEL_COOKIE) {
+		/* A program of its own: the kfunc path's code stays as it was. */
+		sg_progs.call(ctx, SG_PROG_KCOOKIE);
+		goto pass; /* not reached unless the loader left the slot empty */
 	}
 
 	if (!synopts_fast(ctx, pkt, &syn)) {
@@ -938,4 +1063,23 @@ int xdp_synguard_optscan(struct xdp_md *ctx)
 	syn.wscale = SG_WSCALE_ABSENT;
 	synopts_scan(ctx, off, optlen, &syn);
 	return synack_reply(ctx, cfg, pkt.cnt, pkt.l3_off, &syn);
+}
+
+/* Tail-called by xdp_synguard (sg_progs[SG_PROG_KCOOKIE]) for a SYN it parsed,
+ * counted and classified as one to answer, when sg_config.method is
+ * SG_METHOD_KERNEL_COOKIE: the socket lookup and bpf_tcp_gen_syncookie() stay out
+ * of the main program, whose kfunc-method path is unchanged by them. */
+int xdp_synguard_kcookie(struct xdp_md *ctx)
+{
+	struct sg_pkt pkt = {};
+	struct sg_syn syn = {};
+	struct sg_config *cfg;
+	__u32 zero = 0;
+
+	pkt.cnt = counters_for(ctx);
+	cfg = sg_config.lookup(&zero);
+	if (!pkt.cnt || !cfg || sg_parse(ctx, &pkt) != SG_PARSE_TCP)
+		return XDP_ABORTED; /* impossible: xdp_synguard parsed this frame */
+	syn_load(&pkt, &syn);
+	return kcookie_reply(ctx, cfg, &pkt, &syn);
 }

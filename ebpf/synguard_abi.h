@@ -60,7 +60,14 @@ enum sg_counter {
 	SG_CNT_FAST_TRIGGER = 12,    /* XDP: auto mode: a port crossed the per-second SYN ceiling */
 	SG_CNT_ACK_CHECKED = 13,     /* tc: ACKs to protected ports whose cookie was checked */
 	SG_CNT_COOKIE_NO_LISTENER = 14, /* tc: valid cookie but no listening socket: passed */
-	SG_CNT_MAX = 15,
+	/* XDP, method SG_METHOD_KERNEL_COOKIE only (each also counts SYN_PASSED): */
+	SG_CNT_SYN_NO_LISTENER = 15, /* no listening socket for the SYN: passed (the kernel resets it) */
+	SG_CNT_SYN_QUEUE_ROOM = 16,  /* bpf_tcp_gen_syncookie() said -ENOENT: the listener's SYN queue
+				      * has room (tcp_syncookies is 1), or tcp_syncookies is 0, or its
+				      * accept queue is full: passed, the kernel handles the SYN */
+	SG_CNT_SYN_COOKIE_ERROR = 17, /* bpf_tcp_gen_syncookie() refused otherwise (the socket found is no
+				       * listener, e.g. TIME_WAIT; SYN+FIN; IPv4 to a v6-only listener): passed */
+	SG_CNT_MAX = 18,
 };
 
 enum sg_mode {
@@ -68,6 +75,14 @@ enum sg_mode {
 	SG_MODE_PROTECT = 1, /* deny list, allow list, cookies on protected ports */
 	SG_MODE_AUTO = 2,    /* as protect, but SYNs get cookies only on ports whose auto_until_s
 			      * is in the future (ACKs are checked on every listed port) */
+};
+
+/* How SYN cookies are made and completed, sg_config.method (DESIGN.md, "The defense"). */
+enum sg_method {
+	SG_METHOD_KFUNC_COOKIE = 0,  /* our SipHash cookie SYN-ACK with options; the tc program
+				      * completes ACKs with bpf_sk_assign_tcp_reqsk() (Linux >= 6.9) */
+	SG_METHOD_KERNEL_COOKIE = 1, /* the kernel's own cookie from bpf_tcp_gen_syncookie() (5.3+),
+				      * MSS only; the kernel completes ACKs itself (no tc program) */
 };
 
 /* TCP options the server's own stack accepts (its sysctls), sg_config.tcp_opts:
@@ -98,7 +113,8 @@ struct sg_config {
 	__u8 synack_wscale;  /* our window scale: the kernel's own choice,
 			      * ilog2(max(tcp_rmem[2], rmem_max)) - 15, clamped to 0..14 */
 	__u8 tcp_opts;       /* SG_OPT_* */
-	__u16 reserved;
+	__u8 method;         /* enum sg_method */
+	__u8 reserved;
 };
 
 /* Value of sg_ports, indexed by the host-order port. */

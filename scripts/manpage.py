@@ -88,6 +88,9 @@ FILES = [
 ENVIRONMENT = [
     ("SYNGUARD_EBPF_DIR", "Directory of the eBPF sources (default: /usr/share/synguard/ebpf)."),
     ("SYNGUARD_PIN_DIR", "bpffs directory of the pins (default: /sys/fs/bpf/synguard)."),
+    ("SYNGUARD_COOKIE_METHOD", "How SYN cookies are made: auto (default: kfunc when the kernel has "
+     "bpf_sk_assign_tcp_reqsk(), Linux >= 6.9, else kernel-cookie), kfunc (refuse to start without it) or "
+     "kernel-cookie (the kernel's own cookie from bpf_tcp_gen_syncookie(), MSS only; no tc program)."),
     ("TMPDIR", "Where a compiler or verifier log is written when loading fails (the unit sets /var/lib/synguard)."),
     ("NOTIFY_SOCKET, WATCHDOG_USEC", "Set by systemd: readiness notification and watchdog pings."),
 ]

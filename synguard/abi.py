@@ -46,6 +46,9 @@ class Counter(enum.IntEnum):
     FAST_TRIGGER = 12
     ACK_CHECKED = 13
     COOKIE_NO_LISTENER = 14
+    SYN_NO_LISTENER = 15
+    SYN_QUEUE_ROOM = 16
+    SYN_COOKIE_ERROR = 17
 
     @property
     def key(self) -> str:
@@ -63,7 +66,7 @@ class Counter(enum.IntEnum):
         return COUNTER_NAMES[self].metric + "_total"
 
 
-COUNTER_MAX = 15
+COUNTER_MAX = 18
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,16 @@ COUNTER_NAMES: dict[Counter, CounterName] = {
                                      "ACKs to protected ports whose cookie the tc program checked."),
     Counter.COOKIE_NO_LISTENER: CounterName("synguard_cookies_no_listener", "cookies without listener",
                                             "Valid cookies without a listening socket (passed)."),
+    Counter.SYN_NO_LISTENER: CounterName("synguard_syn_no_listener", "SYNs without listener",
+                                         "Kernel-cookie method: SYNs to a port without a listening socket "
+                                         "(passed; the kernel resets them)."),
+    Counter.SYN_QUEUE_ROOM: CounterName("synguard_syn_queue_room", "SYNs left to the kernel",
+                                        "Kernel-cookie method: SYNs the kernel would not make a cookie for "
+                                        "(its SYN queue has room, or tcp_syncookies=0, or the accept queue is "
+                                        "full): passed."),
+    Counter.SYN_COOKIE_ERROR: CounterName("synguard_syn_cookie_errors", "SYN cookie errors",
+                                          "Kernel-cookie method: SYNs bpf_tcp_gen_syncookie() refused otherwise "
+                                          "(TIME_WAIT socket, SYN+FIN, IPv4 to a v6-only listener): passed."),
 }
 
 # TCP options the server's stack accepts (sg_config.tcp_opts).
@@ -109,6 +122,36 @@ OPT_SACK = 0x2
 OPT_WSCALE = 0x4
 OPT_ECN = 0x8
 COOKIE_WSCALE_NONE = 0xF
+
+
+class CookieMethod(enum.IntEnum):
+    """enum sg_method (sg_config.method): how SYN cookies are made and completed.
+
+    Shown as its label: "kfunc" (our SipHash cookie with options, completed by the tc
+    program's bpf_sk_assign_tcp_reqsk(), Linux >= 6.9) or "kernel-cookie" (the kernel's
+    own cookie from bpf_tcp_gen_syncookie(), MSS only, completed by the kernel)."""
+
+    KFUNC_COOKIE = 0
+    KERNEL_COOKIE = 1
+
+    @property
+    def label(self) -> str:
+        return {CookieMethod.KFUNC_COOKIE: "kfunc", CookieMethod.KERNEL_COOKIE: "kernel-cookie"}[self]
+
+    def __str__(self) -> str:
+        return self.label
+
+    @classmethod
+    def labels(cls) -> tuple[str, ...]:
+        return tuple(m.label for m in cls)
+
+    @classmethod
+    def parse(cls, text: str) -> "CookieMethod":
+        """Method of its label; ValueError otherwise."""
+        for m in cls:
+            if m.label == text:
+                return m
+        raise ValueError(f"{text!r} is not one of {', '.join(cls.labels())}")
 
 
 class Mode(enum.IntEnum):
@@ -157,6 +200,7 @@ CONFIG_FIELDS = (
     "synack_mss6",
     "synack_wscale",
     "tcp_opts",
+    "method",
     "reserved",
 )
 PORT_FIELDS = ("protect", "watch_slot", "reserved", "auto_until_s")

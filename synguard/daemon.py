@@ -197,8 +197,10 @@ class Daemon:
         """What attaching the tc program beside the XDP one (DataPath.attach) ran into."""
         dp = self.datapath
         if dp.tc_problem:
-            event("syncookies_off", f"{ifname}: {dp.tc_problem}; until then protect mode refuses every new "
-                  f"connection", level=logging.ERROR, interface=ifname)
+            consequence = ("protect mode leaves every SYN to the kernel" if dp.cookie_method == "kernel-cookie"
+                           else "protect mode refuses every new connection")
+            event("syncookies_off", f"{ifname}: {dp.tc_problem}; until then {consequence}", level=logging.ERROR,
+                  interface=ifname)
             dp.tc_problem = None
         if dp.tc is not None and dp.tc.pin_error:
             event("pin_failed", f"cannot pin the tc program ({dp.tc.pin_error}): after a crash, a restarted "
@@ -458,10 +460,17 @@ class Daemon:
         try:
             self.datapath = DataPath(keep_state=True, tc=True)
             dp = self.datapath
-            if dp.cookie_method:
+            if dp.cookie_method == "kfunc":
                 event("cookie_method", "SYN cookies: XDP answers SYNs with a cookie SYN-ACK; the tc program "
                       "hands valid cookie ACKs to the kernel (bpf_sk_assign_tcp_reqsk, Linux >= 6.9): one round "
-                      "trip, TCP options kept", method=dp.cookie_method)
+                      f"trip, TCP options kept (method kfunc: {dp.cookie_method_reason})",
+                      method=dp.cookie_method, reason=dp.cookie_method_reason)
+            elif dp.cookie_method == "kernel-cookie":
+                event("cookie_method", "SYN cookies: XDP answers SYNs with the kernel's own cookie "
+                      "(bpf_tcp_gen_syncookie) once the listener's SYN queue is full (every SYN with "
+                      "tcp_syncookies=2), the kernel completes the ACK: one round trip, MSS only "
+                      f"(method kernel-cookie: {dp.cookie_method_reason})",
+                      method=dp.cookie_method, reason=dp.cookie_method_reason)
             else:
                 event("cookie_method", f"SYN cookies unavailable: {dp.tc_unavailable}; only mode observe works",
                       level=logging.WARNING, method=None)

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from synguard import __version__
-from synguard.abi import COUNTER_NAMES, Counter, Mode
+from synguard.abi import COUNTER_NAMES, CookieMethod, Counter, Mode
 
 if TYPE_CHECKING:
     from synguard.daemon import Daemon
@@ -63,9 +63,9 @@ class SynguardCollector(Collector):
             mode.add_metric([m.label], 1.0 if d.config.mode == m else 0.0)
         yield mode
         method = GaugeMetricFamily("synguard_cookie_method", "1 for the SYN-cookie method in use: kfunc (XDP "
-                                   "SYN-ACK + tc bpf_sk_assign_tcp_reqsk) or none (kernel without it).",
-                                   labels=["method"])
-        for m in ("kfunc", "none"):
+                                   "SYN-ACK + tc bpf_sk_assign_tcp_reqsk), kernel-cookie (XDP SYN-ACK with "
+                                   "bpf_tcp_gen_syncookie, completed by the kernel) or none.", labels=["method"])
+        for m in (*CookieMethod.labels(), "none"):
             method.add_metric([m], 1.0 if (d.datapath.cookie_method or "none") == m else 0.0)
         yield method
         active = GaugeMetricFamily("synguard_protecting", "1 while XDP answers SYNs to protected ports with cookies (protect, or "

@@ -35,6 +35,7 @@ def document(d) -> dict:
         "uptime_s": round(time.time() - d.started, 1),
         "mode": d.config.mode.label,
         "cookie_method": dp.cookie_method,
+        "cookie_method_reason": getattr(dp, "cookie_method_reason", None),
         "protecting": d.protecting,
         "ports": list(d.config.protect.ports),
         "interfaces": [{"name": n, "xdp_mode": m, "counters": {c.key: v for c, v in dp.counters(n).items()}}

@@ -14,6 +14,11 @@ STATUS_COUNTERS = (Counter.SYN_RECEIVED, Counter.CHALLENGE_SENT, Counter.ACK_CHE
 # The daemon's periodic log line.
 LOG_COUNTERS = (Counter.SYN_RECEIVED, Counter.CHALLENGE_SENT, Counter.COOKIE_VALIDATED, Counter.COOKIE_REFUSED,
                 Counter.SYN_PASSED, Counter.SYN_DROPPED_DENY, Counter.MALFORMED)
+COOKIE_METHOD_LINES = {
+    "kfunc": "kfunc: XDP SYN-ACK + tc bpf_sk_assign_tcp_reqsk, one round trip, options kept",
+    "kernel-cookie": "kernel-cookie: XDP answers with the kernel's cookie once the SYN queue is full, MSS only",
+    None: "unavailable on this kernel (observe only)",
+}
 KERNEL_COUNTERS = ("TcpExt.SyncookiesSent", "TcpExt.SyncookiesRecv", "TcpExt.SyncookiesFailed",
                    "TcpExt.ListenOverflows", "TcpExt.ListenDrops", "TcpExt.TCPReqQFullDoCookies",
                    "TcpExt.TCPReqQFullDrop")
@@ -75,8 +80,8 @@ def format_status(st: dict, numeric: bool = False) -> str:
     out = [f"synguard {st['version']}  pid {st['pid']}  up {duration(st['uptime_s'])}",
            f"|- mode:        {mode}",
            f"|- ports:       {','.join(map(str, st['ports'])) or 'all'}",
-           "|- cookies:     " + ("XDP SYN-ACK + tc kfunc: one round trip, options kept"
-                                  if st.get("cookie_method") == "kfunc" else "unavailable on this kernel (observe only)"),
+           "|- cookies:     " + COOKIE_METHOD_LINES.get(st.get("cookie_method"), COOKIE_METHOD_LINES[None])
+           + (f" ({st['cookie_method_reason']})" if st.get("cookie_method_reason") else ""),
            "|- interfaces:"]
     for i, iface in enumerate(st["interfaces"]):
         branch = "`-" if i == len(st["interfaces"]) - 1 else "|-"
@@ -113,8 +118,10 @@ def format_status(st: dict, numeric: bool = False) -> str:
         else:
             out.append(f"|  `- attacks so far {so_far}")
     if st["mode"] == "protect":
+        which = ("once its listener's SYN queue is full (tcp_syncookies=1) or always (=2)"
+                 if st.get("cookie_method") == "kernel-cookie" else "attack or not")
         out.append(f"|- protect:     every SYN to ports {','.join(map(str, st['ports'])) or 'all'} is answered "
-                   f"in XDP, attack or not (the detector only reports)")
+                   f"in XDP, {which} (the detector only reports)")
     elif st["mode"] == "observe":
         out.append("|- observe:     counting only: nothing is answered or dropped")
     w = st.get("worst_listener")

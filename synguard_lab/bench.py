@@ -12,12 +12,13 @@ of the growth (one bpf_xdp_adjust_head), which the empty baseline does not.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import statistics
 import sys
 from dataclasses import dataclass
 
-from synguard.abi import Mode
+from synguard.abi import CookieMethod, Mode
 from synguard.datapath import DataPath, prog_test_run
 from synguard_lab.common import REPO_ROOT
 
@@ -39,6 +40,8 @@ class Path:
     rewrites: bool = False
     target: float | None = None
     mode: Mode = Mode.PROTECT
+    method: CookieMethod = CookieMethod.KFUNC_COOKIE
+    syncookies: int = 1  # net.ipv4.tcp_syncookies of the netns (kernel-cookie paths)
 
 
 def _frames():
@@ -63,6 +66,21 @@ def _frames():
         Path("SYN-ACK: IPv4, Windows options (grows 8 B)", syn4(WINDOWS_OPTS), "TX", rewrites=True),
         Path("SYN-ACK: IPv4, other layout (scan)", syn4(OTHER_OPTS), "TX", rewrites=True),
         Path("cross-check: ACK via harness", ack, "PASS", rewrites=True),
+    ]
+
+
+def _kernel_cookie_frames():
+    """Method kernel-cookie (bpf_tcp_gen_syncookie), in a netns with a listener on port 80."""
+    by_name = {p.name: p for p in _frames()}
+    syn4, syn6 = by_name["SYN-ACK: IPv4, Linux options"].frame, by_name["SYN-ACK: IPv6, Linux options"].frame
+    kc = CookieMethod.KERNEL_COOKIE
+    no_listener = bytearray(syn4)
+    no_listener[36:38] = (81).to_bytes(2, "big")  # TCP dport (checksums are not checked)
+    return [
+        Path("kernel-cookie: IPv4 SYN -> SYN-ACK (syncookies=2)", syn4, "TX", rewrites=True, method=kc, syncookies=2),
+        Path("kernel-cookie: IPv6 SYN -> SYN-ACK (syncookies=2)", syn6, "TX", rewrites=True, method=kc, syncookies=2),
+        Path("kernel-cookie: SYN passed, queue has room (=1)", syn4, "PASS", method=kc, syncookies=1),
+        Path("kernel-cookie: SYN passed, no listener", bytes(no_listener), "PASS", method=kc, syncookies=2),
     ]
 
 
@@ -93,15 +111,44 @@ def _setup(dp: DataPath, path: Path):
     dp.set_slot(SLOT)
     dp.tick(NOW_S)
     dp.set_synack(1460, 1440, 10, 0xF)
-    dp.set_ports({80})
+    dp.set_ports({80, 81})
     dp.set_mode(path.mode)
+    dp.set_cookie_method(path.method)
+    if path.method == CookieMethod.KERNEL_COOKIE:  # only ever inside _bench_netns's private netns
+        with open("/proc/sys/net/ipv4/tcp_syncookies", "w") as f:  # the calling thread's netns
+            f.write(str(path.syncookies))
 
 
-def run(repeat: int = 200_000, rounds: int = 7, out=sys.stdout) -> list[dict]:
+@contextlib.contextmanager
+def _bench_netns(kernel_cookie: bool):
+    """kernel_cookie: run in a private lab netns with a dual-stack listener on port 80
+    (the helper looks sockets up in the caller's netns). Else: where we are."""
+    if not kernel_cookie:
+        yield
+        return
+    import socket
+
+    from synguard_lab.lab import Lab
+
+    with Lab("sgkb", xdp_pass=False) as lab, lab.netns(lab.server_ns):
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", 80))
+            s.listen(4096)
+            yield
+
+
+def run(repeat: int = 200_000, rounds: int = 7, out=sys.stdout, kernel_cookie: bool = False) -> list[dict]:
+    """kernel_cookie: also the kernel-cookie method's paths (in a private netns)."""
+    with _bench_netns(kernel_cookie):
+        return _run(repeat, rounds, out, kernel_cookie)
+
+
+def _run(repeat: int, rounds: int, out, kernel_cookie: bool) -> list[dict]:
     dp = DataPath()
     h = Harness(dp)
     try:
-        paths = _frames()
+        paths = _frames() + (_kernel_cookie_frames() if kernel_cookie else [])
         floor_samples, rows = [], []
         # verdict check, once per path, without the harness
         for p in paths:
@@ -157,9 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m synguard_lab.bench", description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=200_000)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--kernel-cookie", action="store_true",
+                   help="also the kernel-cookie method's paths (in a private netns with a listener)")
     a = p.parse_args(argv)
     try:
-        run(repeat=a.repeat, rounds=a.rounds)
+        run(repeat=a.repeat, rounds=a.rounds, kernel_cookie=a.kernel_cookie)
     except DataPathError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1

@@ -39,6 +39,14 @@ def test_modes_match():
     assert _enum("sg_mode") == {f"SG_MODE_{m.name}": int(m) for m in abi.Mode}
 
 
+def test_cookie_methods_match():
+    assert _enum("sg_method") == {f"SG_METHOD_{m.name}": int(m) for m in abi.CookieMethod}
+    assert abi.CookieMethod.labels() == ("kfunc", "kernel-cookie")
+    assert abi.CookieMethod.parse("kernel-cookie") is abi.CookieMethod.KERNEL_COOKIE
+    with pytest.raises(ValueError):
+        abi.CookieMethod.parse("kernel")
+
+
 @pytest.mark.parametrize("name", ["ABI_VERSION", "CIDR_SIZE", "SLOT_SHIFT", "PORTS",
                                   "IPV6_EXT_MAX", "VLAN_MAX", "PORT_SLOTS", "HLL_BITS", "IFACE_SLOTS", "IFINDEX_MAX",
                                   "SRC_SIZE", "SRC_SAMPLE", "OPT_TS", "OPT_SACK", "OPT_WSCALE", "OPT_ECN",

@@ -75,6 +75,31 @@ def test_format_status():
     assert "1234567" in view.format_status(STATUS, numeric=True)
 
 
+def test_format_status_names_the_cookie_method():
+    kernel = view.format_status({**STATUS, "cookie_method": "kernel-cookie",
+                                 "cookie_method_reason": "this kernel has no bpf_sk_assign_tcp_reqsk() kfunc"})
+    assert ("|- cookies:     kernel-cookie: XDP answers with the kernel's cookie once the SYN queue is full, MSS "
+            "only (this kernel has no bpf_sk_assign_tcp_reqsk() kfunc)") in kernel
+    assert "answered in XDP, once its listener's SYN queue is full" in kernel
+    kfunc = view.format_status({**STATUS, "cookie_method": "kfunc"})
+    assert "|- cookies:     kfunc: XDP SYN-ACK + tc bpf_sk_assign_tcp_reqsk" in kfunc
+    assert "unavailable on this kernel" in view.format_status(STATUS)
+
+
+def test_cookie_method_metric_has_every_label(registry, dp):
+    from synguard.abi import CookieMethod
+
+    get = lambda m: registry.get_sample_value("synguard_cookie_method", {"method": m})  # noqa: E731
+    assert [get(m) for m in ("kfunc", "kernel-cookie", "none")] == [0.0, 0.0, 1.0]  # tc=False: none
+    dp.set_cookie_method(CookieMethod.KERNEL_COOKIE)
+    try:
+        assert [get(m) for m in ("kfunc", "kernel-cookie", "none")] == [0.0, 1.0, 0.0]
+        assert dp.config()["method"] == CookieMethod.KERNEL_COOKIE
+    finally:
+        dp.set_cookie_method(CookieMethod.KFUNC_COOKIE)
+        dp.cookie_method = None  # the session's program stays as the other tests expect it
+
+
 def test_format_top():
     rows = [{"source": "198.51.100.7", "syns": 123456, "last_dport": 443, "last_seen_s": 99}]
     text = view.format_top(rows, now_s=102)

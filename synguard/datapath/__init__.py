@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from synguard import abi
-from synguard.abi import Counter, Mode
+from synguard.abi import CookieMethod, Counter, Mode
 from synguard.datapath.host import (DataPathError, capture_fd2, check_kernel_headers, check_privileges,
                                     ebpf_dir, ifindex, private_log_dir)
 from synguard.datapath.libbpf import TestRunResult, lib, prog_id, prog_test_run
@@ -35,6 +35,21 @@ __all__ = ["DataPath", "DataPathError", "TestRunResult", "PROG_NAME", "XDP_MODES
 
 # ---- The data path -------------------------------------------------------------
 
+COOKIE_METHOD_ENV = "SYNGUARD_COOKIE_METHOD"  # auto (default) | kfunc | kernel-cookie
+
+
+def kernel_cookie_problem() -> str | None:
+    """Why the kernel-cookie method cannot protect in this network namespace, or None."""
+    try:
+        value = int(Path("/proc/sys/net/ipv4/tcp_syncookies").read_text())
+    except (OSError, ValueError):
+        return None  # cannot tell
+    if value == 0:
+        return ("net.ipv4.tcp_syncookies is 0 in this network namespace: the kernel makes no cookies, so "
+                "every SYN passes to it unanswered by XDP; set it to 1 (sysctl -w net.ipv4.tcp_syncookies=1)")
+    return None
+
+
 
 class DataPath:
     """The compiled program, its maps and its attachments."""
@@ -43,9 +58,14 @@ class DataPath:
                  tc: bool = False):
         """keep_state: pin the maps that must survive a crash (the daemon does; tests don't,
         so that several programs in one namespace never share state).
-        tc: also load the tc program (ebpf/synguard_tc.bpf.c) on the same maps and attach
-        it wherever the XDP program goes; without the kfunc it needs, cookie_method is
-        None and tc_unavailable says why (observe mode still works)."""
+        tc: choose how SYN cookies are completed (cookie_method, cookie_method_reason):
+        "kfunc" when the kernel has bpf_sk_assign_tcp_reqsk() -- the tc program
+        (ebpf/synguard_tc.bpf.c) is loaded on the same maps and attached wherever the XDP
+        program goes -- else "kernel-cookie" (XDP answers with the kernel's own cookie,
+        the kernel completes the ACK; no tc program). The environment variable
+        SYNGUARD_COOKIE_METHOD=kernel-cookie forces the fallback on a kernel with the
+        kfunc (=kfunc refuses to start without it; unset or "auto": choose). Without tc,
+        cookie_method is None (tests, benchmarks: set_cookie_method() picks the XDP path)."""
         from bcc import BPF  # Debian's python3-bpfcc
 
         check_privileges()
@@ -70,6 +90,9 @@ class DataPath:
                 # Tail-called by the program: a SYN whose options need the bounded scan.
                 self.optscan = self.bpf.load_func(b"xdp_synguard_optscan", BPF.XDP)
                 self.bpf[b"sg_progs"][ct.c_int(0)] = ct.c_int(self.optscan.fd)
+                # Tail-called too: a SYN to answer with the kernel-cookie method.
+                self.kcookie = self.bpf.load_func(b"xdp_synguard_kcookie", BPF.XDP)
+                self.bpf[b"sg_progs"][ct.c_int(1)] = ct.c_int(self.kcookie.fd)
         except Exception as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataPathError(
@@ -94,22 +117,37 @@ class DataPath:
             self.state_note = note or self.state_note
         # The second kernel program: turns cookie ACKs into connections (synguard/datapath/tc.py).
         self.tc = None
-        self.cookie_method: str | None = None  # "kfunc" when SYN-ACK cookies can complete
-        self.tc_unavailable: str | None = None
+        self.cookie_method: str | None = None  # CookieMethod label: "kfunc" | "kernel-cookie"
+        self.cookie_method_reason: str | None = None  # why that one (the daemon logs it)
+        self.tc_unavailable: str | None = None  # why the kfunc method is not used
         self.tc_problem: str | None = None  # last attach's warning (tcp_syncookies=0), for the daemon
         if tc:
-            from synguard.datapath import tc as tcmod
+            try:
+                self._choose_cookie_method()
+            except BaseException:
+                self.close(keep_state=True)
+                raise
 
-            if not tcmod.kernel_has_kfunc():
-                self.tc_unavailable = (f"this kernel has no {tcmod.KFUNC}() kfunc (Linux >= 6.9 with BTF): "
-                                       f"cookie ACKs cannot be turned into connections")
-            else:
-                try:
-                    self.tc = tcmod.TcProgram({name: self.map(name).map_fd for name in tcmod.SHARED_MAPS})
-                except BaseException:
-                    self.close(keep_state=True)
-                    raise
-                self.cookie_method = "kfunc"
+    def _choose_cookie_method(self) -> None:
+        from synguard.datapath import tc as tcmod
+
+        forced = os.environ.get(COOKIE_METHOD_ENV, "").strip() or "auto"
+        if forced not in ("auto", *CookieMethod.labels()):
+            raise DataPathError(f"{COOKIE_METHOD_ENV}={forced!r}: use auto, {', '.join(CookieMethod.labels())}")
+        if not tcmod.kernel_has_kfunc():
+            self.tc_unavailable = f"this kernel has no {tcmod.KFUNC}() kfunc (Linux >= 6.9 with BTF)"
+            if forced == "kfunc":
+                raise DataPathError(f"{COOKIE_METHOD_ENV}=kfunc, but {self.tc_unavailable}")
+        elif forced == "kernel-cookie":
+            self.tc_unavailable = f"{COOKIE_METHOD_ENV}=kernel-cookie (the kernel has {tcmod.KFUNC}())"
+        else:
+            self.tc = tcmod.TcProgram({name: self.map(name).map_fd for name in tcmod.SHARED_MAPS})
+            self.set_cookie_method(CookieMethod.KFUNC_COOKIE)
+            self.cookie_method_reason = f"the kernel has {tcmod.KFUNC}()" + (
+                f" ({COOKIE_METHOD_ENV}=kfunc)" if forced == "kfunc" else "")
+            return
+        self.set_cookie_method(CookieMethod.KERNEL_COOKIE)
+        self.cookie_method_reason = self.tc_unavailable
 
     def kept_maps(self) -> list[str]:
         """Maps whose content outlives a crashed daemon: those the C declares with SG_KEPT."""
@@ -176,6 +214,12 @@ class DataPath:
 
     def set_mode(self, mode: Mode) -> None:
         self._write_config(mode=int(mode))
+
+    def set_cookie_method(self, method: CookieMethod) -> None:
+        """The XDP program's SYN answer (sg_config.method). DataPath(tc=True) chooses it;
+        this alone does not load or drop the tc program (kfunc needs it to complete)."""
+        self._write_config(method=int(method))
+        self.cookie_method = CookieMethod(method).label
 
     def tick(self, now_s: int | None = None) -> None:
         """Advance the program's clock (sg_config.now_s): call at least every second."""
@@ -366,6 +410,8 @@ class DataPath:
                         self._pins.add(pin_path())
                 if self.tc is not None:
                     self.tc_problem = self.tc.attach(ifname, strict=False)
+                elif self.cookie_method == CookieMethod.KERNEL_COOKIE.label:
+                    self.tc_problem = kernel_cookie_problem()
                 return mode
         raise DataPathError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
 
