@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"take the control socket from this config (default: {DEFAULT_PATH} if it exists)")
             c.add_argument("--socket", default=None,
                            help=f"daemon control socket (default: the config's, else {DEFAULT_CONTROL_SOCKET})")
+        else:  # listeners reads the kernel, not the daemon; --socket stays accepted for old scripts
+            c.add_argument("--socket", default=None, help=argparse.SUPPRESS)
         return c
 
     status = client("status", "daemon status: mode, interfaces, counters with rates, queues")

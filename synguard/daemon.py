@@ -202,7 +202,7 @@ class Daemon:
             event("syncookies_off", f"{ifname}: {dp.tc_problem}; until then {consequence}", level=logging.ERROR,
                   interface=ifname)
             dp.tc_problem = None
-        if dp.tc is not None and dp.tc.pin_error:
+        if dp.tc is not None and dp.tc.pin_error and dp.tc.pin_error not in (dp.state_note, dp.pin_error):
             event("pin_failed", f"cannot pin the tc program ({dp.tc.pin_error}): after a crash, a restarted "
                   f"daemon recognises its leftover filter by name only", level=logging.WARNING)
             dp.tc.pin_error = None

@@ -113,7 +113,8 @@ def _opts(**fields) -> _TcOpts:
 def filter_prog_id(ifname: str) -> int | None:
     """Id of the program in the filter at our handle/priority on ifname's ingress, or None."""
     hook, opts = _hook(ifindex(ifname)), _opts()
-    ret = _lib().bpf_tc_query(ct.byref(hook), ct.byref(opts))
+    with _capture_fd2(Path(os.devnull)):  # libbpf prints the kernel's "Parent Qdisc doesn't exists"
+        ret = _lib().bpf_tc_query(ct.byref(hook), ct.byref(opts))
     if ret != 0:
         err = _errno_of(ret)
         if err in (errno.ENOENT, errno.EINVAL):  # no filter there (EINVAL: no clsact qdisc)
