@@ -39,13 +39,13 @@ import atexit
 import contextlib
 import dataclasses
 import os
-import re
 import socket
 import struct
 import subprocess
 import threading
 import time
 
+from synguard_lab import lab as labmod
 from synguard_lab.lab import NETNS_DIR, Lab, netns
 
 EDGE_IF = "w0"          # kind's veth facing the server (client or router side)
@@ -255,18 +255,7 @@ class Listener:
 
 def cleanup_stale(prefix: str = "sg") -> list[str]:
     """Delete namespaces this module made for processes that are gone."""
-    pat = re.compile(rf"^{re.escape(prefix)}-(\d+)-\d+-k\d+(client|router)$")
-    removed = []
-    try:
-        names = os.listdir(NETNS_DIR)
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        m = pat.match(name)
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-            removed.append(name)
-    return removed
+    return labmod.cleanup_stale(prefix, roles=r"k\d+(?:client|router)")
 
 
 @dataclasses.dataclass

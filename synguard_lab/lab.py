@@ -113,9 +113,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def cleanup_stale(prefix: str = "sg") -> list[str]:
-    """Delete lab namespaces named by this module for processes that are gone."""
-    pat = re.compile(rf"^{re.escape(prefix)}-(\d+)-\d+-(client|server|attacker)$")
+def cleanup_stale(prefix: str = "sg", roles: str = "client|server|attacker") -> list[str]:
+    """Delete lab namespaces "<prefix>-<pid>-<n>-<role>" whose process is gone (roles: a regex)."""
+    pat = re.compile(rf"^{re.escape(prefix)}-(\d+)-\d+-({roles})$")
     removed = []
     try:
         names = os.listdir(NETNS_DIR)

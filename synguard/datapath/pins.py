@@ -163,21 +163,7 @@ def pin(prog_fd: int, progs_fd: int | None = None) -> str | None:
     """Pin our program (replacing an older pin of ours) and its tail-call array sg_progs
     (the kernel clears a prog array's entries when its last user reference goes: a
     crashed daemon's program would lose its option scan); returns an error text or None."""
-    lib = _lib()
-    try:
-        d = trusted_pin_dir(create=True)
-        todo = [(prog_fd, d / "xdp_synguard")] + ([(progs_fd, d / "sg_progs")] if progs_fd is not None else [])
-        for _, path in todo:
-            if check_pin(path):
-                path.unlink()
-    except ForeignPin as e:
-        return foreign_note(e)
-    except OSError as e:
-        return f"{pin_path()}: {e.strerror}"
-    for fd, path in todo:
-        if lib.bpf_obj_pin(fd, str(path).encode()) != 0:
-            return f"{path}: {os.strerror(ct.get_errno())}"
-    return None
+    return pin_named(prog_fd, "xdp_synguard") or (pin_named(progs_fd, "sg_progs") if progs_fd is not None else None)
 
 
 def unpin(path: Path | None = None, expected_id: int | None = None) -> None:
