@@ -106,7 +106,7 @@ def judge(ticks: list[tuple[float, dict]], flood: dict, legit: list[dict], conne
                     if ticks[i][1]["challenge_sent"] > ticks[i - 1][1]["challenge_sent"]), None)
     last = ticks[-1][1]
     res = {
-        "flood": {"sent": flood["sent"], "seconds": flood["seconds"], "pps": flood["pps"], "started_at": start,
+        "flood": {"sent": flood["sent"], "seconds": flood["seconds"], "pps": flood["pps"], "started_at": start, "ended_at": end,
                   "syn_received": last["syn_received"] - c0["syn_received"],
                   "challenge_sent": last["challenge_sent"] - c0["challenge_sent"],
                   "tick_peak_pps": max((r["syn_received"] for r in flood_ticks), default=0.0)},
