@@ -306,7 +306,8 @@ def run(flood: int = 2_000_000, seconds: float = 8.0, connects: int = 40, quiet:
                 lab.stop(p)
         sent = lab.flood_result(flood_proc, timeout=30)
         reader.join(5)
-        daemon.ticks_after(sent["ended_at"], 2)  # ticks that saw the last of the flood
+        # Ticks read after the flood's last SYN and the client's last connect (both are over).
+        daemon.ticks_after(max(time.time(), sent["ended_at"]), 2)  # 2: the first may have been read just before
         kernel_polls.append((time.time(), lab.netstat(lab.server_ns)["TcpExt"].get("SyncookiesSent", 0)))
         syn_retrans = lab.netstat(lab.client_ns)["TcpExt"].get("TCPSynRetrans", 0) - retrans0
         events = daemon.stop(keep_log=keep_log)
