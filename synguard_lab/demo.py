@@ -28,8 +28,8 @@ Exit status 0 only if the defense held:
     Why the fast trigger seldom fires here: on veth the receiver's work runs on
     the sender's CPU, so while the port is unprotected each spoofed SYN costs
     the sender the kernel's own SYN handling and the flood runs at what the
-    kernel can answer (40-90k SYN/s on a busy 2-vCPU box, below the default
-    100k/s ceiling); once XDP answers, the same sender reaches 100-180k/s.
+    kernel can answer (35-120k SYN/s on a busy 2-vCPU box, mostly below the
+    default 100k/s ceiling); once XDP answers, the same sender reaches 100-200k/s.
     The attacker's average over the whole flood mixes both phases.
   - once protection was on, the flood did not reach the kernel: the program
     handed no SYN to the kernel in any later tick and the server's kernel sent
