@@ -63,7 +63,9 @@ def test_fast_trigger_arms_the_port_inside_xdp_under_a_flood():
             threading.Thread(target=clock, daemon=True).start()
             c0 = dp.counters()
             sent = lab.flood(int(PPS * SECONDS), SECONDS, dport=PORT, pps=PPS, seed=3)["sent"]
-            time.sleep(0.2)  # nothing in flight on veth once the sender returned; margin only
+            end = time.monotonic() + 5  # frames still in the veth ring: poll, with a deadline
+            while dp.counters()[Counter.SYN_RECEIVED] - c0[Counter.SYN_RECEIVED] < sent and time.monotonic() < end:
+                time.sleep(0.01)
             c = {k: v - c0[k] for k, v in dp.counters().items()}
             armed_until = dp.port_auto_until(PORT)
             now_s = dp.config()["now_s"]
