@@ -82,7 +82,8 @@ def ticks_of(events: list[dict]) -> list[tuple[float, dict]]:
 
 
 def judge(ticks: list[tuple[float, dict]], flood: dict, legit: list[dict], connects: int,
-          kernel_polls: list[tuple[float, int]], syn_retrans: int, attacks: list[dict]) -> dict:
+          kernel_polls: list[tuple[float, int]], syn_retrans: int, attacks: list[dict],
+          mode: str = "auto") -> dict:
     """The demo's findings and verdict.
 
     ticks: ticks_of(the daemon's log); flood: the flood sender's result (started_at,
@@ -128,7 +129,8 @@ def judge(ticks: list[tuple[float, dict]], flood: dict, legit: list[dict], conne
         res["protection"] = {
             "engaged_s": round(max(engaged_at - start, 0.0), 3),
             "engaged_tick_s": round(te - start, 3),  # the read that first shows cookies
-            "by": "fast trigger" if ce["fast_trigger"] > c0["fast_trigger"] else "detector",
+            "by": ("mode protect (always on)" if mode == "protect" else
+                   "fast trigger" if ce["fast_trigger"] > c0["fast_trigger"] else "detector"),
             "passed_before": before,
             "pps_before": round(before / (engaged_at - start), 1) if engaged_at - start > 0.05 else None,
             "passed_after": last["syn_passed"] - ce["syn_passed"],
@@ -191,7 +193,8 @@ def report(res: dict, say) -> None:
         say("  protection      NEVER ENGAGED: every SYN went to the kernel")
     else:
         before = "" if p["pps_before"] is None else f" (≈ {n(p['pps_before'])}/s while the kernel answered them)"
-        say(f"  protection      on ≈ {p['engaged_s']:.2f} s after the flood's first SYN, by the {p['by']} "
+        by = p["by"] if p["by"].startswith("mode") else f"the {p['by']}"
+        say(f"  protection      on ≈ {p['engaged_s']:.2f} s after the flood's first SYN, by {by} "
             f"(counters prove ≤ {p['engaged_tick_s']:.1f} s); {n(p['passed_before'])} SYNs reached the kernel "
             f"before{before}")
         kc = "?" if p["kernel_cookies_after"] is None else n(p["kernel_cookies_after"])
@@ -313,7 +316,7 @@ def run(flood: int = 2_000_000, seconds: float = 8.0, connects: int = 40, quiet:
         events = daemon.stop(keep_log=keep_log)
 
     res = judge(ticks_of(events), sent, legit, connects, kernel_polls, syn_retrans,
-                [e for e in events if e.get("event") == "attack_start"])
+                [e for e in events if e.get("event") == "attack_start"], mode=mode)
     res["half_open_peak"] = half_open_peak
     report(res, say)
     say(f"  (total {time.monotonic() - t0:.0f} s, lab torn down)")
