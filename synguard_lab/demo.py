@@ -142,10 +142,10 @@ def judge(ticks: list[tuple[float, dict]], flood: dict, legit: list[dict], conne
     res["legit"] = {"tried": len(legit), "expected": connects, "ok": len(ok), "syn_retransmits": syn_retrans,
                     "p50_ms": _pct(ms, 0.5), "p99_ms": _pct(ms, 0.99), "max_ms": ms[-1] if ms else None,
                     "while_protected": sum(1 for r in legit if engaged is not None and r["at"] >= ticks[engaged][0])}
-    a = next((e["attack"] for e in attacks if start - 1 <= e["ts"]), None)
+    ev = next((e for e in attacks if e["ts"] >= start - 1), None)  # the first attack_start of the flood
+    a = None if ev is None else ev["attack"]
     res["attack"] = None if a is None else {"kind": a["kind"], "ports": a["ports"],
-                                            "reported_after_s": round(next(e["ts"] for e in attacks
-                                                                          if e["attack"] is a) - start, 3)}
+                                            "reported_after_s": round(ev["ts"] - start, 3)}
     fail = []
     lg = res["legit"]
     if not (lg["ok"] == lg["tried"] == connects):
