@@ -333,9 +333,10 @@ class Daemon:
                 out.append((addr, count - before))
         return sorted(out, key=lambda r: r[1], reverse=True)
 
-    def detect_tick(self, mono: float, wall: int, dt: float, blocks: list) -> list[dict]:
+    def detect_tick(self, mono: float, wall: int, dt: float, blocks: list, window_s: int | None = None) -> list[dict]:
         """One detector step from the program's signals (blocks: this tick's one read of
-        the counter map, see DataPath.read_blocks); applies auto mitigation."""
+        the counter map, see DataPath.read_blocks; window_s: the program's clock,
+        sg_config.now_s, while they were counted, default wall - 1); applies auto mitigation."""
         from synguard import kernel
         from synguard.detect import Tick
 
@@ -343,12 +344,13 @@ class Daemon:
         counters = dp.counters(blocks=blocks)
         opens = kernel.tcp_counters().get("Tcp.PassiveOpens", 0)
         port_syns = dp.port_syns(blocks)
-        regs = dp.hll_registers(wall - 1, blocks)
+        window_s = wall - 1 if window_s is None else window_s
+        regs = dp.hll_registers(window_s, blocks)
         distinct, new = self.hll_history.novelty(regs)
         if self.detector.active is None:
             # The history is what normal looks like: an attack's sources stay out
             # of it, or a long random flood would soon look "already seen".
-            self.hll_history.add(regs, wall - 1)
+            self.hll_history.add(regs, window_s)
         self.sources_distinct = distinct
         prev, self._prev = self._prev, (counters, opens, port_syns)
         if prev is None:
@@ -411,6 +413,10 @@ class Daemon:
     def rates(self) -> dict[str, float]:
         with self._lock:
             return status.rates(list(self.history))
+
+    def rates_window(self) -> float:
+        with self._lock:
+            return status.rates_window(list(self.history))
 
     def status(self) -> dict:
         return status.document(self)
@@ -497,11 +503,17 @@ class Daemon:
                 if fault == "tick":
                     raise RuntimeError("SYNGUARD_TEST_FAULT=tick: injected fault")
                 now = time.monotonic()
-                wall = int(time.time())
+                # Read the window that ends now before the clock moves on: the program
+                # starts a new second's HLL bank at its first SYN after tick(), and when
+                # the clock moves by 2 (a tick period just over 1 s) that is the bank
+                # of the window that just ended (bank = now_s & 1).
+                window_s = self.datapath.config()["now_s"]
+                blocks = self.datapath.read_blocks()
+                read_at = time.time()  # when these counters were read (the log line comes later)
+                wall = int(read_at)
                 self.datapath.tick(wall)
                 self._rotate_if_due()
-                blocks = self.datapath.read_blocks()
-                self.detect_tick(now, wall, now - last_tick, blocks)
+                self.detect_tick(now, wall, now - last_tick, blocks, window_s)
                 counters = self.datapath.counters(blocks=blocks)
                 last_tick = now
                 self.check_interfaces()
@@ -514,9 +526,9 @@ class Daemon:
                     self._hup.clear()
                     self.reload()
                 if now - last_log >= self.log_interval:
-
                     log.info("%s", view.counters_line(counters, logged, now - last_log), extra={
-                        "event": "counters", "fields": {"counters": {c.name.lower(): v for c, v in counters.items()}}})
+                        "event": "counters", "fields": {"read_at": round(read_at, 3),
+                                                        "counters": {c.key: v for c, v in counters.items()}}})
                     last_log, logged = now, counters
                 if watchdog_s and now - last_dog >= watchdog_s / 2:
                     sd_notify("WATCHDOG=1\nSTATUS=" + self._status_line())

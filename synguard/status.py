@@ -13,12 +13,20 @@ from synguard.datapath import addr_of_key
 
 
 def rates(history: list) -> dict[str, float]:
-    """Counters per second over the last ~10 ticks of history [(monotonic time, counters)]."""
+    """Counters per second over the last tick of history [(monotonic time, counters)].
+
+    The last tick only (about 1 s): an average over several ticks would show a
+    flood's first seconds at a fraction of its real rate."""
     if len(history) < 2:
         return {c.key: 0.0 for c in Counter}
-    (t0, c0), (t1, c1) = history[max(0, len(history) - 11)], history[-1]
+    (t0, c0), (t1, c1) = history[-2], history[-1]
     dt = max(t1 - t0, 1e-9)
     return {c.key: (c1[c] - c0[c]) / dt for c in Counter}
+
+
+def rates_window(history: list) -> float:
+    """Seconds the rates of rates(history) are averaged over (0: none yet)."""
+    return round(history[-1][0] - history[-2][0], 3) if len(history) >= 2 else 0.0
 
 
 def document(d) -> dict:
@@ -42,6 +50,7 @@ def document(d) -> dict:
                        for n, m in dp.attached.items()],
         "counters": {c.key: v for c, v in dp.counters().items()},
         "rates": d.rates(),
+        "rates_window_s": d.rates_window(),
         "secret": {"generation": d.epoch, "age_s": round(time.time() - d.secret_since, 1),
                    "rotate_every_s": d.config.secret.rotate_every,
                    "source": "file" if d.config.secret.file else "random"},

@@ -86,9 +86,9 @@ def format_status(st: dict, numeric: bool = False) -> str:
     for i, iface in enumerate(st["interfaces"]):
         branch = "`-" if i == len(st["interfaces"]) - 1 else "|-"
         out.append(f"|  {branch} {iface['name']:<12} {iface['xdp_mode']} XDP")
-    out.append(f"|- counters:{'':15}{'total':>10} {'per s':>10}")
+    out.append(f"|- counters:{'':15}{'total':>10} {'/s, last tick':>14}")
     for c in STATUS_COUNTERS:
-        out.append(f"|  |- {c.words:<22} {n(st['counters'][c.key]):>10} {n(st['rates'][c.key]):>10}")
+        out.append(f"|  |- {c.words:<22} {n(st['counters'][c.key]):>10} {n(st['rates'][c.key]):>14}")
     sec = st["secret"]
     out.append(f"|- secret:      generation {sec['generation']}, age {duration(sec['age_s'])}, "
                f"rotates every {duration(sec['rotate_every_s'])} ({sec['source']})")

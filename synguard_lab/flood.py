@@ -359,8 +359,10 @@ def _libc_sendmmsg():
     return fn
 
 
-def _send_mmsg(sock, buf, flen, n, count, deadline, allowed=None, start=0.0):
-    """Send with sendmmsg(2); returns (sent, errors). `allowed`: see schedule()."""
+def _send_mmsg(sock, buf, flen, n, count, begin, allowed=None):
+    """Send with sendmmsg(2); returns (sent, errors). begin() is called once the
+    message arrays are built, just before the first frame, and returns (start,
+    deadline) in time.monotonic(). `allowed`: see schedule()."""
     sendmmsg = _libc_sendmmsg()
     if sendmmsg is None:
         return None
@@ -386,6 +388,7 @@ def _send_mmsg(sock, buf, flen, n, count, deadline, allowed=None, start=0.0):
     sent = errors = 0
     pos = 0
     now = time.monotonic
+    start, deadline = begin()  # building the arrays above takes ~0.5 s for 2^18 frames: not flood time
     while sent + errors < count:
         k = _next_batch(count, sent + errors, allowed, start, deadline, now)
         if k == 0:
@@ -408,14 +411,15 @@ def _send_mmsg(sock, buf, flen, n, count, deadline, allowed=None, start=0.0):
     return sent, errors
 
 
-def _send_loop(sock, buf, flen, n, count, deadline, allowed=None, start=0.0):
-    """Fallback: one send() per frame, deadline checked per batch."""
+def _send_loop(sock, buf, flen, n, count, begin, allowed=None):
+    """Fallback: one send() per frame, deadline checked per batch (begin: see _send_mmsg)."""
     frames = [bytes(buf[i * flen:(i + 1) * flen]) for i in range(n)]
     send = sock.send
     it = itertools.cycle(frames)
     islice = itertools.islice
     now = time.monotonic
     sent = errors = 0
+    start, deadline = begin()
     while sent + errors < count:
         k = _next_batch(count, sent + errors, allowed, start, deadline, now)
         if k == 0:
@@ -469,20 +473,25 @@ def flood(iface: str, *, dst: str, dst_mac: str, src_mac: str, dport: int = 80,
             s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
         except OSError:
             pass   # older kernels: the qdisc path works too, just slower
-        started_at = time.time()
-        start = time.monotonic()
-        deadline = start + seconds
+        clock: dict[str, float] = {}
+
+        def begin() -> tuple[float, float]:
+            """The flood's clock starts at its first frame (started_at: wall time)."""
+            clock["wall"], clock["mono"] = time.time(), time.monotonic()
+            return clock["mono"], clock["mono"] + seconds
+
         res = None
         used = method
         if method in ("auto", "sendmmsg"):
-            res = _send_mmsg(s, buf, flen, n, count, deadline, allowed, start)
+            res = _send_mmsg(s, buf, flen, n, count, begin, allowed)
             used = "sendmmsg"
             if res is None and method == "sendmmsg":
                 raise OSError("sendmmsg unavailable")
         if res is None:
-            res = _send_loop(s, buf, flen, n, count, deadline, allowed, start)
+            res = _send_loop(s, buf, flen, n, count, begin, allowed)
             used = "send"
-        elapsed = time.monotonic() - start
+        elapsed = time.monotonic() - clock["mono"]
+        started_at = clock["wall"]
         ended_at = started_at + elapsed
     sent, errors = res
     return {"sent": sent, "seconds": round(elapsed, 6),

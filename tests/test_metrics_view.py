@@ -69,8 +69,8 @@ def test_format_status():
     text = view.format_status(STATUS)
     assert text.splitlines()[0] == "synguard 0.1.0  pid 42  up 1h02m"
     assert "|- mode:        protect (answering SYNs with cookies)" in text
-    assert "|- counters:                    total      per s" in text
-    assert "|  |- challenges sent              1.2M      21.0k" in text
+    assert "|- counters:                    total  /s, last tick" in text
+    assert "|  |- challenges sent              1.2M          21.0k" in text
     assert "`- worst listener: [::]:443  SynRecv 3/4096 (0.1%)  AcceptQ 1  of 7 listeners" in text
     assert "1234567" in view.format_status(STATUS, numeric=True)
 
