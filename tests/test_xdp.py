@@ -14,7 +14,8 @@ from typing import Callable
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from synguard import abi, model
+from synguard import abi
+from synguard_lab import model
 from synguard.abi import Counter as C, Mode
 
 from conftest import NOW_S, SECRET, SECRET_PREV, SLOT, SYNACK_MSS4, SYNACK_MSS6, SYNACK_WSCALE, TCP_OPTS_ALL
