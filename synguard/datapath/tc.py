@@ -209,8 +209,10 @@ class TcProgram:
         lib = _lib()
         # The verifier log goes to our buffer: libbpf retries a failed load with
         # log level 1 into it (its print callback may belong to BCC in this process).
+        # By address, not ct.cast(): cast() makes a reference cycle that keeps the 16 MiB
+        # buffer resident until the next full GC, long after the load.
         log_buf = ct.create_string_buffer(VERIFIER_LOG_SIZE)
-        opts = _OpenOpts(sz=ct.sizeof(_OpenOpts), kernel_log_buf=ct.cast(log_buf, ct.c_void_p),
+        opts = _OpenOpts(sz=ct.sizeof(_OpenOpts), kernel_log_buf=ct.addressof(log_buf),
                          kernel_log_size=VERIFIER_LOG_SIZE)
         with _capture_fd2(self.log_path.with_suffix(".libbpf.log")):  # libbpf's own messages
             obj = lib.bpf_object__open_file(str(obj_file).encode(), ct.byref(opts))
