@@ -196,8 +196,9 @@ class Map:
                     keys, values = (self.Key * n)(), (self.Leaf * n)()
                     continue
                 raise OSError(err, f"map {self.name}: BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+            ks, vs = ct.sizeof(self.Key), ct.sizeof(self.Leaf)
             for i in range(count.value):
-                yield self.Key.from_buffer_copy(keys[i]), self.Leaf.from_buffer_copy(values[i])
+                yield self.Key.from_buffer_copy(keys, i * ks), self.Leaf.from_buffer_copy(values, i * vs)
             if err == errno.ENOENT:
                 return
             first = False
