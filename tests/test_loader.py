@@ -81,3 +81,50 @@ def test_daemon_idle_rss_is_within_target():
     names = [name for name, _ in r["top"]]
     assert not [n for n in names if any(lib in n for lib in COMPILER_LIBS)], r["top"]
     assert r["rss"] <= RSS_TARGET, (r["rss"] / (1 << 20), r["top"])
+
+
+# ---- XDP attachment through libbpf (no BCC) -----------------------------------------
+
+
+@pytest.fixture
+def lab():
+    from synguard_lab.lab import Lab
+
+    with Lab("sgxa") as lab:
+        yield lab
+
+
+@pytest.mark.netns
+@needs_lab
+def test_replace_and_detach_name_the_expected_program(lab):
+    """A restarted daemon replaces its predecessor's leftover (here in the other XDP mode);
+    a detach or replace naming a program that is no longer there changes nothing
+    (XDP_FLAGS_REPLACE: the kernel compares, EEXIST)."""
+    import errno
+
+    from synguard.datapath import DataPath, attached_prog
+    from synguard.datapath.xdp import attach_fd, detach_fd, mode_of
+
+    ifname = lab.server_client_if
+    dp1, dp2 = DataPath(), DataPath()
+    try:
+        with lab.netns(lab.server_ns):
+            idx = __import__("socket").if_nametoindex(ifname)
+            assert dp1.attach(ifname, "generic") == "generic"
+            dp1.forget(ifname)  # dp1 "died": its program stays attached
+            assert dp2.attach(ifname, "auto") == "native"  # over our own leftover, cleared from generic
+            assert attached_prog(ifname)[0] == dp2.prog_id and mode_of(idx, dp1.prog_id) is None
+            # dp1's program is gone from there: naming it changes nothing
+            assert detach_fd(idx, "native", dp1.prog_fd) == -errno.EEXIST
+            assert attach_fd(idx, dp1.prog_fd, "native", expected_fd=dp1.prog_fd) == -errno.EEXIST
+            assert attached_prog(ifname)[0] == dp2.prog_id
+            # same mode: one replace, never a moment without a program
+            assert dp1.attach(ifname, "native") == "native"
+            assert attached_prog(ifname)[0] == dp1.prog_id
+            assert dp2.detach(ifname) is False  # not dp2's any more: left alone
+            assert attached_prog(ifname)[0] == dp1.prog_id
+            assert dp1.detach(ifname) is True and attached_prog(ifname) is None
+    finally:
+        with lab.netns(lab.server_ns):
+            dp1.close()
+            dp2.close()
