@@ -78,9 +78,9 @@ class DataPath:
             if missing or unknown:
                 raise MapLayoutError(f"maps of {self.src_file.name} and synguard.abi.MAPS differ: "
                                      f"missing {missing}, not mirrored {unknown}")
-            while loaded.maps:
-                name, fd = loaded.maps.popitem()
-                self._maps[name] = Map(fd, name, abi.MAPS[name])
+            for name in list(loaded.maps):
+                self._maps[name] = Map(loaded.maps[name], name, abi.MAPS[name])  # checks the sizes
+                del loaded.maps[name]  # ours now: closed by close()
         except MapLayoutError as e:
             loaded.close()
             self.close()
