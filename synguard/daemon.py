@@ -198,7 +198,8 @@ class Daemon:
             event("syncookies_off", f"{ifname}: {dp.tc_problem}; until then protect mode refuses every new "
                   f"connection", level=logging.ERROR, interface=ifname)
             dp.tc_problem = None
-        if dp.tc is not None and dp.tc.pin_error:
+        # A foreign pin directory is said once (state_note); the tc pin fails for the same reason.
+        if dp.tc is not None and dp.tc.pin_error and dp.tc.pin_error != dp.state_note:
             event("pin_failed", f"cannot pin the tc program ({dp.tc.pin_error}): after a crash, a restarted "
                   f"daemon recognises its leftover filter by name only", level=logging.WARNING)
             dp.tc.pin_error = None

@@ -227,7 +227,7 @@ def test_pin_directories_are_ours_and_private(lab, bpffs, world):
             st = path.lstat()
             assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == 0, path
         pins = sorted(p.name for p in ns_dir.iterdir())
-        assert "xdp_synguard" in pins and "sg_allowlist" in pins, pins
+        assert "xdp_synguard" in pins and "sg_src_syns" in pins and "sg_counters" in pins, pins
         for p in ns_dir.iterdir():
             st = p.lstat()
             assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0, p
@@ -312,7 +312,7 @@ def test_failed_start_after_a_crash_keeps_state_and_pins(lab, world):
         orphan = attached(lab, lab.server_client_if)[0]
         ns_dir = netns_dir(mnt, lab)
         kept = sorted(p.name for p in ns_dir.iterdir())
-        assert "xdp_synguard" in kept and "sg_allowlist" in kept, kept
+        assert "xdp_synguard" in kept and "sg_src_syns" in kept and "sg_counters" in kept, kept
 
         secret_file.chmod(0o644)  # the next start must fail
         t0 = time.monotonic()
@@ -331,7 +331,7 @@ def test_failed_start_after_a_crash_keeps_state_and_pins(lab, world):
         c = Daemon(lab, world, "-c", str(cfg), env=env)
         try:
             text = c.wait("mode protect")
-            assert "adopted the state of a previous run" in text and "1 verified sources kept" in text, text
+            assert "adopted the state of a previous run" in text and "sg_counters (16)" in text, text
         finally:
             assert c.stop() == 0, c.text()
     finally:
@@ -453,7 +453,7 @@ def test_second_daemon_leaves_the_running_ones_state_alone(lab, world):
         a = Daemon(lab, world, "-i", lab.server_client_if, env=env)
         a.wait("attached to")
         ns_dir = netns_dir(mnt, lab)
-        ids = {name: _pinned_map_id(ns_dir / name) for name in ("sg_allowlist", "sg_counters")}
+        ids = {name: _pinned_map_id(ns_dir / name) for name in ("sg_src_syns", "sg_counters")}
         b = Daemon(lab, world, "-i", lab.server_client_if, env=env)
         try:
             assert b.exit_code(timeout=30) == 1, b.text()
