@@ -302,7 +302,7 @@ def test_slot_and_secret_rotation_keep_fresh_cookies_valid(dp, monkeypatch):
 
 
 def derive(d, wall):
-    from synguard.daemon import derive_secret
+    from synguard.secret import derive_secret
 
     return derive_secret(d.master, wall // d.config.secret.rotate_every)
 
