@@ -92,10 +92,10 @@ class Map:
             values = list(value)
             if len(values) != self.ncpu:
                 raise ValueError(f"map {self.name}: {len(values)} per-CPU values for {self.ncpu} CPUs")
-            out = self.Leaf()
+            out, stride = self.Leaf(), ct.sizeof(self.Leaf._type_)
             for cpu, v in enumerate(values):
                 v = v if isinstance(v, self.sLeaf) else self.sLeaf.from_buffer_copy(v)
-                ct.memmove(ct.addressof(out) + cpu * ct.sizeof(self.Leaf._type_), ct.addressof(v), ct.sizeof(self.sLeaf))
+                ct.memmove(ct.addressof(out) + cpu * stride, ct.addressof(v), ct.sizeof(self.sLeaf))
             return out
         if isinstance(value, int) and issubclass(self.Leaf, ct._SimpleCData):
             return self.Leaf(value)

@@ -122,8 +122,3 @@ def detach_orphan(ifname: str) -> tuple[bool, tuple[int, str] | None]:
     if not is_ours(current):
         return False, current
     return detach_prog(ifindex(ifname), current[0]), current
-
-
-def strerror(neg: int) -> str:
-    return os.strerror(-neg) if neg else "ok"
-
