@@ -145,3 +145,15 @@ def test_a_type_of_another_size_is_refused(make_map):
             Map(fd, "sg_test", (ct.c_uint32, ct.c_uint64))
     finally:
         os.close(fd)
+
+
+def test_a_map_is_known_by_its_kernel_name(make_map):
+    """An fd handed over under another map's name (same sizes: sg_allow_cidrs and sg_deny_cidrs
+    are alike) is refused: the kernel's own name for the map must match."""
+    m = make_map(MAP_HASH, ct.c_uint32, ct.c_uint32, 4, name="sg_allow_cidrs")
+    fd = os.dup(m.map_fd)
+    try:
+        with pytest.raises(MapLayoutError, match="is 'sg_allow_cidrs', not 'sg_deny_cidrs'"):
+            Map(fd, "sg_deny_cidrs", (ct.c_uint32, ct.c_uint32))
+    finally:
+        os.close(fd)

@@ -51,6 +51,8 @@ class Map:
         """fd: ours from now on (close() closes it). types: (key type, value type; one
         CPU's value for a per-CPU map), e.g. synguard.abi.MAPS[name]."""
         info = map_info(fd)
+        if info.name and info.name.decode(errors="replace") != name[:15]:  # the kernel keeps 15 characters
+            raise MapLayoutError(f"map fd {fd} is {info.name.decode(errors='replace')!r}, not {name!r}")
         self.map_fd = fd
         self.name = name
         self.map_type = info.type
