@@ -2,11 +2,12 @@
 
 One name per concept: SG_CNT_CHALLENGE_SENT (C) -> Counter.CHALLENGE_SENT here ->
 synguard_challenges_sent_total (metric) -> "challenges sent" (CLI).
-tests/test_abi.py parses the header and the compiled maps and fails on drift.
+tests/test_abi.py parses the header, reads the loaded maps' sizes and BTF, and fails on drift.
 """
 
 from __future__ import annotations
 
+import ctypes as ct
 import enum
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,31 +187,114 @@ class Mode(enum.IntEnum):
             raise ValueError(f"{text!r} is not one of {', '.join(cls.labels())}") from None
 
 
-# struct field names, in order, as BCC's generated Leaf/Key classes expose them.
-CONFIG_FIELDS = (
-    "mode",
-    "all_ports",
-    "now_s",
-    "slot",
-    "allow_cidrs",
-    "deny_cidrs",
-    "fast_trigger_syns",
-    "fast_hold_s",
-    "synack_mss4",
-    "synack_mss6",
-    "synack_wscale",
-    "tcp_opts",
-    "method",
-    "reserved",
-)
-PORT_FIELDS = ("protect", "watch_slot", "reserved", "auto_until_s")
-PORT_SYNS_FIELDS = ("syns", "window_s", "window_syns")
-HLL_FIELDS = ("reg",)
-COUNTER_BLOCK_FIELDS = ("cnt", "ports", "hll_window", "hll")
-SECRET_FIELDS = ("k0", "k1")
-SRC_STAT_FIELDS = ("syns", "last_seen_s", "last_dport", "reserved")
-CIDR_KEY_FIELDS = ("prefixlen", "addr")
-ADDR_FIELDS = ("addr",)
+# ---- The header's structs as ctypes, and each map's key and value types ---------
+# Hand-written mirrors of the structs in synguard_abi.h, field for field. They cannot
+# drift silently: tests/test_abi.py compares names, sizes and offsets with the header
+# and with the BTF the loaded maps carry, and synguard.datapath.maps refuses a map
+# whose kernel key/value size differs from these.
+
+
+class Config(ct.Structure):
+    """struct sg_config: runtime settings, sg_config[0]."""
+
+    _fields_ = [
+        ("mode", ct.c_uint32),
+        ("all_ports", ct.c_uint32),
+        ("now_s", ct.c_uint32),
+        ("slot", ct.c_uint32),
+        ("allow_cidrs", ct.c_uint32),
+        ("deny_cidrs", ct.c_uint32),
+        ("fast_trigger_syns", ct.c_uint32),
+        ("fast_hold_s", ct.c_uint32),
+        ("synack_mss4", ct.c_uint16),
+        ("synack_mss6", ct.c_uint16),
+        ("synack_wscale", ct.c_uint8),
+        ("tcp_opts", ct.c_uint8),
+        ("method", ct.c_uint8),
+        ("reserved", ct.c_uint8),
+    ]
+
+
+class Port(ct.Structure):
+    """struct sg_port: value of sg_ports, indexed by the host-order port."""
+
+    _fields_ = [("protect", ct.c_uint8), ("watch_slot", ct.c_uint8), ("reserved", ct.c_uint16),
+                ("auto_until_s", ct.c_uint32)]
+
+
+class PortSyns(ct.Structure):
+    """struct sg_port_syns: SYNs of one watched port (per CPU)."""
+
+    _fields_ = [("syns", ct.c_uint64), ("window_s", ct.c_uint32), ("window_syns", ct.c_uint32)]
+
+
+class Hll(ct.Structure):
+    """struct sg_hll: one bank of HyperLogLog registers."""
+
+    _fields_ = [("reg", ct.c_uint8 * HLL_REGS)]
+
+
+class CounterBlock(ct.Structure):
+    """struct sg_counter_block: value of sg_counters, one per CPU and interface slot."""
+
+    _fields_ = [("cnt", ct.c_uint64 * COUNTER_MAX), ("ports", PortSyns * PORT_SLOTS),
+                ("hll_window", ct.c_uint32 * 2), ("hll", Hll * 2)]
+
+
+class Secret(ct.Structure):
+    """struct sg_secret: the SipHash key of one cookie slot."""
+
+    _fields_ = [("k0", ct.c_uint64), ("k1", ct.c_uint64)]
+
+
+class Addr(ct.Structure):
+    """struct sg_addr: key of sg_src_syns (IPv4 as ::ffff:a.b.c.d, network order)."""
+
+    _fields_ = [("addr", ct.c_uint32 * 4)]
+
+
+class SrcStat(ct.Structure):
+    """struct sg_src_stat: value of sg_src_syns."""
+
+    _fields_ = [("syns", ct.c_uint64), ("last_seen_s", ct.c_uint32), ("last_dport", ct.c_uint16),
+                ("reserved", ct.c_uint16)]
+
+
+class CidrKey(ct.Structure):
+    """struct sg_cidr_key: key of the LPM tries sg_allow_cidrs / sg_deny_cidrs."""
+
+    _fields_ = [("prefixlen", ct.c_uint32), ("addr", ct.c_uint8 * 16)]
+
+
+# Every map of ebpf/synguard.bpf.c: name -> (key type, value type), as the C declares
+# them (BCC's `int` keys are c_int). A per-CPU map's value type is one CPU's value.
+MAPS: dict[str, tuple[type, type]] = {
+    "sg_counters": (ct.c_int, CounterBlock),
+    "sg_ifaces": (ct.c_int, ct.c_uint32),
+    "sg_config": (ct.c_int, Config),
+    "sg_secrets": (ct.c_int, Secret),
+    "sg_ports": (ct.c_int, Port),
+    "sg_src_syns": (Addr, SrcStat),
+    "sg_progs": (ct.c_int, ct.c_int),
+    "sg_allow_cidrs": (CidrKey, ct.c_uint8),
+    "sg_deny_cidrs": (CidrKey, ct.c_uint8),
+}
+
+
+def _names(cls) -> tuple[str, ...]:
+    return tuple(f[0] for f in cls._fields_)
+
+
+# struct field names, in order (the daemon writes structs by field name).
+CONFIG_FIELDS = _names(Config)
+PORT_FIELDS = _names(Port)
+PORT_SYNS_FIELDS = _names(PortSyns)
+HLL_FIELDS = _names(Hll)
+COUNTER_BLOCK_FIELDS = _names(CounterBlock)
+SECRET_FIELDS = _names(Secret)
+SRC_STAT_FIELDS = _names(SrcStat)
+CIDR_KEY_FIELDS = _names(CidrKey)
+ADDR_FIELDS = _names(Addr)
 
 
 

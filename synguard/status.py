@@ -87,5 +87,5 @@ def top_sources(dp, n: int = 10) -> list[dict]:
 
 
 def _src_row(key, leaf) -> tuple[int, bytes, int, int]:
-    """(syns, 16-byte address, last_seen_s, last_dport), copied out of BCC's buffers."""
+    """(syns, 16-byte address, last_seen_s, last_dport), copied out of the batch read's buffers."""
     return int(leaf.syns), bytes(key.addr), int(leaf.last_seen_s), int(leaf.last_dport)

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_MODULES = ("lab", "flood", "demo", "evaluate", "floodbench", "bench", "kernel_bench", "benchreport", "model",
-               "clientlab", "common")
+               "clientlab", "common", "daemonmem")
 
 
 @pytest.fixture(scope="module")

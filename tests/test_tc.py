@@ -66,9 +66,9 @@ COUNTER_BLOCK_SIZE = abi.COUNTER_MAX * 8 + abi.PORT_SLOTS * 16 + 8 + 2 * abi.HLL
 
 
 def _bpf():
-    from synguard.datapath.libbpf import lib as _lib
+    from synguard.datapath.libbpf import lib
 
-    return _lib()
+    return lib()
 
 
 def map_value_size(fd: int) -> int:

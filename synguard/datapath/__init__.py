@@ -1,8 +1,11 @@
 """Loader and map access for the XDP program in ebpf/.
 
-DataPath compiles ebpf/synguard.bpf.c with BCC, attaches it to interfaces
-(native XDP with a fallback to generic), replaces or detaches only its own
-program, and reads/writes the maps through BCC's generated Key/Leaf classes.
+DataPath has ebpf/synguard.bpf.c compiled and loaded by BCC in a short-lived child
+process (synguard/datapath/loader.py: BCC's compiler never stays mapped in the
+daemon) and keeps the program and map fds it hands back. It reads and writes the
+maps by fd through libbpf (synguard/datapath/maps.py, types from synguard/abi.py),
+attaches the program with libbpf (native XDP with a fallback to generic), and
+replaces or detaches only its own program.
 Errors the operator can fix are raised as DataPathError with a one-line message.
 """
 
@@ -22,12 +25,13 @@ from synguard.abi import CookieMethod, Counter, Mode
 from synguard.datapath.host import (DataPathError, capture_fd2, check_kernel_headers, check_privileges,
                                     ebpf_dir, ifindex, private_log_dir)
 from synguard.datapath.libbpf import TestRunResult, lib, prog_id, prog_test_run
-from synguard.datapath.maps import addr_key, addr_of_key, cidr_key, read_struct, write_struct
+from synguard.datapath.maps import (Map, MapLayoutError, addr_key, addr_of_key, cidr_key, read_struct,
+                                    write_struct)
 from synguard.datapath.netns import current_netns_fd, in_netns
 from synguard.datapath.pins import (adopt_state, forget_state, kept_map_names, pin, pin_path, pinned_prog_id,
                                     state_dir, unpin)
-from synguard.datapath.xdp import (MODE_FLAGS, PROG_NAME, XDP_FLAGS_UPDATE_IF_NOEXIST, XDP_MODES,
-                                   attached_prog, detach_orphan, is_ours)
+from synguard.datapath.xdp import (PROG_NAME, XDP_MODES, attach_fd, attached_prog, detach_fd, detach_orphan, fd_of,
+                                   is_ours, mode_of)
 
 __all__ = ["DataPath", "DataPathError", "TestRunResult", "PROG_NAME", "XDP_MODES", "addr_key", "addr_of_key",
            "attached_prog", "current_netns_fd", "detach_orphan", "ebpf_dir", "in_netns", "lib", "pin_path",
@@ -52,7 +56,7 @@ def kernel_cookie_problem() -> str | None:
 
 
 class DataPath:
-    """The compiled program, its maps and its attachments."""
+    """The loaded program, its maps (by fd) and its attachments."""
 
     def __init__(self, *, cflags: tuple[str, ...] = (), log_dir: Path | None = None, keep_state: bool = False,
                  tc: bool = False):
@@ -65,8 +69,10 @@ class DataPath:
         the kernel completes the ACK; no tc program). The environment variable
         SYNGUARD_COOKIE_METHOD=kernel-cookie forces the fallback on a kernel with the
         kfunc (=kfunc refuses to start without it; unset or "auto": choose). Without tc,
-        cookie_method is None (tests, benchmarks: set_cookie_method() picks the XDP path)."""
-        from bcc import BPF  # Debian's python3-bpfcc
+        cookie_method is None (tests, benchmarks: set_cookie_method() picks the XDP path).
+        BCC compiles and loads in a short-lived child (datapath/loader.py): this process
+        keeps only fds, never BCC's compiler."""
+        from synguard.datapath import loader  # not at import: `python -m synguard.datapath.loader`
 
         check_privileges()
         check_kernel_headers()
@@ -81,25 +87,34 @@ class DataPath:
         self.state_dir: Path | None = None  # where kept maps are pinned
         self.adopted: list[str] = []  # kept maps found pinned by an earlier run
         self.state_note: str | None = None
+        self._maps: dict[str, Map] = {}
+        self.prog_fd = self.optscan_fd = self.kcookie_fd = -1
+        loaded = loader.load(self.src_file, self.cflags, self.log_path)
+        try:
+            self.prog_fd = loaded.progs.pop(PROG_NAME)
+            # Tail-called by the program (sg_progs[0], wired by the loader): a SYN whose
+            # options need the bounded scan. Kept open for the program's lifetime.
+            self.optscan_fd = loaded.progs.pop("xdp_synguard_optscan")
+            # Tail-called too (sg_progs[1]): a SYN to answer with the kernel-cookie method.
+            self.kcookie_fd = loaded.progs.pop("xdp_synguard_kcookie")
+            missing = sorted(set(abi.MAPS) - set(loaded.maps))
+            unknown = sorted(set(loaded.maps) - set(abi.MAPS))
+            if missing or unknown:
+                raise MapLayoutError(f"maps of {self.src_file.name} and synguard.abi.MAPS differ: "
+                                     f"missing {missing}, not mirrored {unknown}")
+            for name in list(loaded.maps):
+                self._maps[name] = Map(loaded.maps[name], name, abi.MAPS[name])  # checks the sizes
+                del loaded.maps[name]  # ours now: closed by close()
+        except MapLayoutError as e:
+            loaded.close()
+            self.close()
+            raise DataPathError(f"{e}; reinstall synguard (its eBPF source and Python code must match)") from None
+        except BaseException:
+            loaded.close()
+            self.close()
+            raise
         if keep_state:
             self.state_dir, self.state_note = state_dir()
-        try:
-            with capture_fd2(self.log_path):
-                self.bpf = BPF(src_file=str(self.src_file).encode(), cflags=self.cflags)
-                self.fn = self.bpf.load_func(PROG_NAME.encode(), BPF.XDP)
-                # Tail-called by the program: a SYN whose options need the bounded scan.
-                self.optscan = self.bpf.load_func(b"xdp_synguard_optscan", BPF.XDP)
-                self.bpf[b"sg_progs"][ct.c_int(0)] = ct.c_int(self.optscan.fd)
-                # Tail-called too: a SYN to answer with the kernel-cookie method.
-                self.kcookie = self.bpf.load_func(b"xdp_synguard_kcookie", BPF.XDP)
-                self.bpf[b"sg_progs"][ct.c_int(1)] = ct.c_int(self.kcookie.fd)
-        except Exception as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DataPathError(
-                f"loading {self.src_file.name} failed ({first}); compiler/verifier log kept in {self.log_path}"
-            ) from None
-        self._BPF = BPF
-        self.prog_fd = self.fn.fd
         self.prog_id = prog_id(self.prog_fd)
         self.attached: dict[str, str] = {}  # ifname -> "native" | "generic"
         self._ports: set[int] = set()
@@ -163,8 +178,9 @@ class DataPath:
 
     # -- maps -----------------------------------------------------------------
 
-    def map(self, name: str):
-        return self.bpf[name.encode()]
+    def map(self, name: str) -> Map:
+        """A map of the program by name (typed access by fd, synguard/datapath/maps.py)."""
+        return self._maps[name]
 
     def read_blocks(self) -> list:
         """One read of sg_counters: for each interface slot, its per-CPU blocks.
@@ -172,7 +188,7 @@ class DataPath:
         Counters, per-port SYNs and HLL registers all live in these blocks; a
         caller that needs several of them passes one read to each (the daemon's tick)."""
         table = self.map("sg_counters")
-        return [table[table.Key(slot)] for slot in range(abi.IFACE_SLOTS)]
+        return [table[slot] for slot in range(abi.IFACE_SLOTS)]
 
     def counters_by_slot(self, blocks: list | None = None) -> list[dict[Counter, int]]:
         """Counters of every interface slot, summed over CPUs (slot 0: unmapped)."""
@@ -352,7 +368,7 @@ class DataPath:
             first = next(batch)
         except StopIteration:
             return
-        except Exception:  # BCC raises a bare Exception when the syscall fails
+        except OSError:  # no batch operations for this map type on this kernel
             yield from itertools.islice(table.items(), table.max_entries)
             return
         yield first
@@ -367,7 +383,7 @@ class DataPath:
         """Attach to ifname; returns "native" or "generic". Replaces only our own program."""
         if xdp_mode not in XDP_MODES:
             raise DataPathError(f"xdp mode must be one of {', '.join(XDP_MODES)}, not {xdp_mode!r}")
-        ifindex(ifname)
+        idx = ifindex(ifname)
         current = attached_prog(ifname)
         pinned = pinned_prog_id()
         if pinned is not None and pinned != self.prog_id:
@@ -379,46 +395,62 @@ class DataPath:
                 f"{ifname} already runs XDP program id {current[0]} ({current[1]}); "
                 f"synguard replaces only its own program: detach that one first"
             )
+        # Over our own leftover program (a daemon that died): replace it in one netlink
+        # call naming it as the expected program (XDP_FLAGS_REPLACE), so the interface
+        # is never unprotected in between and nothing else can be replaced by mistake.
+        # Without an fd of it (no trusted pin, no CAP_SYS_ADMIN) the mode's program is
+        # replaced as found, as the check above allowed.
+        old_fd = None
+        if current is not None:
+            old_fd = self.prog_fd if current[0] == self.prog_id else fd_of(current[0])
         modes = {"auto": ("native", "generic"), "native": ("native",), "generic": ("generic",)}[xdp_mode]
         errors = []
-        for mode in modes:
-            mode_flag = MODE_FLAGS[mode]
-            # Over our own leftover program (a daemon that died): replace it in one
-            # netlink call, so the interface is never unprotected in between.
-            tries = [mode_flag] if current is None else [mode_flag, "clear"]
-            if current is None:
-                tries = [XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flag]
-            for flags in tries:
-                if flags == "clear":  # the leftover sits in the other mode: clear, then attach
-                    self._detach_raw(ifname)
-                    flags = XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flag
-                try:
-                    with capture_fd2(self.log_path.with_suffix(".attach.log")):
-                        self._BPF.attach_xdp(ifname.encode(), self.fn, flags)
-                except Exception as e:  # BCC raises a bare Exception
-                    errors.append(f"{mode}: {e}")
-                    continue
-                self.attached[ifname] = mode
-                self.ifindexes[ifname] = ifindex(ifname)
-                self._netns[ifname] = current_netns_fd()
-                self._map_interface(ifname)
-                if pinned_prog_id() != self.prog_id:
-                    err = pin(self.prog_fd, self.map("sg_progs").map_fd)
-                    if err:
-                        self.pin_error = err
+        try:
+            with capture_fd2(self.log_path.with_suffix(".attach.log")):  # libbpf's netlink messages
+                for mode in modes:
+                    where = mode_of(idx, current[0]) if current is not None else None
+                    if where is not None and where != mode:  # the leftover sits in the other mode:
+                        detach_fd(idx, where, old_fd)          # clear it, then attach
+                        where = None
+                    if where is None:
+                        ret = attach_fd(idx, self.prog_fd, mode)
                     else:
-                        self._pins.add(pin_path())
-                if self.tc is not None:
-                    self.tc_problem = self.tc.attach(ifname, strict=False)
-                elif self.cookie_method == CookieMethod.KERNEL_COOKIE.label:
-                    self.tc_problem = kernel_cookie_problem()
-                return mode
-        raise DataPathError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))
+                        ret = attach_fd(idx, self.prog_fd, mode, expected_fd=old_fd, replace_any=old_fd is None)
+                    if ret == 0:
+                        break
+                    errors.append(f"{mode}: {os.strerror(-ret)}")
+                else:
+                    mode = None
+        finally:
+            if old_fd is not None and old_fd != self.prog_fd:
+                os.close(old_fd)
+        if mode is None:
+            why = self._kernel_message()
+            raise DataPathError(f"cannot attach XDP to {ifname}: " + "; ".join(errors) + (f" ({why})" if why else ""))
+        self.attached[ifname] = mode
+        self.ifindexes[ifname] = idx
+        self._netns[ifname] = current_netns_fd()
+        self._map_interface(ifname)
+        if pinned_prog_id() != self.prog_id:
+            err = pin(self.prog_fd, self.map("sg_progs").map_fd)
+            if err:
+                self.pin_error = err
+            else:
+                self._pins.add(pin_path())
+        if self.tc is not None:
+            self.tc_problem = self.tc.attach(ifname, strict=False)
+        elif self.cookie_method == CookieMethod.KERNEL_COOKIE.label:
+            self.tc_problem = kernel_cookie_problem()
+        return mode
 
-    def _detach_raw(self, ifname: str) -> None:
-        for flag in MODE_FLAGS.values():
-            with contextlib.suppress(Exception), capture_fd2(self.log_path.with_suffix(".attach.log")):
-                self._BPF.remove_xdp(ifname.encode(), flag)
+    def _kernel_message(self) -> str | None:
+        """The kernel's last netlink error text (extack) libbpf logged during attach."""
+        with contextlib.suppress(OSError):
+            lines = [ln.split("Kernel error message:", 1)[1].strip()
+                     for ln in self.log_path.with_suffix(".attach.log").read_text().splitlines()
+                     if "Kernel error message:" in ln]
+            return lines[-1] if lines else None
+        return None
 
     def detach(self, ifname: str) -> bool:
         """Detach from ifname (in the namespace it was attached in) if our program is still there."""
@@ -430,21 +462,20 @@ class DataPath:
             self.tc.detach(ifname)
         try:
             with in_netns(fd):
-                return self._detach_here(ifname, mode)
+                return self._detach_here(ifname)
         finally:
             os.close(fd)
 
-    def _detach_here(self, ifname: str, mode: str) -> bool:
+    def _detach_here(self, ifname: str) -> bool:
         try:
-            current = attached_prog(ifname)
+            idx = ifindex(ifname)
+            mode = mode_of(idx, self.prog_id)
         except DataPathError:
             return False  # interface gone: nothing left to detach
-        if current is None or current[0] != self.prog_id:
+        if mode is None:
             return False  # someone else's program now: leave it alone
-        flag = MODE_FLAGS[mode]
         with capture_fd2(self.log_path.with_suffix(".attach.log")):
-            self._BPF.remove_xdp(ifname.encode(), flag)
-        return True
+            return detach_fd(idx, mode, self.prog_fd) == 0  # REPLACE: only if ours is still there
 
     def forget(self, ifname: str) -> None:
         """Drop the records of an attachment the kernel already ended (device removed)."""
@@ -465,7 +496,7 @@ class DataPath:
             self.tc.rename(old, new)
 
     def detach_all(self) -> None:
-        for ifname in list(self.attached):
+        for ifname in list(getattr(self, "attached", ())):
             with contextlib.suppress(Exception):
                 self.detach(ifname)
 
@@ -482,9 +513,18 @@ class DataPath:
         if not keep_state:
             forget_state(getattr(self, "state_dir", None))
         self.state_dir = None
-        bpf, self.bpf = getattr(self, "bpf", None), None
-        if bpf is not None:
-            bpf.cleanup()
+        maps, self._maps = getattr(self, "_maps", {}), {}
+        for table in maps.values():
+            table.close()
+        for attr in ("prog_fd", "optscan_fd", "kcookie_fd"):
+            fd = getattr(self, attr, -1)
+            setattr(self, attr, -1)
+            if fd >= 0:
+                os.close(fd)
+        for fd in getattr(self, "_netns", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._netns = {}
         if getattr(self, "_log_dir_made", False):
             self._log_dir_made = False
             shutil.rmtree(self.log_path.parent, ignore_errors=True)

@@ -75,15 +75,19 @@ def private_log_dir(given: Path | None = None) -> Path:
 
 @contextlib.contextmanager
 def capture_fd2(path: Path):
-    """Send fd 2 (where clang and the verifier write) to a file for the block.
+    """Send fd 2 (where clang, the verifier and libbpf write) to a file for the block;
+    libbpf's messages, quiet elsewhere, are on for the block.
 
     path lies in a private_log_dir(); O_NOFOLLOW all the same (a symlink is never followed)."""
+    from synguard.datapath.libbpf import libbpf_messages
+
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     saved = os.dup(2)
     os.dup2(fd, 2)
     os.close(fd)
     try:
-        yield
+        with libbpf_messages():
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -1,8 +1,11 @@
 """Debian's libbpf1 through ctypes: BPF_PROG_TEST_RUN, object ids and names, pins,
-raw map access by fd. One place for every libbpf signature (argtypes set once)."""
+raw map access by fd, XDP attachment. One place for every libbpf signature (argtypes
+set once). The long-running daemon reaches the kernel only through these calls: it
+never imports BCC (whose compiler would stay mapped; see synguard/datapath/loader.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import os
 from dataclasses import dataclass
@@ -71,7 +74,42 @@ class OpenOpts(ct.Structure):
     ]
 
 
+class MapInfo(ct.Structure):
+    """The head of struct bpf_map_info (linux/bpf.h), up to the BTF type ids."""
+
+    _fields_ = [
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("key_size", ct.c_uint32),
+        ("value_size", ct.c_uint32),
+        ("max_entries", ct.c_uint32),
+        ("map_flags", ct.c_uint32),
+        ("name", ct.c_char * 16),
+        ("ifindex", ct.c_uint32),
+        ("btf_vmlinux_value_type_id", ct.c_uint32),
+        ("netns_dev", ct.c_uint64),
+        ("netns_ino", ct.c_uint64),
+        ("btf_id", ct.c_uint32),
+        ("btf_key_type_id", ct.c_uint32),
+        ("btf_value_type_id", ct.c_uint32),
+    ]
+
+
+class XdpAttachOpts(ct.Structure):
+    """struct bpf_xdp_attach_opts (libbpf 1.1): old_prog_fd with XDP_FLAGS_REPLACE."""
+
+    _fields_ = [("sz", ct.c_size_t), ("old_prog_fd", ct.c_int)]
+
+
+class XdpQueryOpts(ct.Structure):
+    """struct bpf_xdp_query_opts (libbpf 1.1)."""
+
+    _fields_ = [("sz", ct.c_size_t), ("prog_id", ct.c_uint32), ("drv_prog_id", ct.c_uint32),
+                ("hw_prog_id", ct.c_uint32), ("skb_prog_id", ct.c_uint32), ("attach_mode", ct.c_uint8)]
+
+
 _libbpf = None
+_default_print = None  # libbpf's own printer (to stderr), off outside libbpf_messages()
 
 
 def lib():
@@ -105,7 +143,37 @@ def lib():
         for fn in ("bpf_tc_attach", "bpf_tc_detach", "bpf_tc_query"):
             getattr(lib, fn).argtypes = [ct.POINTER(TcHook), ct.POINTER(TcOpts)]
         lib.libbpf_num_possible_cpus.argtypes = []
+        lib.bpf_map_delete_elem.argtypes = [ct.c_int, ct.c_void_p]
+        lib.bpf_map_lookup_batch.argtypes = [ct.c_int, vp, vp, vp, vp, ct.POINTER(ct.c_uint32), vp]
+        lib.bpf_map_get_fd_by_id.argtypes = [ct.c_uint32]
+        lib.bpf_btf_get_fd_by_id.argtypes = [ct.c_uint32]
+        lib.btf__load_from_kernel_by_id.argtypes = [ct.c_uint32]
+        lib.btf__load_from_kernel_by_id.restype = vp
+        lib.btf__raw_data.argtypes = [vp, ct.POINTER(ct.c_uint32)]
+        lib.btf__raw_data.restype = vp
+        lib.btf__free.argtypes = [vp]
+        lib.btf__free.restype = None
+        lib.bpf_xdp_attach.argtypes = [ct.c_int, ct.c_int, ct.c_uint32, ct.POINTER(XdpAttachOpts)]
+        lib.bpf_xdp_detach.argtypes = [ct.c_int, ct.c_uint32, ct.POINTER(XdpAttachOpts)]
+        lib.bpf_xdp_query.argtypes = [ct.c_int, ct.c_int, ct.POINTER(XdpQueryOpts)]
+        lib.libbpf_set_print.argtypes = [vp]
+        lib.libbpf_set_print.restype = vp
+        # Quiet by default, as under BCC: libbpf would print every expected ENOENT of a
+        # query ("Kernel error message: ...") into the daemon's log.
+        global _default_print
+        _default_print = lib.libbpf_set_print(None)
     return _libbpf
+
+
+@contextlib.contextmanager
+def libbpf_messages():
+    """libbpf's warnings go to fd 2 for the block (callers send fd 2 to a log file)."""
+    lib_ = lib()
+    old = lib_.libbpf_set_print(_default_print)
+    try:
+        yield
+    finally:
+        lib_.libbpf_set_print(old)
 
 
 @dataclass(frozen=True)
@@ -123,9 +191,9 @@ def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> TestRunResult:
     out_size = len(frame) + 256
     data_out = ct.create_string_buffer(out_size)
     opts = _TestRunOpts(sz=ct.sizeof(_TestRunOpts))
-    opts.data_in = ct.cast(data_in, ct.c_void_p)
+    opts.data_in = ct.addressof(data_in)
     opts.data_size_in = len(frame)
-    opts.data_out = ct.cast(data_out, ct.c_void_p)
+    opts.data_out = ct.addressof(data_out)
     opts.data_size_out = out_size
     opts.repeat = repeat
     if lib().bpf_prog_test_run_opts(prog_fd, ct.byref(opts)) != 0:
@@ -159,3 +227,41 @@ def prog_name_by_id(pid: int) -> str:
         return info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
     finally:
         os.close(fd)
+
+
+def errno_of(ret: int) -> int:
+    """libbpf 1.x returns -errno (and sets errno); NULL-returning calls set errno only."""
+    return -ret if ret < 0 else ct.get_errno()
+
+
+def map_info(fd: int) -> MapInfo:
+    """The kernel's struct bpf_map_info of a map fd (type, sizes, name, BTF ids)."""
+    info = MapInfo()
+    size = ct.c_uint32(ct.sizeof(info))
+    if lib().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)) != 0:
+        err = ct.get_errno()
+        raise OSError(err, f"bpf_obj_get_info_by_fd: {os.strerror(err)}")
+    return info
+
+
+def num_possible_cpus() -> int:
+    """CPUs a per-CPU map holds a value for (/sys/devices/system/cpu/possible)."""
+    n = lib().libbpf_num_possible_cpus()
+    if n <= 0:
+        raise OSError(-n, f"libbpf_num_possible_cpus: {os.strerror(-n)}")
+    return n
+
+
+def btf_raw(btf_id: int) -> bytes:
+    """The raw BTF blob (header, types, strings) of a kernel BTF object, by id."""
+    lib_ = lib()
+    btf = lib_.btf__load_from_kernel_by_id(btf_id)
+    if not btf:
+        err = ct.get_errno()
+        raise OSError(err, f"btf__load_from_kernel_by_id({btf_id}): {os.strerror(err)}")
+    try:
+        size = ct.c_uint32(0)
+        data = lib_.btf__raw_data(btf, ct.byref(size))
+        return ct.string_at(data, size.value)
+    finally:
+        lib_.btf__free(btf)

@@ -237,14 +237,11 @@ def map_layout(fd: int) -> tuple[int, int, int, int]:
 
 
 def adopt_state(directory: Path, tables: dict) -> tuple[list[str], str | None]:
-    """Copy the kept maps a previous run pinned in directory into ours (name -> BCC
-    table), then pin ours in their place. Returns ("name (entries)" adopted, a note
+    """Copy the kept maps a previous run pinned in directory into ours (name -> Map,
+    synguard/datapath/maps.py), then pin ours in their place. Returns ("name (entries)" adopted, a note
     on what could not be adopted). A pin whose layout differs from ours (an upgrade
     changed the struct, or a file that is not our map) is never read: not adopted."""
-    from bcc.utils import get_possible_cpus
-
     lib = _lib()
-    ncpu = len(get_possible_cpus())
     adopted, note = [], None
     for name, table in tables.items():
         path = directory / name
@@ -262,7 +259,7 @@ def adopt_state(directory: Path, tables: dict) -> tuple[list[str], str | None]:
                     if map_layout(old) != map_layout(table.map_fd):
                         note = f"{path}: layout differs from this version's {name}: not adopted"
                     else:
-                        adopted.append(f"{name} ({_copy_map(lib, old, table, ncpu)})")
+                        adopted.append(f"{name} ({_copy_map(lib, old, table)})")
                 except OSError as e:
                     note = f"{path}: {e.strerror}: not adopted"
                 finally:
@@ -273,13 +270,10 @@ def adopt_state(directory: Path, tables: dict) -> tuple[list[str], str | None]:
     return adopted, note
 
 
-def _copy_map(lib, old_fd: int, table, ncpu: int) -> int:
-    """Copy every entry of old_fd into table; the layouts were compared by the caller."""
-    ksize = ct.sizeof(table.Key)
-    leaf = getattr(table, "sLeaf", table.Leaf)
-    vsize = ct.sizeof(leaf)
-    if hasattr(table, "sLeaf"):  # per-CPU: one 8-byte-aligned value per possible CPU
-        vsize = (vsize + 7) // 8 * 8 * ncpu
+def _copy_map(lib, old_fd: int, table) -> int:
+    """Copy every entry of old_fd into table; the layouts were compared by the caller
+    (raw bytes: a per-CPU value is every possible CPU's, 8-byte aligned: table.raw_value_size)."""
+    ksize, vsize = table.key_size, table.raw_value_size
     key, nxt, val = ct.create_string_buffer(ksize), ct.create_string_buffer(ksize), ct.create_string_buffer(vsize)
     first, copied = True, 0
     while lib.bpf_map_get_next_key(old_fd, None if first else key, nxt) == 0:
