@@ -165,3 +165,42 @@ def test_run_refuses_to_replace_a_foreign_program(lab):
     assert "already runs XDP program" in r.stderr and "xdp_pass" in r.stderr
     with lab.netns(lab.server_ns):
         assert attached_prog(lab.server_client_if)[1] == "xdp_pass"  # left alone
+
+
+@pytest.mark.netns
+@needs_tc
+def test_first_run_output_reads_right(lab, tmp_path):
+    """What a first run showed wrong (issue 12), read from the real CLI against a real daemon:
+    status/top find the socket from -c FILE; status says what protect does and never names
+    our own /metrics listener or an idle one as "worst"; top shows ages; listeners ends its
+    last row with a newline."""
+    import re
+
+    lab.tcp_server(8080)
+    sock = tmp_path / "ctl" / "control.sock"
+    cfg = tmp_path / "synguard.yaml"
+    cfg.write_text(f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: protect\n"
+                   f"protect:\n  ports: [8080]\ncontrol:\n  socket: {sock}\n")
+    proc = lab.popen(lab.server_ns, [*SYNGUARD, "run", "-c", str(cfg), "--interval", "1"],
+                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        _wait_for(proc, "metrics on", 90)
+        lab.flood(300, 5, dport=8080, sources=3)
+
+        def cli(*args):
+            r = lab.run(lab.server_ns, [*SYNGUARD, *args], check=False, timeout=30)
+            assert r.returncode == 0, (args, r.stderr)
+            return r.stdout
+
+        status = cli("status", "-c", str(cfg))  # no --socket: taken from the config
+        assert "|- protect:     every SYN to ports 8080 is answered in XDP" in status
+        assert "armed ports" not in status
+        assert status.rstrip().splitlines()[-1].startswith("`- listeners:   ")  # none half-open: no "worst"
+        assert ":9046" not in status
+        top = cli("top", "-c", str(cfg)).splitlines()
+        assert len(top) >= 2 and all(re.search(r"\d+s ago$", row) for row in top[1:]), top
+        listeners = cli("listeners")
+        assert listeners.endswith("\n") and ":8080" in listeners
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
