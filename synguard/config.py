@@ -128,6 +128,7 @@ _KINDS = ((type(None), "null"), (bool, "boolean"), (int, "integer"), (float, "fl
           ((list, tuple), "list"), (dict, "mapping"), (bytes, "binary"))  # bool before int
 _DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9]*)\Z")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_COLLECTION_TAGS = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
 
 
 class _Value:
@@ -139,28 +140,29 @@ class _Value:
 
     def __init__(self, obj: Any = None, node: yaml.Node | None = None, loader: yaml.SafeLoader | None = None):
         self.obj, self.node, self.loader = obj, node, loader
-        self.line = node.start_mark.line + 1 if node is not None else None
-        self.problem: str | None = None
-        if isinstance(node, yaml.ScalarNode):
-            if node.tag == "tag:yaml.org,2002:int" and len(node.value) > INT_TEXT_MAX:
-                self.problem = f"a number of {len(node.value)} characters, far out of range of every setting"
-            else:
-                try:
-                    self.obj = loader.construct_object(node)
-                except yaml.YAMLError as e:
-                    self.problem = str(getattr(e, "problem", None) or e)
-                except (ValueError, OverflowError) as e:  # never a traceback for a scalar
-                    self.problem = f"unreadable {node.tag.rsplit(':', 1)[-1]}: {_short(str(e))}"
-        elif node is not None:
-            self.kind = "mapping" if isinstance(node, yaml.MappingNode) else "list"
-            if node.tag != f"tag:yaml.org,2002:{'map' if self.kind == 'mapping' else 'seq'}":
-                self.problem = f"unsupported tag {node.tag!r}"
-            elif self.kind == "mapping":
-                self.problem = _merge_problem(node)
-        if node is None or isinstance(node, yaml.ScalarNode):
-            self.kind = next((k for t, k in _KINDS if isinstance(self.obj, t)), type(self.obj).__name__)
-        if self.problem:
-            self.kind = "invalid"
+        self.line = None if node is None else node.start_mark.line + 1
+        self.problem = None if node is None else self._read(node)  # why it cannot be read
+        self.kind = ("invalid" if self.problem else "mapping" if isinstance(node, yaml.MappingNode)
+                     else "list" if isinstance(node, yaml.SequenceNode)
+                     else next((k for t, k in _KINDS if isinstance(self.obj, t)), type(self.obj).__name__))
+
+    def _read(self, node: yaml.Node) -> str | None:
+        """Why node cannot be read, or None; a scalar's value goes to .obj."""
+        if type(node) in _COLLECTION_TAGS and node.tag != _COLLECTION_TAGS[type(node)]:
+            return f"unsupported tag {node.tag!r}"
+        if isinstance(node, yaml.MappingNode):
+            return _merge_problem(node)
+        if isinstance(node, yaml.SequenceNode):
+            return None
+        if node.tag == "tag:yaml.org,2002:int" and len(node.value) > INT_TEXT_MAX:
+            return f"a number of {len(node.value)} characters, far out of range of every setting"
+        try:
+            self.obj = self.loader.construct_object(node)
+        except yaml.YAMLError as e:
+            return str(getattr(e, "problem", None) or e)
+        except (ValueError, OverflowError) as e:  # never a traceback for a scalar
+            return f"unreadable {node.tag.rsplit(':', 1)[-1]}: {_short(str(e))}"
+        return None
 
     def items(self) -> list[_Value]:
         if self.node is None:
@@ -293,10 +295,10 @@ def _expect(v: _Value, kinds: tuple[str, ...], what: str) -> Any:
         raise ValueError(f"cannot read value: {v.problem}")
     if v.kind not in kinds:
         raise ValueError(f"expected {what}, got {_describe(v)}")
-    node = v.node
-    if v.kind == "integer" and node is not None and node.style is None and not _DECIMAL.match(node.value.replace("_", "")):
-        # YAML 1.1 octal, hex, base 60: never silently protect port 291 for 0443
-        raise ValueError(f"{node.value!r} is not a plain decimal integer (YAML reads it as {v.obj}); write it in decimal")
+    if v.kind == "integer" and v.node is not None and v.node.style is None:  # unquoted, in a file
+        text = v.node.value
+        if not _DECIMAL.match(text.replace("_", "")):  # YAML 1.1 octal, hex, base 60: 0443 is port 291
+            raise ValueError(f"{text!r} is not a plain decimal integer (YAML reads it as {v.obj}); write it in decimal")
     return v.obj
 
 
@@ -557,8 +559,8 @@ _CIDRS = _list_of(_cidr, "CIDRs", max_items=abi.CIDR_SIZE)
 
 @dataclass(frozen=True)
 class ProtectConfig:
+    # empty: every port
     ports: tuple[int, ...] = _key((), _list_of(_int_range(1, 65535, name="port"), "ports 1-65535", sort=True))
-    # ^ empty: every port
 
 
 @dataclass(frozen=True)
@@ -606,21 +608,17 @@ class DetectionConfig:
 
     Rates are SYN/s, durations int seconds; defaults tuned on tests/test_detect.py."""
 
-    # volume floor: below it nothing is an attack
-    floor_pps: int = _key(2000, _int_range(1, PPS_MAX, " SYN/s"))
-    # volume gate: rate >= max(floor_pps, multiple x baseline)
-    baseline_multiple: float = _key(3.0, _number(1.0, 1000.0))
+    floor_pps: int = _key(2000, _int_range(1, PPS_MAX, " SYN/s"))  # volume floor: below it nothing is an attack
+    baseline_multiple: float = _key(3.0, _number(1.0, 1000.0))  # volume gate: max(floor_pps, multiple x baseline)
     ewma_alpha: float = _key(0.05, _number(0.0, 1.0, lo_open=True))  # baseline EWMA weight per tick
-    # NP-CUSUM allowance per tick (normalised gap units) and alarm level
-    cusum_drift: float = _key(0.5, _number(0.0, 1000.0))
-    cusum_threshold: float = _key(3.0, _number(0.0, 1e6, lo_open=True))
+    cusum_drift: float = _key(0.5, _number(0.0, 1000.0))  # NP-CUSUM allowance per tick (normalised gap units)
+    cusum_threshold: float = _key(3.0, _number(0.0, 1e6, lo_open=True))  # NP-CUSUM alarm level
     clear_ticks: int = _key(5, _int_range(1, 3600, " ticks"))  # consecutive quiet ticks that end an attack
     hold: int = _key(60, _duration())  # attacked ports stay protected this long after the end
     # spoofed: distinct sources / SYNs at or above the first, and new sources / distinct at or above the second
     spoofed_distinct_ratio: float = _key(0.9, _number(0.0, 1.0, lo_open=True))
     spoofed_new_ratio: float = _key(0.5, _number(0.0, 1.0))
-    # single-source: the top source's share of SYNs at or above this
-    single_source_share: float = _key(0.5, _number(0.0, 1.0, lo_open=True))
+    single_source_share: float = _key(0.5, _number(0.0, 1.0, lo_open=True))  # top source's share >= this: single
     fast_trigger_pps: int = _key(100000, _int_range(0, U32_MAX, " SYN/s (0: off)"))  # in-kernel per-port ceiling
     source_deny: int = _key(600, _duration())  # how long a single-source attacker is denied
 
@@ -629,9 +627,9 @@ class DetectionConfig:
         if self.fast_trigger_pps and self.fast_trigger_pps < self.floor_pps:
             key = "fast_trigger_pps" if "fast_trigger_pps" in raw else "floor_pps"
             if key in raw:
-                errs.add(f"{path}.{key}", raw[key].line,
-                         f"fast_trigger_pps ({self.fast_trigger_pps}) is below floor_pps ({self.floor_pps}): the "
-                         "kernel ceiling would fire on traffic the detector calls normal; raise it or set it to 0 (off)")
+                errs.add(f"{path}.{key}", raw[key].line, f"fast_trigger_pps ({self.fast_trigger_pps}) is below "
+                         f"floor_pps ({self.floor_pps}): the kernel ceiling would fire on traffic the detector "
+                         "calls normal; raise it or set it to 0 (off)")
 
 
 @dataclass(frozen=True)
