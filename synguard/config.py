@@ -752,20 +752,14 @@ def load(path: str | os.PathLike = DEFAULT_PATH) -> Config:
             raise ConfigError(["is not a regular file (a FIFO, device or socket): give a config file"], source)
         if st.st_size > FILE_MAX_BYTES:
             raise ConfigError([too_big], source)
-        chunks, size = [], 0
-        while size <= FILE_MAX_BYTES:
-            chunk = os.read(fd, FILE_MAX_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > FILE_MAX_BYTES:  # grew while we read
-            raise ConfigError([too_big], source)
-        data = b"".join(chunks)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(FILE_MAX_BYTES + 1)  # buffered: loops until that much or the end
     except OSError as e:
         raise ConfigError([f"cannot read: {e.strerror or e}"], source) from None
     finally:
         os.close(fd)
+    if len(data) > FILE_MAX_BYTES:  # grew while we read
+        raise ConfigError([too_big], source)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
