@@ -29,11 +29,11 @@ but strictyaml validate the dict yaml.safe_load() already built, and by then wha
 this file must catch is gone: 0443 is port 291, 0x10 and 1:30 are integers, the
 second of two "mode:" keys silently won, a 5,001-digit number has been converted
 and a "<<" merge bomb expanded; nor do they know any line numbers. jsonschema takes
-2000.0 as an integer and pydantic takes true as port 1; their messages ("70000 is
-greater than the maximum of 65535") would each need a rewrite to the ones the docs
-and tests promise, as would "did you mean". strictyaml keeps lines but stops at the
-first error and refuses flow style ({ports: [80]}). A library would keep every
-checker here and add a node-to-dict-to-path-to-line translation around it.
+2000.0 as a port, pydantic true and 2000.0; their messages ("70000 is greater than
+the maximum of 65535") would each need a rewrite to the ones the docs and tests
+promise, as would "did you mean". strictyaml keeps lines but stops at the first
+error and refuses flow style ({ports: [80]}). A library would keep every checker
+here and add a node -> dict -> key path -> line translation around it.
 """
 
 from __future__ import annotations
