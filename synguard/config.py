@@ -16,11 +16,24 @@ Contract:
   same checks. (The secret file is read by synguard.secret.)
 - Pure: nothing here touches the data path; the only I/O is load().
 
-How it works: yaml.compose() gives the node tree with line numbers; the schema
-tables below walk it (only as deep as the schema goes, so alias bombs cost
-nothing) and build the dataclasses. A new section is a dataclass + one line in
-_CONFIG_KEYS (+ its keys in config/synguard.yaml; tests/test_config.py checks
-the example lists every key).
+How it works: the section dataclasses below are the schema. Each key is one field
+holding its default, its checker and (in a comment) its meaning; a new key is one
+such line (+ its entry in config/synguard.yaml, which tests/test_config.py checks
+against schema_keys(), + README's table). yaml.compose() gives the node tree with
+line numbers; the checkers walk it only as deep as the schema goes (alias bombs
+cost nothing) and build the dataclasses.
+
+Why not a validation library (Debian 12 has python3-jsonschema 4.10, -pydantic 1.10,
+-voluptuous 0.12, -cerberus 1.3, -schema 0.7, -strictyaml 1.6; checked 2026-11): all
+but strictyaml validate the dict yaml.safe_load() already built, and by then what
+this file must catch is gone: 0443 is port 291, 0x10 and 1:30 are integers, the
+second of two "mode:" keys silently won, a 5,001-digit number has been converted
+and a "<<" merge bomb expanded; nor do they know any line numbers. jsonschema takes
+2000.0 as a port, pydantic true and 2000.0; their messages ("70000 is greater than
+the maximum of 65535") would each need a rewrite to the ones the docs and tests
+promise, as would "did you mean". strictyaml keeps lines but stops at the first
+error and refuses flow style ({ports: [80]}). A library would keep every checker
+here and add a node -> dict -> key path -> line translation around it.
 """
 
 from __future__ import annotations
@@ -70,6 +83,8 @@ DURATION_MAX_S = 365 * 86400
 SUN_PATH_MAX = 107
 # IFNAMSIZ is 16 including the NUL (linux/if.h).
 IFNAME_MAX = 15
+PPS_MAX = 1_000_000_000  # far above any NIC's SYN rate
+U32_MAX = 2**32 - 1
 # Hostile input bounds. A config is a few KiB; load() reads at most this much.
 FILE_MAX_BYTES = 1 << 20
 # No setting takes a number near this long ("18_446_744_073_709_551_615" is 26):
@@ -79,6 +94,15 @@ INT_TEXT_MAX = 40
 # file could ask for billions of copies. A mapping may expand to this many keys.
 MERGED_KEYS_MAX = 1000
 MERGE_DEPTH_MAX = 32
+
+# Keys earlier versions accepted that no longer mean anything -> why, in one line.
+# A warning, not an error: an upgraded host keeps the operator's edited conffile, and
+# an error there would fail the unit's ExecStartPre check and leave the host without
+# any protection over a key whose removal changes nothing it does.
+REMOVED_KEYS: dict[str, str] = {
+    "protect.allow_ttl": "removed with the RST challenge (no source is remembered any more: every new "
+                         "connection completes through its own SYN cookie); ignored, delete the line",
+}
 
 
 class ConfigError(ValueError):
@@ -98,229 +122,100 @@ class ConfigError(ValueError):
         return "\n".join(e if e.startswith(prefix) else prefix + e for e in self.errors)
 
 
-# -- the result -----------------------------------------------------------------------
+# -- values with their line numbers, and the errors found in them ----------------------
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_KINDS = ((type(None), "null"), (bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"),
+          ((list, tuple), "list"), (dict, "mapping"), (bytes, "binary"))  # bool before int
+_DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9]*)\Z")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_COLLECTION_TAGS = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
 
-
-@dataclass(frozen=True)
-class ProtectConfig:
-    ports: tuple[int, ...] = ()  # empty: every port
-
-
-@dataclass(frozen=True)
-class SecretConfig:
-    file: str | None = None  # None: random 128-bit secret at start
-    rotate_every: int = 600  # seconds
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    """listen "host:port" ("[v6]:port"); None disables metrics. host/port derived."""
-
-    listen: str | None = DEFAULT_METRICS_LISTEN
-    host: str | None = field(init=False, default=None)  # unbracketed, as bind() wants it
-    port: int | None = field(init=False, default=None)
-
-    def __post_init__(self):
-        if not self.listen:
-            object.__setattr__(self, "listen", None)
-            return
-        host, port = split_listen(self.listen)  # ValueError if invalid
-        object.__setattr__(self, "host", host)
-        object.__setattr__(self, "port", port)
-        object.__setattr__(self, "listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-
-    @property
-    def enabled(self) -> bool:
-        return self.listen is not None
-
-
-@dataclass(frozen=True)
-class ControlConfig:
-    socket: str = DEFAULT_CONTROL_SOCKET
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    format: str = "human"
-
-
-@dataclass(frozen=True)
-class DetectionConfig:
-    """Attack detector knobs (synguard/detect.py explains the algorithm).
-
-    Rates are SYN/s, durations int seconds; defaults tuned on tests/test_detect.py."""
-
-    floor_pps: int = 2000  # volume floor: below it nothing is an attack
-    baseline_multiple: float = 3.0  # volume gate: rate >= max(floor_pps, multiple x baseline)
-    ewma_alpha: float = 0.05  # baseline EWMA weight per tick
-    cusum_drift: float = 0.5  # NP-CUSUM allowance per tick (normalised gap units)
-    cusum_threshold: float = 3.0  # NP-CUSUM alarm level
-    clear_ticks: int = 5  # consecutive quiet ticks that end an attack
-    hold: int = 60  # attacked ports stay protected this long after the end
-    spoofed_distinct_ratio: float = 0.9  # distinct sources / SYNs at or above: spoofed ...
-    spoofed_new_ratio: float = 0.5  # ... if new sources / distinct is at or above this too
-    single_source_share: float = 0.5  # top source's share of SYNs at or above: single-source
-    fast_trigger_pps: int = 100000  # in-kernel per-port ceiling (SYN/s); 0: off
-    source_deny: int = 600  # how long a single-source attacker is denied
-
-
-@dataclass(frozen=True)
-class Config:
-    interfaces: tuple[str, ...] = ()  # empty: `synguard run` requires -i
-    mode: Mode = Mode.OBSERVE
-    xdp_mode: str = "auto"
-    protect: ProtectConfig = field(default_factory=ProtectConfig)
-    allow: tuple[Network, ...] = ()
-    deny: tuple[Network, ...] = ()
-    secret: SecretConfig = field(default_factory=SecretConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    control: ControlConfig = field(default_factory=ControlConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    detection: DetectionConfig = field(default_factory=DetectionConfig)
-    # Not settings: what parse() wants the operator to know (REMOVED_KEYS found in the file).
-    warnings: tuple[str, ...] = field(default=(), compare=False, metadata={"setting": False})
-
-    def to_dict(self) -> dict:
-        """The config file's shape, JSON-ready (CIDRs as strings, durations in
-        seconds, disabled metrics as None); parse() of its YAML gives self back."""
-        return _plain(self)
-
-
-def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if f.init and f.metadata.get("setting", True)}
-    if isinstance(obj, tuple):
-        return [_plain(x) for x in obj]
-    if isinstance(obj, (ipaddress.IPv4Network, ipaddress.IPv6Network, Mode)):
-        return str(obj)
-    return obj
-
-
-# -- values with their line numbers ---------------------------------------------------
 
 class _Value:
-    """One value to check, and the line it came from (None: not from a file)."""
+    """One value to check: a YAML node with its line, or (override()) a Python value, line None.
 
-    line: int | None = None
-    problem: str | None = None  # why the value could not be read (kind "invalid")
+    .kind: "null" "boolean" "integer" "float" "string" "list" "mapping" "invalid" (see
+    .problem), or another type name (date, binary). A node's scalar is built by PyYAML's
+    safe constructor here; its children only when a checker asks (items(), entries())."""
 
-    @property
-    def kind(self) -> str:  # "null" "boolean" "integer" "float" "string" "list" "mapping" or other
-        raise NotImplementedError
+    def __init__(self, obj: Any = None, node: yaml.Node | None = None, loader: yaml.SafeLoader | None = None):
+        self.obj, self.node, self.loader = obj, node, loader
+        self.line = None if node is None else node.start_mark.line + 1
+        self.problem = None if node is None else self._read(node)  # why it cannot be read
+        self.kind = ("invalid" if self.problem else "mapping" if isinstance(node, yaml.MappingNode)
+                     else "list" if isinstance(node, yaml.SequenceNode)
+                     else next((k for t, k in _KINDS if isinstance(self.obj, t)), type(self.obj).__name__))
 
-    def scalar(self) -> Any:
-        raise NotImplementedError
-
-    def literal_problem(self) -> str | None:
-        """Why this integer's source text is surprising (octal, base 60...), if it is."""
+    def _read(self, node: yaml.Node) -> str | None:
+        """Why node cannot be read, or None; a scalar's value goes to .obj."""
+        if type(node) in _COLLECTION_TAGS and node.tag != _COLLECTION_TAGS[type(node)]:
+            return f"unsupported tag {node.tag!r}"
+        if isinstance(node, yaml.MappingNode):
+            return _merge_problem(node)
+        if isinstance(node, yaml.SequenceNode):
+            return None
+        if node.tag == "tag:yaml.org,2002:int" and len(node.value) > INT_TEXT_MAX:
+            return f"a number of {len(node.value)} characters, far out of range of every setting"
+        try:
+            self.obj = self.loader.construct_object(node)
+        except yaml.YAMLError as e:
+            return str(getattr(e, "problem", None) or e)
+        except (ValueError, OverflowError) as e:  # never a traceback for a scalar
+            return f"unreadable {node.tag.rsplit(':', 1)[-1]}: {_short(str(e))}"
         return None
 
     def items(self) -> list[_Value]:
-        raise NotImplementedError
+        if self.node is None:
+            return [_Value(x) for x in self.obj]
+        return [_Value(node=n, loader=self.loader) for n in self.node.value]
 
-    def entries(self) -> list[tuple[Any, int | None, _Value]]:
-        """(key, key line, value) of a mapping, in order, duplicates kept."""
-        raise NotImplementedError
-
-
-def _kind_of(obj: Any) -> str:
-    if obj is None:
-        return "null"
-    if isinstance(obj, bool):
-        return "boolean"
-    if isinstance(obj, int):
-        return "integer"
-    if isinstance(obj, float):
-        return "float"
-    if isinstance(obj, str):
-        return "string"
-    if isinstance(obj, (list, tuple)):
-        return "list"
-    if isinstance(obj, dict):
-        return "mapping"
-    if isinstance(obj, bytes):
-        return "binary"
-    return type(obj).__name__  # date, datetime (YAML timestamps)
-
-
-_DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9]*)\Z")
-
-
-class _NodeValue(_Value):
-    """A YAML node: scalars are constructed on demand by PyYAML's safe constructor."""
-
-    def __init__(self, node: yaml.Node, loader: yaml.SafeLoader):
-        self.node = node
-        self.loader = loader
-        self.line = node.start_mark.line + 1
-        self._obj: Any = None
-        standard = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
-        if type(node) in standard and node.tag != standard[type(node)]:
-            self.problem = f"unsupported tag {node.tag!r}"
-        elif isinstance(node, yaml.ScalarNode):
-            if node.tag == "tag:yaml.org,2002:int" and len(node.value) > INT_TEXT_MAX:
-                self.problem = f"a number of {len(node.value)} characters, far out of range of every setting"
-                return
-            try:
-                self._obj = loader.construct_object(node)
-            except yaml.YAMLError as e:
-                self.problem = str(getattr(e, "problem", None) or e)
-            except (ValueError, OverflowError) as e:  # never a traceback for a scalar
-                self.problem = f"unreadable {node.tag.rsplit(':', 1)[-1]}: {_short(str(e))}"
-        elif isinstance(node, yaml.MappingNode):
-            self.problem = _merge_problem(node)
-
-    @property
-    def kind(self) -> str:
-        if self.problem:
-            return "invalid"
-        if isinstance(self.node, yaml.MappingNode):
-            return "mapping"
-        if isinstance(self.node, yaml.SequenceNode):
-            return "list"
-        return _kind_of(self._obj)
-
-    def scalar(self) -> Any:
-        return self._obj
-
-    def literal_problem(self) -> str | None:
-        text = self.node.value if isinstance(self.node, yaml.ScalarNode) else ""
-        if self.kind == "integer" and self.node.style is None and not _DECIMAL.match(text.replace("_", "")):
-            return f"{text!r} is not a plain decimal integer (YAML reads it as {self._obj}); write it in decimal"
-        return None
-
-    def items(self) -> list[_Value]:
-        return [_NodeValue(n, self.loader) for n in self.node.value]
-
-    def entries(self) -> list[tuple[Any, int | None, _Value]]:
-        """Scalar keys as Python values; a list/mapping/unreadable key as its _Value."""
+    def entries(self) -> list[tuple[_Value, _Value]]:
+        """(key, value) of a mapping node, in order, duplicates kept."""
         self.loader.flatten_mapping(self.node)  # resolves "<<" merge keys in place
-        out = []
-        for knode, vnode in self.node.value:
-            key = _NodeValue(knode, self.loader)
-            out.append((key if key.kind in ("mapping", "list", "invalid") else key.scalar(),
-                        key.line, _NodeValue(vnode, self.loader)))
-        return out
+        return [(_Value(node=k, loader=self.loader), _Value(node=v, loader=self.loader)) for k, v in self.node.value]
 
 
-class _PyValue(_Value):
-    """A plain Python value (override() arguments); no line numbers."""
+def _merge_problem(node: yaml.MappingNode) -> str | None:
+    """Why node's "<<" merge keys must not be expanded, or None.
 
-    def __init__(self, obj: Any):
-        self.obj = obj
+    Counts the keys the expansion would produce (each merged mapping once,
+    memoised, so an alias bomb costs one visit per distinct node) before PyYAML
+    copies anything; refuses merges of non-mappings, self-merges and deep chains."""
+    sizes: dict[int, int | None] = {}  # id(node) -> keys once expanded; None while being counted
 
-    @property
-    def kind(self) -> str:
-        return _kind_of(self.obj)
+    def size(n: yaml.MappingNode, depth: int) -> int:
+        if id(n) in sizes:
+            if sizes[id(n)] is None:
+                raise ValueError("a '<<' merge includes the mapping it is in")
+            return sizes[id(n)]  # type: ignore[return-value]
+        if depth > MERGE_DEPTH_MAX:
+            raise ValueError(f"'<<' merges nested more than {MERGE_DEPTH_MAX} deep")
+        sizes[id(n)] = None
+        total = 0
+        for knode, vnode in n.value:
+            if knode.tag != _MERGE_TAG:
+                total += 1
+            else:
+                subs = [vnode] if isinstance(vnode, yaml.MappingNode) else (
+                    vnode.value if isinstance(vnode, yaml.SequenceNode) else None)
+                if subs is None or not all(isinstance(sub, yaml.MappingNode) for sub in subs):
+                    raise ValueError("'<<' (merge key) takes a mapping or a list of mappings")
+                for sub in subs:
+                    total += size(sub, depth + 1)
+                    if total > MERGED_KEYS_MAX:
+                        break
+            if total > MERGED_KEYS_MAX:
+                raise ValueError(f"'<<' merges expand this mapping past {MERGED_KEYS_MAX} keys "
+                                 f"(a merge-key bomb?); refused unexpanded")
+        sizes[id(n)] = total
+        return total
 
-    def scalar(self) -> Any:
-        return self.obj
-
-    def items(self) -> list[_Value]:
-        return [_PyValue(x) for x in self.obj]
+    try:
+        if any(k.tag == _MERGE_TAG for k, _ in node.value):
+            size(node, 0)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _where(path: str, line: int | None, msg: str) -> str:
@@ -352,83 +247,21 @@ class _Errors:
         return out if len(out) <= limit else out[:limit] + [f"... and {len(out) - limit} more errors"]
 
 
-_BAD = object()  # a checker found a problem (already reported)
-Checker = Callable[[_Value, str, _Errors], Any]
-
-
 def _short(text: str, limit: int = 60) -> str:
     """text, cut to limit characters (hostile values must not make kilobyte-long lines)."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def _merge_problem(node: yaml.MappingNode) -> str | None:
-    """Why node's "<<" merge keys must not be expanded, or None.
-
-    Counts the keys the expansion would produce (each merged mapping once,
-    memoised, so an alias bomb costs one visit per distinct node) before PyYAML
-    copies anything; refuses merges of non-mappings, self-merges and deep chains."""
-    sizes: dict[int, int | None] = {}  # id(node) -> keys once expanded; None while being counted
-
-    def size(n: yaml.MappingNode, depth: int) -> int:
-        if id(n) in sizes:
-            if sizes[id(n)] is None:
-                raise ValueError("a '<<' merge includes the mapping it is in")
-            return sizes[id(n)]  # type: ignore[return-value]
-        if depth > MERGE_DEPTH_MAX:
-            raise ValueError(f"'<<' merges nested more than {MERGE_DEPTH_MAX} deep")
-        sizes[id(n)] = None
-        total = 0
-        for knode, vnode in n.value:
-            if knode.tag != "tag:yaml.org,2002:merge":
-                total += 1
-            else:
-                subs = [vnode] if isinstance(vnode, yaml.MappingNode) else (
-                    vnode.value if isinstance(vnode, yaml.SequenceNode) else None)
-                if subs is None or not all(isinstance(sub, yaml.MappingNode) for sub in subs):
-                    raise ValueError("'<<' (merge key) takes a mapping or a list of mappings")
-                for sub in subs:
-                    total += size(sub, depth + 1)
-                    if total > MERGED_KEYS_MAX:
-                        break
-            if total > MERGED_KEYS_MAX:
-                raise ValueError(f"'<<' merges expand this mapping past {MERGED_KEYS_MAX} keys "
-                                 f"(a merge-key bomb?); refused unexpanded")
-        sizes[id(n)] = total
-        return total
-
-    if not any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value):
-        return None
-    try:
-        size(node, 0)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
 def _describe(v: _Value) -> str:
-    kind = v.kind
-    if kind == "invalid":
-        return f"an unreadable value ({v.problem})"
-    if kind in ("mapping", "list"):
-        return f"a {kind}"
-    if kind == "null":
-        return "nothing (null)"
-    val = v.scalar()
-    if kind == "boolean":
-        return f"boolean {str(val).lower()} (YAML reads yes/no/on/off/true/false as booleans; quote it)"
-    if kind == "string":
-        return f"string {_short(repr(val))}"
-    return f"{kind} {_short(repr(val))}" if kind in ("integer", "float") else f"a {kind}"
-
-
-def _expect(v: _Value, kinds: tuple[str, ...], path: str, errs: _Errors, what: str) -> bool:
     if v.kind == "invalid":
-        errs.add(path, v.line, f"cannot read value: {v.problem}")
-        return False
-    if v.kind not in kinds:
-        errs.add(path, v.line, f"expected {what}, got {_describe(v)}")
-        return False
-    return True
+        return f"an unreadable value ({v.problem})"
+    if v.kind == "null":
+        return "nothing (null)"
+    if v.kind == "boolean":
+        return f"boolean {str(v.obj).lower()} (YAML reads yes/no/on/off/true/false as booleans; quote it)"
+    if v.kind in ("string", "integer", "float"):
+        return f"{v.kind} {_short(repr(v.obj))}"
+    return f"a {v.kind}"  # mapping, list, date, ...
 
 
 def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
@@ -436,29 +269,77 @@ def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-# -- checkers: (value, key path, errors) -> checked value or _BAD -----------------------
+# -- checkers --------------------------------------------------------------------------
+# A Checker is check(value, key path, errors) -> the checked value, or _BAD once the
+# problems are in errors. Written as f(value, path, errors) -> value that raises
+# ValueError("what is wrong") and wrapped by @_checker (as argparse's type= functions):
+# a scalar's checker has one error at most; lists and sections report their items'.
+
+_BAD = object()
+Checker = Callable[[_Value, str, _Errors], Any]
+
+
+def _checker(check: Callable[..., Any]) -> Checker:
+    def run(v: _Value, path: str, errs: _Errors) -> Any:
+        try:
+            return check(v, path, errs)
+        except ValueError as e:
+            errs.add(path, v.line, str(e))
+            return _BAD
+    return run
+
+
+def _expect(v: _Value, kinds: tuple[str, ...], what: str) -> Any:
+    """v's value if it is of one of kinds (and an integer is written in decimal); else ValueError."""
+    if v.kind == "invalid":
+        raise ValueError(f"cannot read value: {v.problem}")
+    if v.kind not in kinds:
+        raise ValueError(f"expected {what}, got {_describe(v)}")
+    if v.kind == "integer" and v.node is not None and v.node.style is None:  # unquoted, in a file
+        text = v.node.value
+        if not _DECIMAL.match(text.replace("_", "")):  # YAML 1.1 octal, hex, base 60: 0443 is port 291
+            raise ValueError(f"{text!r} is not a plain decimal integer (YAML reads it as {v.obj}); write it in decimal")
+    return v.obj
+
 
 def _choice(options: tuple[str, ...], convert: Callable[[str], Any] = str) -> Checker:
-    def check(v: _Value, path: str, errs: _Errors) -> Any:
-        listing = ", ".join(options)
-        if not _expect(v, ("string",), path, errs, f"one of {listing}"):
-            return _BAD
-        s = v.scalar()
+    listing = ", ".join(options)
+
+    @_checker
+    def check(v: _Value, *_) -> Any:
+        s = _expect(v, ("string",), f"one of {listing}")
         if s not in options:
-            errs.add(path, v.line, f"{s!r} is not one of {listing}{_suggest(s, options)}")
-            return _BAD
+            raise ValueError(f"{s!r} is not one of {listing}{_suggest(s, options)}")
         return convert(s)
     return check
 
 
-def _integer(v: _Value, path: str, errs: _Errors, what: str) -> Any:
-    if not _expect(v, ("integer",), path, errs, what):
-        return _BAD
-    problem = v.literal_problem()
-    if problem:
-        errs.add(path, v.line, problem)
-        return _BAD
-    return v.scalar()
+def _int_range(lo: int, hi: int, unit: str = "", name: str = "") -> Checker:
+    """A decimal integer lo..hi; name: what one is ("port")."""
+    what = f"a {name} number {lo}-{hi}{unit}" if name else f"an integer {lo}-{hi}{unit}"
+
+    @_checker
+    def check(v: _Value, *_) -> Any:
+        n = _expect(v, ("integer",), what)
+        if not lo <= n <= hi:
+            raise ValueError((f"{name} " if name else "") + f"{n} out of range {lo}-{hi}{unit}")
+        return n
+    return check
+
+
+def _number(lo: float, hi: float, lo_open: bool = False) -> Checker:
+    """A finite number (integer or float) in [lo, hi], or (lo, hi] if lo_open; kept as a float."""
+    shown = f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
+
+    @_checker
+    def check(v: _Value, *_) -> Any:
+        n = _expect(v, ("integer", "float"), f"a number {shown}")
+        if v.kind == "float" and not math.isfinite(n):
+            raise ValueError(f"{n} is not a finite number")
+        if n < lo or n > hi or (lo_open and n == lo):  # compared before float(): a huge int would overflow
+            raise ValueError(f"{n if v.kind == 'integer' else format(n, 'g')} out of range: must be {shown}")
+        return float(n)
+    return check
 
 
 _DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?\Z")
@@ -496,22 +377,13 @@ def format_duration(seconds: int) -> str:
 
 
 def _duration(min_s: int = 1, min_why: str = "", max_s: int = DURATION_MAX_S) -> Checker:
-    def check(v: _Value, path: str, errs: _Errors) -> Any:
-        if not _expect(v, ("integer", "string"), path, errs, "a duration (seconds, or e.g. 90s, 10m, 1h30m)"):
-            return _BAD
-        if v.kind == "integer" and _integer(v, path, errs, "") is _BAD:
-            return _BAD
-        try:
-            seconds = parse_duration(v.scalar())
-        except ValueError as e:
-            errs.add(path, v.line, str(e))
-            return _BAD
+    @_checker
+    def check(v: _Value, *_) -> Any:
+        seconds = parse_duration(_expect(v, ("integer", "string"), "a duration (seconds, or e.g. 90s, 10m, 1h30m)"))
         if seconds < min_s:
-            errs.add(path, v.line, f"{format_duration(seconds)} is below the minimum {format_duration(min_s)}{min_why}")
-            return _BAD
+            raise ValueError(f"{format_duration(seconds)} is below the minimum {format_duration(min_s)}{min_why}")
         if seconds > max_s:
-            errs.add(path, v.line, f"{format_duration(seconds)} is above the maximum {format_duration(max_s)}")
-            return _BAD
+            raise ValueError(f"{format_duration(seconds)} is above the maximum {format_duration(max_s)}")
         return seconds
     return check
 
@@ -519,11 +391,11 @@ def _duration(min_s: int = 1, min_why: str = "", max_s: int = DURATION_MAX_S) ->
 def _list_of(item: Checker, what: str, max_items: int | None = None, sort: bool = False) -> Checker:
     """A list (null: empty) of items; a repeated item is an error naming the first."""
 
+    @_checker
     def check(v: _Value, path: str, errs: _Errors) -> Any:
         if v.kind == "null":
             return ()
-        if not _expect(v, ("list",), path, errs, f"a list of {what}"):
-            return _BAD
+        _expect(v, ("list",), f"a list of {what}")
         out, seen, bad = [], {}, False
         items = v.items()
         if max_items is not None and len(items) > max_items:
@@ -532,112 +404,57 @@ def _list_of(item: Checker, what: str, max_items: int | None = None, sort: bool 
         for i, iv in enumerate(items):
             ipath = f"{path}[{i}]"
             got = item(iv, ipath, errs)
-            if got is _BAD:
-                bad = True
-                continue
-            if got in seen:
+            if got is not _BAD and got in seen:
                 first_path, first_line = seen[got]
                 errs.add(ipath, iv.line, f"{got} listed twice (first at {first_path}"
                          + (f", line {first_line})" if first_line else ")"))
+                got = _BAD
+            if got is _BAD:
                 bad = True
-                continue
-            seen[got] = (ipath, iv.line)
-            out.append(got)
-        if bad:
-            return _BAD
-        return tuple(sorted(out)) if sort else tuple(out)
+            else:
+                seen[got] = (ipath, iv.line)
+                out.append(got)
+        return _BAD if bad else tuple(sorted(out)) if sort else tuple(out)
     return check
 
 
-def _port(v: _Value, path: str, errs: _Errors) -> Any:
-    p = _integer(v, path, errs, "a port number 1-65535")
-    if p is _BAD:
-        return _BAD
-    if not 1 <= p <= 65535:
-        errs.add(path, v.line, f"port {p} out of range 1-65535")
-        return _BAD
-    return p
-
-
-def _int_range(lo: int, hi: int, what: str) -> Checker:
-    """A decimal integer lo..hi."""
-    def check(v: _Value, path: str, errs: _Errors) -> Any:
-        n = _integer(v, path, errs, f"an integer {lo}-{hi}{what}")
-        if n is _BAD:
-            return _BAD
-        if not lo <= n <= hi:
-            errs.add(path, v.line, f"{n} out of range {lo}-{hi}{what}")
-            return _BAD
-        return n
-    return check
-
-
-def _number(lo: float, hi: float, lo_open: bool = False) -> Checker:
-    """A finite number (integer or float) in [lo, hi], or (lo, hi] if lo_open; kept as a float."""
-    shown = f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
-
-    def check(v: _Value, path: str, errs: _Errors) -> Any:
-        if not _expect(v, ("integer", "float"), path, errs, f"a number {shown}"):
-            return _BAD
-        if v.kind == "integer" and _integer(v, path, errs, "") is _BAD:
-            return _BAD
-        n = v.scalar()
-        if v.kind == "float" and not math.isfinite(n):
-            errs.add(path, v.line, f"{n} is not a finite number")
-            return _BAD
-        if n < lo or n > hi or (lo_open and n == lo):  # compared before float(): a huge int would overflow
-            errs.add(path, v.line, f"{n if v.kind == 'integer' else format(n, 'g')} out of range: must be {shown}")
-            return _BAD
-        return float(n)
-    return check
-
-
-def _interface(v: _Value, path: str, errs: _Errors) -> Any:
-    if not _expect(v, ("string",), path, errs, "an interface name"):
-        return _BAD
-    name = v.scalar()
+@_checker
+def _interface(v: _Value, *_) -> Any:
+    name = _expect(v, ("string",), "an interface name")
     # The kernel's dev_valid_name(): 1-15 bytes, not "." or "..", no '/', ':' or whitespace.
     if not name or len(name.encode()) > IFNAME_MAX:
-        errs.add(path, v.line, f"interface name {name!r} must be 1-{IFNAME_MAX} characters")
-    elif name in (".", "..") or any(c in "/:" or c.isspace() for c in name):
-        errs.add(path, v.line, f"interface name {name!r} may not contain '/', ':' or whitespace, nor be '.' or '..'")
-    else:
-        return name
-    return _BAD
+        raise ValueError(f"interface name {name!r} must be 1-{IFNAME_MAX} characters")
+    if name in (".", "..") or any(c in "/:" or c.isspace() for c in name):
+        raise ValueError(f"interface name {name!r} may not contain '/', ':' or whitespace, nor be '.' or '..'")
+    return name
 
 
-def _cidr(v: _Value, path: str, errs: _Errors) -> Any:
-    if not _expect(v, ("string",), path, errs, "a CIDR like 192.0.2.0/24 or 2001:db8::/32"):
-        return _BAD
-    text = v.scalar()
+@_checker
+def _cidr(v: _Value, *_) -> Any:
+    text = _expect(v, ("string",), "a CIDR like 192.0.2.0/24 or 2001:db8::/32")
     try:
         return ipaddress.ip_network(text, strict=True)
     except ValueError as e:
         try:
             net = ipaddress.ip_network(text, strict=False)
         except ValueError:
-            errs.add(path, v.line, f"{text!r} is not an IPv4/IPv6 network ({e}); write e.g. 192.0.2.0/24 or 2001:db8::/32")
-        else:
-            errs.add(path, v.line, f"{text!r} has host bits set; did you mean {str(net)!r}?")
-        return _BAD
+            raise ValueError(f"{text!r} is not an IPv4/IPv6 network ({e}); "
+                             "write e.g. 192.0.2.0/24 or 2001:db8::/32") from None
+        raise ValueError(f"{text!r} has host bits set; did you mean {str(net)!r}?") from None
 
 
 def _abs_path(what: str, nullable: bool = False, max_bytes: int | None = None) -> Checker:
-    def check(v: _Value, path: str, errs: _Errors) -> Any:
+    @_checker
+    def check(v: _Value, *_) -> Any:
         if nullable and v.kind == "null":
             return None
-        if not _expect(v, ("string",), path, errs, f"the absolute path of {what}" + (" or null" if nullable else "")):
-            return _BAD
-        p = v.scalar()
+        p = _expect(v, ("string",), f"the absolute path of {what}" + (" or null" if nullable else ""))
         if not p.startswith("/"):
-            errs.add(path, v.line, f"{p!r} is not an absolute path")
-            return _BAD
+            raise ValueError(f"{p!r} is not an absolute path")
         if "\0" in p:
-            errs.add(path, v.line, "path contains a NUL character")
-            return _BAD
+            raise ValueError("path contains a NUL character")
         if max_bytes is not None and len(p.encode()) > max_bytes:
-            errs.add(path, v.line, f"path is {len(p.encode())} bytes; a unix socket path holds at most {max_bytes}")
-            return _BAD
+            raise ValueError(f"path is {len(p.encode())} bytes; a unix socket path holds at most {max_bytes}")
         return p
     return check
 
@@ -680,136 +497,186 @@ def split_listen(text: str) -> tuple[str, int]:
     return host, int(port_s)
 
 
-def _listen(v: _Value, path: str, errs: _Errors) -> Any:
-    if v.kind == "null" or (v.kind == "string" and v.scalar() == ""):
+@_checker
+def _listen(v: _Value, *_) -> Any:
+    if v.kind == "null" or (v.kind == "string" and v.obj == ""):
         return None  # metrics off
-    if not _expect(v, ("string",), path, errs, 'a "host:port" string, or "" / null to disable metrics'):
-        return _BAD
-    try:
-        split_listen(v.scalar())
-    except ValueError as e:
-        errs.add(path, v.line, str(e))
-        return _BAD
-    return v.scalar()
+    text = _expect(v, ("string",), 'a "host:port" string, or "" / null to disable metrics')
+    split_listen(text)  # its ValueError says what is wrong
+    return text
 
 
-def _section(cls: type, keys: dict[str, Checker],
-             post: Callable[[dict, dict, str, _Errors], None] | None = None) -> Checker:
-    """A mapping (null: all defaults) whose keys are cls's fields, each checked by keys[name]."""
+def _section(cls: type) -> Checker:
+    """A mapping (null: all defaults) whose keys are cls's fields with a checker; then cls._cross_check, if any."""
+    keys: dict[str, Checker] = {f.name: f.metadata["check"] for f in dataclasses.fields(cls) if "check" in f.metadata}
 
+    @_checker
     def check(v: _Value, path: str, errs: _Errors) -> Any:
         if v.kind == "null":
             return cls()
-        if not _expect(v, ("mapping",), path, errs, f"a mapping with keys {', '.join(keys)}"):
-            return _BAD
+        _expect(v, ("mapping",), f"a mapping with keys {', '.join(keys)}")
         got: dict[str, Any] = {}
         raw: dict[str, _Value] = {}
         seen: dict[str, int | None] = {}
-        for key, kline, val in v.entries():
-            if not isinstance(key, str):
-                shown = _describe(key if isinstance(key, _Value) else _PyValue(key))
-                errs.add(path, kline, f"keys must be strings, got {shown}")
+        for kv, val in v.entries():
+            key = kv.obj
+            if kv.kind != "string":
+                errs.add(path, kv.line, f"keys must be strings, got {_describe(kv)}")
                 continue
             kpath = f"{path}.{key}" if path else key
             if key in seen:
-                errs.add(kpath, kline, f"duplicate key (first at line {seen[key]})" if seen[key] else "duplicate key")
-                continue
-            seen[key] = kline
-            if key not in keys and kpath in REMOVED_KEYS:
-                errs.warn(kpath, kline, REMOVED_KEYS[kpath])
-                continue
-            if key not in keys:
+                errs.add(kpath, kv.line, f"duplicate key (first at line {seen[key]})" if seen[key] else "duplicate key")
+            elif key not in keys and kpath in REMOVED_KEYS:
+                errs.warn(kpath, kv.line, REMOVED_KEYS[kpath])
+            elif key not in keys:
                 hint = _suggest(key, list(keys)) or f"; valid keys{' under ' + path if path else ''}: {', '.join(keys)}"
-                errs.add(kpath, kline, f"unknown key {key!r}{hint}")
-                continue
-            out = keys[key](val, kpath, errs)
-            if out is not _BAD:
-                got[key] = out
-                raw[key] = val
-        if post:
-            post(got, raw, path, errs)
-        return cls(**got)
-    check.keys = keys  # type: ignore[attr-defined]  # for schema_keys()
+                errs.add(kpath, kv.line, f"unknown key {key!r}{hint}")
+            elif (out := keys[key](val, kpath, errs)) is not _BAD:
+                got[key], raw[key] = out, val
+            seen.setdefault(key, kv.line)
+        result = cls(**got)
+        if hasattr(result, "_cross_check"):
+            result._cross_check(raw, path, errs)
+        return result
+    check.keys = keys  # type: ignore[attr-defined]  # for schema_keys() and override()
     return check
 
 
-def _allow_deny_disjoint(got: dict, raw: dict, path: str, errs: _Errors) -> None:
-    """The same network in allow and deny is a contradiction (overlaps are fine: longest prefix wins)."""
-    if not got.get("allow") or not got.get("deny"):
-        return
-    allowed = {net: i for i, net in enumerate(got["allow"])}
-    for i, (net, iv) in enumerate(zip(got["deny"], raw["deny"].items())):
-        if net in allowed:
-            errs.add(f"deny[{i}]", iv.line, f"{net} is also in allow[{allowed[net]}]; keep it in one list")
+# -- the schema: each section's keys, defaults and checkers ---------------------------
+
+def _key(default: Any, check: Checker) -> Any:
+    return field(default=default, metadata={"check": check})
 
 
-def _detection_consistent(got: dict, raw: dict, path: str, errs: _Errors) -> None:
-    """A per-port kernel ceiling under the volume floor would fire on traffic the detector calls normal."""
-    d = DetectionConfig()
-    floor = got.get("floor_pps", d.floor_pps)
-    fast = got.get("fast_trigger_pps", d.fast_trigger_pps)
-    if fast and fast < floor:
-        key = "fast_trigger_pps" if "fast_trigger_pps" in raw else "floor_pps"
-        if key in raw:
-            errs.add(f"{path}.{key}", raw[key].line,
-                     f"fast_trigger_pps ({fast}) is below floor_pps ({floor}): the kernel ceiling would fire on "
-                     "traffic the detector calls normal; raise it or set it to 0 (off)")
+def _sub(cls: type) -> Any:
+    """A section key: a mapping of cls's keys (frozen, so one default instance is shared safely)."""
+    return _key(cls(), _section(cls))
 
 
-# -- the schema: one entry per key ------------------------------------------------------
-
-_PROTECT_KEYS: dict[str, Checker] = {
-    "ports": _list_of(_port, "ports 1-65535", sort=True),
-}
-
-# Keys earlier versions accepted that no longer mean anything -> why, in one line.
-# A warning, not an error: an upgraded host keeps the operator's edited conffile, and
-# an error there would fail the unit's ExecStartPre check and leave the host without
-# any protection over a key whose removal changes nothing it does.
-REMOVED_KEYS: dict[str, str] = {
-    "protect.allow_ttl": "removed with the RST challenge (no source is remembered any more: every new "
-                         "connection completes through its own SYN cookie); ignored, delete the line",
-}
-_SECRET_KEYS: dict[str, Checker] = {
-    "file": _abs_path("a secret file", nullable=True),
-    "rotate_every": _duration(ROTATE_MIN_S, " (cookies stay valid for ~32 s after a rotation; "
-                              "rotating faster would invalidate cookies still in flight)"),
-}
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _CIDRS = _list_of(_cidr, "CIDRs", max_items=abi.CIDR_SIZE)
-PPS_MAX = 1_000_000_000  # far above any NIC's SYN rate
-U32_MAX = 2**32 - 1
-_DETECTION_KEYS: dict[str, Checker] = {
-    "floor_pps": _int_range(1, PPS_MAX, " SYN/s"),
-    "baseline_multiple": _number(1.0, 1000.0),
-    "ewma_alpha": _number(0.0, 1.0, lo_open=True),
-    "cusum_drift": _number(0.0, 1000.0),
-    "cusum_threshold": _number(0.0, 1e6, lo_open=True),
-    "clear_ticks": _int_range(1, 3600, " ticks"),
-    "hold": _duration(),
-    "spoofed_distinct_ratio": _number(0.0, 1.0, lo_open=True),
-    "spoofed_new_ratio": _number(0.0, 1.0),
-    "single_source_share": _number(0.0, 1.0, lo_open=True),
-    "fast_trigger_pps": _int_range(0, U32_MAX, " SYN/s (0: off)"),
-    "source_deny": _duration(),
-}
-
-_CONFIG_KEYS: dict[str, Checker] = {
-    "interfaces": _list_of(_interface, "interface names"),
-    "mode": _choice(Mode.labels(), Mode.parse),
-    "xdp_mode": _choice(XDP_MODES),
-    "protect": _section(ProtectConfig, _PROTECT_KEYS),
-    "allow": _CIDRS,
-    "deny": _CIDRS,
-    "secret": _section(SecretConfig, _SECRET_KEYS),
-    "metrics": _section(MetricsConfig, {"listen": _listen}),
-    "control": _section(ControlConfig, {"socket": _abs_path("the control socket", max_bytes=SUN_PATH_MAX)}),
-    "log": _section(LogConfig, {"format": _choice(LOG_FORMATS)}),
-    "detection": _section(DetectionConfig, _DETECTION_KEYS, post=_detection_consistent),
-}
-_check_config = _section(Config, _CONFIG_KEYS, post=_allow_deny_disjoint)
 
 
-def schema_keys(keys: dict[str, Checker] = _CONFIG_KEYS, prefix: str = "") -> list[str]:
+@dataclass(frozen=True)
+class ProtectConfig:
+    # empty: every port
+    ports: tuple[int, ...] = _key((), _list_of(_int_range(1, 65535, name="port"), "ports 1-65535", sort=True))
+
+
+@dataclass(frozen=True)
+class SecretConfig:
+    file: str | None = _key(None, _abs_path("a secret file", nullable=True))  # None: random 128-bit secret at start
+    rotate_every: int = _key(600, _duration(ROTATE_MIN_S, " (cookies stay valid for ~32 s after a rotation; "
+                                                          "rotating faster would invalidate cookies still in flight)"))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """listen "host:port" ("[v6]:port"); None disables metrics. host/port derived."""
+
+    listen: str | None = _key(DEFAULT_METRICS_LISTEN, _listen)
+    host: str | None = field(init=False, default=None)  # unbracketed, as bind() wants it
+    port: int | None = field(init=False, default=None)
+
+    def __post_init__(self):
+        if not self.listen:
+            object.__setattr__(self, "listen", None)
+            return
+        host, port = split_listen(self.listen)  # ValueError if invalid
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen is not None
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: str = _key(DEFAULT_CONTROL_SOCKET, _abs_path("the control socket", max_bytes=SUN_PATH_MAX))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = _key("human", _choice(LOG_FORMATS))
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """Attack detector knobs (synguard/detect.py explains the algorithm).
+
+    Rates are SYN/s, durations int seconds; defaults tuned on tests/test_detect.py."""
+
+    floor_pps: int = _key(2000, _int_range(1, PPS_MAX, " SYN/s"))  # volume floor: below it nothing is an attack
+    baseline_multiple: float = _key(3.0, _number(1.0, 1000.0))  # volume gate: max(floor_pps, multiple x baseline)
+    ewma_alpha: float = _key(0.05, _number(0.0, 1.0, lo_open=True))  # baseline EWMA weight per tick
+    cusum_drift: float = _key(0.5, _number(0.0, 1000.0))  # NP-CUSUM allowance per tick (normalised gap units)
+    cusum_threshold: float = _key(3.0, _number(0.0, 1e6, lo_open=True))  # NP-CUSUM alarm level
+    clear_ticks: int = _key(5, _int_range(1, 3600, " ticks"))  # consecutive quiet ticks that end an attack
+    hold: int = _key(60, _duration())  # attacked ports stay protected this long after the end
+    # spoofed: distinct sources / SYNs at or above the first, and new sources / distinct at or above the second
+    spoofed_distinct_ratio: float = _key(0.9, _number(0.0, 1.0, lo_open=True))
+    spoofed_new_ratio: float = _key(0.5, _number(0.0, 1.0))
+    single_source_share: float = _key(0.5, _number(0.0, 1.0, lo_open=True))  # top source's share >= this: single
+    fast_trigger_pps: int = _key(100000, _int_range(0, U32_MAX, " SYN/s (0: off)"))  # in-kernel per-port ceiling
+    source_deny: int = _key(600, _duration())  # how long a single-source attacker is denied
+
+    def _cross_check(self, raw: dict[str, _Value], path: str, errs: _Errors) -> None:
+        """A per-port kernel ceiling under the volume floor would fire on traffic the detector calls normal."""
+        if self.fast_trigger_pps and self.fast_trigger_pps < self.floor_pps:
+            key = "fast_trigger_pps" if "fast_trigger_pps" in raw else "floor_pps"
+            if key in raw:
+                errs.add(f"{path}.{key}", raw[key].line, f"fast_trigger_pps ({self.fast_trigger_pps}) is below "
+                         f"floor_pps ({self.floor_pps}): the kernel ceiling would fire on traffic the detector "
+                         "calls normal; raise it or set it to 0 (off)")
+
+
+@dataclass(frozen=True)
+class Config:
+    interfaces: tuple[str, ...] = _key((), _list_of(_interface, "interface names"))  # empty: `synguard run` needs -i
+    mode: Mode = _key(Mode.OBSERVE, _choice(Mode.labels(), Mode.parse))
+    xdp_mode: str = _key("auto", _choice(XDP_MODES))
+    protect: ProtectConfig = _sub(ProtectConfig)
+    allow: tuple[Network, ...] = _key((), _CIDRS)
+    deny: tuple[Network, ...] = _key((), _CIDRS)
+    secret: SecretConfig = _sub(SecretConfig)
+    metrics: MetricsConfig = _sub(MetricsConfig)
+    control: ControlConfig = _sub(ControlConfig)
+    log: LogConfig = _sub(LogConfig)
+    detection: DetectionConfig = _sub(DetectionConfig)
+    # Not a setting: what parse() wants the operator to know (REMOVED_KEYS found in the file).
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def to_dict(self) -> dict:
+        """The config file's shape, JSON-ready (CIDRs as strings, durations in
+        seconds, disabled metrics as None); parse() of its YAML gives self back."""
+        return _plain(self)
+
+    def _cross_check(self, raw: dict[str, _Value], path: str, errs: _Errors) -> None:
+        """The same network in allow and deny is a contradiction (overlaps are fine: longest prefix wins)."""
+        allowed = {net: i for i, net in enumerate(self.allow)}
+        for i, (net, iv) in enumerate(zip(self.deny, raw["deny"].items() if self.allow and self.deny else ())):
+            if net in allowed:
+                errs.add(f"deny[{i}]", iv.line, f"{net} is also in allow[{allowed[net]}]; keep it in one list")
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if "check" in f.metadata}
+    if isinstance(obj, tuple):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, (ipaddress.IPv4Network, ipaddress.IPv6Network, Mode)):
+        return str(obj)
+    return obj
+
+
+_check_config = _section(Config)
+_KEYS: dict[str, Checker] = _check_config.keys  # type: ignore[attr-defined]
+DEFAULTS = Config()
+
+
+def schema_keys(keys: dict[str, Checker] = _KEYS, prefix: str = "") -> list[str]:
     """Every key path the file accepts ("mode", "protect.ports", ...), for docs and tests."""
     out = []
     for key, checker in keys.items():
@@ -819,9 +686,6 @@ def schema_keys(keys: dict[str, Checker] = _CONFIG_KEYS, prefix: str = "") -> li
 
 
 # -- API -------------------------------------------------------------------------------
-
-DEFAULTS = Config()
-
 
 def parse(text: str, source: str = "<string>") -> Config:
     """YAML text -> Config, or ConfigError with every problem found."""
@@ -841,14 +705,12 @@ def parse(text: str, source: str = "<string>") -> Config:
     finally:
         if loader is not None:
             loader.dispose()
-    if root is None:  # empty, or only comments
-        return Config()
-    top = _NodeValue(root, loader)
-    if top.kind == "null":  # "---" or "~" alone: as empty
+    top = _Value(node=root, loader=loader) if root is not None else _Value(None)  # None: empty, or only comments
+    if top.kind == "null":  # also "---" or "~" alone
         return Config()
     if top.kind != "mapping":
         raise ConfigError([f"line {top.line}: the top level must be a mapping of keys "
-                           f"({', '.join(_CONFIG_KEYS)}), got {_describe(top)}"], source)
+                           f"({', '.join(_KEYS)}), got {_describe(top)}"], source)
     errs = _Errors()
     cfg = _check_config(top, "", errs)
     if errs:
@@ -890,20 +752,14 @@ def load(path: str | os.PathLike = DEFAULT_PATH) -> Config:
             raise ConfigError(["is not a regular file (a FIFO, device or socket): give a config file"], source)
         if st.st_size > FILE_MAX_BYTES:
             raise ConfigError([too_big], source)
-        chunks, size = [], 0
-        while size <= FILE_MAX_BYTES:
-            chunk = os.read(fd, FILE_MAX_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > FILE_MAX_BYTES:  # grew while we read
-            raise ConfigError([too_big], source)
-        data = b"".join(chunks)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(FILE_MAX_BYTES + 1)  # buffered: loops until that much or the end
     except OSError as e:
         raise ConfigError([f"cannot read: {e.strerror or e}"], source) from None
     finally:
         os.close(fd)
+    if len(data) > FILE_MAX_BYTES:  # grew while we read
+        raise ConfigError([too_big], source)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -915,8 +771,8 @@ def load(path: str | os.PathLike = DEFAULT_PATH) -> Config:
 _OVERRIDES: dict[str, tuple[str, str | None, str]] = {
     "interfaces": ("--interface", None, "interfaces"),
     "mode": ("--mode", None, "mode"),
-    "xdp_mode": ("--xdp-mode", None, "xdp_mode"),
     "ports": ("--ports", "protect", "ports"),
+    "xdp_mode": ("--xdp-mode", None, "xdp_mode"),
     "metrics_listen": ("--metrics-listen", "metrics", "listen"),  # "" disables metrics
     "control_socket": ("--control-socket", "control", "socket"),
     "log_format": ("--log-format", "log", "format"),
@@ -928,21 +784,16 @@ def override(cfg: Config, *, interfaces=None, mode=None, ports=None, xdp_mode=No
     """cfg with `synguard run` flags applied (None = keep), checked like the file.
 
     Errors name the flag: ConfigError(source="command line")."""
-    given = dict(interfaces=interfaces, mode=mode, ports=ports, xdp_mode=xdp_mode,
-                 metrics_listen=metrics_listen, control_socket=control_socket, log_format=log_format)
+    given = locals()
     errs = _Errors()
-    top: dict[str, Any] = {}
-    sections: dict[str, dict[str, Any]] = {}
-    for name, value in given.items():
-        if value is None:
-            continue
-        flag, section, key = _OVERRIDES[name]
-        checker = _CONFIG_KEYS[section].keys[key] if section else _CONFIG_KEYS[key]  # type: ignore[attr-defined]
-        got = checker(_PyValue(value), flag, errs)
-        if got is not _BAD:
-            (sections.setdefault(section, {}) if section else top)[key] = got
+    changes: dict[str | None, dict[str, Any]] = {}  # section (None: top level) -> key -> value
+    for name, (flag, section, key) in _OVERRIDES.items():
+        if given[name] is not None:
+            checker = _KEYS[section].keys[key] if section else _KEYS[key]  # type: ignore[attr-defined]
+            if (got := checker(_Value(given[name]), flag, errs)) is not _BAD:
+                changes.setdefault(section, {})[key] = got
     if errs:
         raise ConfigError(errs.messages(), "command line")
-    for section, changes in sections.items():
-        top[section] = dataclasses.replace(getattr(cfg, section), **changes)
+    top = changes.pop(None, {})
+    top.update({section: dataclasses.replace(getattr(cfg, section), **kv) for section, kv in changes.items()})
     return dataclasses.replace(cfg, **top)
