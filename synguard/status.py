@@ -42,7 +42,7 @@ def document(d) -> dict:
                        for n, m in dp.attached.items()],
         "counters": {c.key: v for c, v in dp.counters().items()},
         "rates": d.rates(),
-        "secret": {"generation": d.epoch, "age_s": round(time.time() - d.secret_since, 1),
+        "secret": {"generation": d.keys.epoch, "age_s": round(time.time() - d.keys.since, 1),
                    "rotate_every_s": d.config.secret.rotate_every,
                    "source": "file" if d.config.secret.file else "random"},
         "kernel": {"counters": kernel.tcp_counters(), "sysctls": kernel.sysctls()},
@@ -50,22 +50,22 @@ def document(d) -> dict:
         "listeners": len(rows),
         "config": {"path": d.config_path, "last_reload_ok": d.last_reload_ok, **d.reloads},
         "detection": detection(d),
-        "top_sources": top_sources(dp, 3) if d.detector and d.detector.active else [],
+        "top_sources": top_sources(dp, 3) if d.mitigation.detector and d.mitigation.detector.active else [],
     }
 
 
 def detection(d) -> dict:
-    det = d.detector
+    det = d.mitigation.detector
     m = det.mitigation() if det else {"protect_ports": set(), "deny_sources": []}
     return {
         "attack": det.active if det else None,
         "attacks_total": dict(det.attacks_total) if det else {},
         "cusum": round(det.cusum, 3) if det else 0.0,
         "baseline_pps": round(det.baseline, 1) if det else 0.0,
-        "sources_distinct": round(d.sources_distinct),
+        "sources_distinct": round(d.mitigation.sources_distinct),
         "protected_ports": sorted(m["protect_ports"]),
         "denied_sources": [a for a, _ in m["deny_sources"]],
-        "events": list(d.events),
+        "events": list(d.mitigation.events),
     }
 
 

@@ -374,9 +374,8 @@ def test_slot_and_secret_rotation_keep_fresh_cookies_valid(dp, monkeypatch):
     from frames import SERVER4, syn4
 
     cfg = configmod.override(configmod.Config(), mode="protect", ports=[80])
-    d = Daemon(cfg)
-    d.datapath = dp
-    d.master = bytes(range(16))
+    d = Daemon(cfg, datapath=dp)
+    d.keys.configure(cfg.secret)  # as Daemon._apply does: a random master (no secret.file)
     every = cfg.secret.rotate_every
     epoch_start = 1_800_000_000 // every * every + every
     slot_len = 1 << abi.SLOT_SHIFT
@@ -390,9 +389,9 @@ def test_slot_and_secret_rotation_keep_fresh_cookies_valid(dp, monkeypatch):
                 for i in (0, 1)]
 
     monkeypatch.setattr(time, "time", lambda: boundary - 0.4)
-    d._rotate_if_due()
+    d.keys.advance()  # the tick loop's call
     slot = dp.config()["slot"]
-    assert slot == (boundary - 1) >> abi.SLOT_SHIFT and keys()[slot & 1] == d.slot_key(slot)
+    assert slot == (boundary - 1) >> abi.SLOT_SHIFT and keys()[slot & 1] == derive(d, slot << abi.SLOT_SHIFT)
     acks = []
     for i in range(200):
         src, sport = f"203.0.113.{i % 250}", 20000 + i
@@ -401,13 +400,13 @@ def test_slot_and_secret_rotation_keep_fresh_cookies_valid(dp, monkeypatch):
         tcp = Ether(out.data)[TCP]
         acks.append((src, sport, i + 1, tcp.seq + 1, dict(tcp.options)["Timestamp"][0]))
     monkeypatch.setattr(time, "time", lambda: boundary + 0.6)
-    d._rotate_if_due()
-    assert d.secret_rotations == 1 and dp.config()["slot"] == slot + 1
+    d.keys.advance()
+    assert d.keys.rotations == 1 and dp.config()["slot"] == slot + 1
     assert keys()[(slot + 1) & 1] == derive(d, boundary)  # the new epoch's secret
     for src, sport, seq, ack, tsecr in acks:
         assert cookie.check_ack(keys(), slot + 1, src, SERVER4, sport, 80, seq, ack, tsecr) is not None
     monkeypatch.setattr(time, "time", lambda: boundary + (1 << abi.SLOT_SHIFT) + 0.6)
-    d._rotate_if_due()
+    d.keys.advance()
     src, sport, seq, ack, tsecr = acks[0]
     assert cookie.check_ack(keys(), slot + 2, src, SERVER4, sport, 80, seq, ack, tsecr) is None
 
@@ -415,7 +414,7 @@ def test_slot_and_secret_rotation_keep_fresh_cookies_valid(dp, monkeypatch):
 def derive(d, wall):
     from synguard.secret import derive_secret
 
-    return derive_secret(d.master, wall // d.config.secret.rotate_every)
+    return derive_secret(d.keys.master, wall // d.config.secret.rotate_every)
 
 
 @needs_tc
@@ -475,7 +474,7 @@ def test_synack_settings_follow_the_server_sysctls(lab):
     """What the SYN-ACK offers comes from the server netns's own sysctls: an option the
     kernel would refuse when it makes the connection is never offered."""
     from synguard import abi
-    from synguard.daemon import synack_settings
+    from synguard.kernel import synack_settings
 
     for cmd in ("net.ipv4.tcp_sack=0", "net.ipv4.tcp_ecn=1", "net.ipv4.tcp_timestamps=1",
                 "net.ipv4.tcp_window_scaling=1", "net.ipv4.tcp_rmem=4096 131072 33554432"):
