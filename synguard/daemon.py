@@ -7,7 +7,7 @@ detaches only our own program.
 
 The parts, one job each: DataPath (the programs and their maps), secret.SlotKeys
 (the cookie-key schedule), mitigation.Mitigation (detection and auto mitigation),
-control.ControlServer (the control socket), status (the status document),
+control.ControlServer (the control socket), status (its answers: the status document),
 metrics.SynguardCollector (/metrics), ifwatch (interfaces coming and going),
 kernel.synack_settings (what a SYN-ACK may offer). The daemon keeps the config:
 apply, reload (the last good config stays on failure).
@@ -16,6 +16,7 @@ apply, reload (the last good config stays on failure).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -26,11 +27,10 @@ from collections import deque
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from synguard import __version__, config as configmod, kernel, status, view
+from synguard import config as configmod, ifwatch, kernel, status, view
 from synguard.abi import Mode
 from synguard.control import ControlError, ControlServer
 from synguard.datapath import DataPath, DataPathError
-from synguard.ifwatch import check_interfaces
 from synguard.log import event
 from synguard.metrics import SynguardCollector
 from synguard.mitigation import Mitigation
@@ -112,20 +112,7 @@ class Daemon:
         self._apply_synack()
         dp.set_ports(cfg.protect.ports)
         dp.set_allow_cidrs(cfg.allow)
-        wanted = list(cfg.interfaces)
-        for ifname in list(dp.attached):
-            if ifname not in wanted:
-                dp.detach(ifname)
-                event("detached", f"detached from {ifname}", interface=ifname)
-        for ifname in wanted:
-            if ifname not in dp.attached:
-                how = dp.attach(ifname, cfg.xdp_mode)
-                self._report_tc(ifname)
-                event("attached", f"attached to {ifname} ({how} XDP)", interface=ifname, xdp_mode=how)
-                if dp.pin_error and dp.pin_error != dp.state_note:  # a foreign directory: said once
-                    event("pin_failed", f"cannot pin the program ({dp.pin_error}): after a crash, a restarted "
-                          f"daemon will not recognise its leftover program", level=logging.WARNING)
-                    dp.pin_error = None
+        ifwatch.attach_interfaces(dp, cfg.interfaces, cfg.xdp_mode)
         self.mitigation.configure(cfg)  # detection knobs, watched ports, deny CIDRs
         dp.set_mode(cfg.mode)
         ports = ",".join(map(str, cfg.protect.ports)) or "all"
@@ -133,20 +120,6 @@ class Daemon:
               f"allow {len(cfg.allow)} / deny {len(cfg.deny)} CIDRs", mode=cfg.mode.label, ports=list(cfg.protect.ports))
         for line in cfg.warnings:  # keys of earlier versions, ignored (config.REMOVED_KEYS)
             event("config_warning", f"{self.config_path or 'config'}: {line}", level=logging.WARNING)
-
-    def _report_tc(self, ifname: str) -> None:
-        """What attaching the tc program beside the XDP one (DataPath.attach) ran into."""
-        dp = self.datapath
-        if dp.tc_problem:
-            consequence = ("protect mode leaves every SYN to the kernel" if dp.cookie_method == "kernel-cookie"
-                           else "protect mode refuses every new connection")
-            event("syncookies_off", f"{ifname}: {dp.tc_problem}; until then {consequence}", level=logging.ERROR,
-                  interface=ifname)
-            dp.tc_problem = None
-        if dp.tc is not None and dp.tc.pin_error and dp.tc.pin_error not in (dp.state_note, dp.pin_error):
-            event("pin_failed", f"cannot pin the tc program ({dp.tc.pin_error}): after a crash, a restarted "
-                  f"daemon recognises its leftover filter by name only", level=logging.WARNING)
-            dp.tc.pin_error = None
 
     def _apply_synack(self) -> None:
         """What the SYN-ACK offers: the server netns's own TCP sysctls and the MTU of
@@ -190,32 +163,10 @@ class Daemon:
         event("reloaded", f"config reloaded from {self.config_path}")
         return True
 
-    # -- interfaces coming and going ---------------------------------------------------
-
-    def check_interfaces(self) -> None:
-        check_interfaces(self.datapath, self.config.interfaces, self.config.xdp_mode)
-
-    # -- control socket requests --------------------------------------------------------
-
-    def control(self, request: dict) -> dict:
-        cmd = request.get("cmd")
-        if cmd == "status":
-            return status.document(self)
-        if cmd == "top":
-            return {"sources": self.top(int(request.get("n", 10))), "now_s": self.datapath.config()["now_s"]}
-        if cmd == "ping":
-            return {"ok": True, "version": __version__}
-        return {"error": f"unknown command {cmd!r}"}
-
     def rates(self) -> dict[str, float]:
+        """Counters per second over the last ticks (the status document, sd_notify STATUS=)."""
         with self._lock:
             return status.rates(list(self.history))
-
-    def status(self) -> dict:
-        return status.document(self)
-
-    def top(self, n: int = 10) -> list[dict]:
-        return status.top_sources(self.datapath, n)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -239,7 +190,7 @@ class Daemon:
         event("metrics", f"metrics on http://{m.listen}/metrics", listen=m.listen)
 
     def _start_control(self) -> None:
-        self._control = ControlServer(self.config.control.socket, self.control)
+        self._control = ControlServer(self.config.control.socket, functools.partial(status.answer, self))
 
     def run(self, overrides: dict | None = None) -> int:
         self.overrides = overrides or {}
@@ -297,7 +248,7 @@ class Daemon:
                 self.mitigation.tick(now, wall, now - last_tick, blocks)
                 counters = self.datapath.counters(blocks=blocks)
                 last_tick = now
-                self.check_interfaces()
+                ifwatch.check_interfaces(self.datapath, self.config.interfaces, self.config.xdp_mode)
                 if now - last_watch >= 10 and not self.config.protect.ports:
                     self.mitigation.watch_ports()
                     last_watch = now

@@ -1,5 +1,5 @@
-"""The status document the control socket serves (`synguard status --json`), and
-the per-second rates and top sources it shows. Read-only over the daemon and maps."""
+"""The control socket's answers (`synguard status --json`, `synguard top`): the status
+document, the per-second rates and top sources it shows. Read-only over the daemon and maps."""
 
 from __future__ import annotations
 
@@ -19,6 +19,18 @@ def rates(history: list) -> dict[str, float]:
     (t0, c0), (t1, c1) = history[max(0, len(history) - 11)], history[-1]
     dt = max(t1 - t0, 1e-9)
     return {c.key: (c1[c] - c0[c]) / dt for c in Counter}
+
+
+def answer(d, request: dict) -> dict:
+    """The reply to one control-socket request (synguard.control) to daemon d."""
+    cmd = request.get("cmd")
+    if cmd == "status":
+        return document(d)
+    if cmd == "top":
+        return {"sources": top_sources(d.datapath, int(request.get("n", 10))), "now_s": d.datapath.config()["now_s"]}
+    if cmd == "ping":
+        return {"ok": True, "version": __version__}
+    return {"error": f"unknown command {cmd!r}"}
 
 
 def document(d) -> dict:
