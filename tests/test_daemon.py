@@ -417,6 +417,50 @@ def derive(d, wall):
     return derive_secret(d.keys.master, wall // d.config.secret.rotate_every)
 
 
+def test_a_new_secret_file_rekeys_both_slots_and_a_bad_one_changes_nothing(dp, tmp_path):
+    """SlotKeys.configure (what Daemon._apply calls on start and SIGHUP): a new master
+    re-derives both sg_secrets entries at the next advance without counting a rotation;
+    an unusable secret file raises and leaves the master and the installed keys alone."""
+    import ctypes as ct
+    import os
+
+    from synguard import abi
+    from synguard import config as configmod
+    from synguard.daemon import Daemon
+    from synguard.secret import derive_secret
+
+    def secret_cfg(name, data, mode=0o600):
+        path = tmp_path / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+        return configmod.parse(f"mode: protect\nsecret:\n  file: {path}\n  rotate_every: 240\n").secret
+
+    def installed():
+        table = dp.map("sg_secrets")
+        return [b"".join(int(getattr(table[ct.c_int(i)], k)).to_bytes(8, "little") for k in ("k0", "k1"))
+                for i in (0, 1)]
+
+    def expected(master, slot):
+        return {s & 1: derive_secret(master, (s << abi.SLOT_SHIFT) // 240) for s in (slot - 1, slot)}
+
+    d = Daemon(configmod.Config(), datapath=dp)
+    wall = 7_000_000 * 240 + 100
+    slot = wall >> abi.SLOT_SHIFT
+    a, b = os.urandom(16), os.urandom(16)
+    d.keys.configure(secret_cfg("a.key", a))
+    d.keys.advance(wall)
+    assert dict(enumerate(installed())) == expected(a, slot)
+    d.keys.configure(secret_cfg("b.key", b))
+    d.keys.advance(wall)  # same slot: only the new master makes it write
+    assert dict(enumerate(installed())) == expected(b, slot) and d.keys.rotations == 0
+    with pytest.raises(configmod.ConfigError, match="mode 0644"):
+        d.keys.configure(secret_cfg("loose.key", os.urandom(16), 0o644))
+    d.keys.advance(wall)
+    assert d.keys.master == b and dict(enumerate(installed())) == expected(b, slot)
+
+
 @needs_tc
 def test_auto_mode_detects_a_spoofed_flood_and_protects(lab, tmp_path):
     lab.tcp_server(PORT, backlog=256)
