@@ -1,5 +1,6 @@
-"""Interfaces coming and going under a running daemon: a removed, re-created or
-renamed device is noticed each tick, said so, and attached again when it is back."""
+"""The interfaces the program is attached to: the configured set attached (start and
+SIGHUP), and interfaces coming and going under a running daemon: a removed, re-created
+or renamed device is noticed each tick, said so, and attached again when it is back."""
 
 from __future__ import annotations
 
@@ -8,6 +9,39 @@ import socket
 
 from synguard.datapath import DataPathError
 from synguard.log import event
+
+
+def attach_interfaces(dp, wanted, xdp_mode: str) -> None:
+    """Detach from the interfaces not wanted, attach to the wanted ones (DataPathError if
+    one cannot be), and say what the tc program and the pins ran into."""
+    wanted = list(wanted)
+    for ifname in list(dp.attached):
+        if ifname not in wanted:
+            dp.detach(ifname)
+            event("detached", f"detached from {ifname}", interface=ifname)
+    for ifname in wanted:
+        if ifname not in dp.attached:
+            how = dp.attach(ifname, xdp_mode)
+            _report_tc(dp, ifname)
+            event("attached", f"attached to {ifname} ({how} XDP)", interface=ifname, xdp_mode=how)
+            if dp.pin_error and dp.pin_error != dp.state_note:  # a foreign directory: said once
+                event("pin_failed", f"cannot pin the program ({dp.pin_error}): after a crash, a restarted "
+                      f"daemon will not recognise its leftover program", level=logging.WARNING)
+                dp.pin_error = None
+
+
+def _report_tc(dp, ifname: str) -> None:
+    """What attaching the tc program beside the XDP one (DataPath.attach) ran into."""
+    if dp.tc_problem:
+        consequence = ("protect mode leaves every SYN to the kernel" if dp.cookie_method == "kernel-cookie"
+                       else "protect mode refuses every new connection")
+        event("syncookies_off", f"{ifname}: {dp.tc_problem}; until then {consequence}", level=logging.ERROR,
+              interface=ifname)
+        dp.tc_problem = None
+    if dp.tc is not None and dp.tc.pin_error and dp.tc.pin_error not in (dp.state_note, dp.pin_error):
+        event("pin_failed", f"cannot pin the tc program ({dp.tc.pin_error}): after a crash, a restarted "
+              f"daemon recognises its leftover filter by name only", level=logging.WARNING)
+        dp.tc.pin_error = None
 
 
 def check_interfaces(dp, wanted, xdp_mode: str) -> None:

@@ -37,6 +37,10 @@ Contract:
 - ``sysctls()``: ``net.ipv4.tcp_syncookies``, ``net.ipv4.tcp_max_syn_backlog``,
   ``net.core.somaxconn``, ``net.ipv4.tcp_synack_retries`` as ints, keyed by
   their dotted names; a missing file is omitted. All four are per netns.
+- ``synack_settings(mtu)``: (mss4, mss6, wscale, tcp_opts) for DataPath.set_synack:
+  what a cookie SYN-ACK may offer given this netns's TCP sysctls (the kernel refuses
+  a connection whose cookie offered an option its sysctls disable) and an MTU;
+  ``min_mtu(interfaces)``: the smallest MTU among them (1500 if none is readable).
 - ``format_listeners(rows)``: an ss-style table (SynQ% descending, then
   address and port); ``to_json(rows)``: plain dicts with keys address, port,
   family, syn_recv, accept_queue, backlog, synq_pct.
@@ -56,9 +60,12 @@ import socket
 import struct
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
-__all__ = ["Listener", "listeners", "tcp_counters", "sysctls",
+from synguard import abi
+
+__all__ = ["Listener", "listeners", "tcp_counters", "sysctls", "synack_settings", "min_mtu",
            "format_listeners", "to_json", "SYSCTLS"]
 
 # linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h, net/tcp_states.h
@@ -326,6 +333,55 @@ def sysctls() -> dict[str, int]:
         except (FileNotFoundError, IndexError, ValueError):
             continue
     return out
+
+
+# --- what a SYN-ACK may offer ------------------------------------------------------
+
+def _sysctl(name: str, default: str) -> str:
+    try:
+        return Path("/proc/sys/" + name.replace(".", "/")).read_text()
+    except OSError:
+        return default
+
+
+def synack_settings(mtu: int) -> tuple[int, int, int, int]:
+    """(mss4, mss6, wscale, tcp_opts) for DataPath.set_synack from this netns's sysctls:
+    tcp_timestamps, tcp_sack, tcp_window_scaling, tcp_ecn == 1 -> SG_OPT_*; our window
+    scale as the kernel picks it, ilog2(max(tcp_rmem[2], rmem_max)) - 15 in 0..14; the
+    MSS from the MTU (IPv4 MTU - 40, IPv6 MTU - 60)."""
+    def num(name, default):
+        try:
+            return int(_sysctl(name, str(default)).split()[0])
+        except (ValueError, IndexError):
+            return default
+
+    opts = 0
+    if num("net.ipv4.tcp_timestamps", 1):
+        opts |= abi.OPT_TS
+    if num("net.ipv4.tcp_sack", 1):
+        opts |= abi.OPT_SACK
+    if num("net.ipv4.tcp_window_scaling", 1):
+        opts |= abi.OPT_WSCALE
+    if num("net.ipv4.tcp_ecn", 2) == 1:
+        opts |= abi.OPT_ECN
+    try:
+        rmem = int(_sysctl("net.ipv4.tcp_rmem", "4096 131072 6291456").split()[2])
+    except (ValueError, IndexError):
+        rmem = 6291456
+    space = max(rmem, num("net.core.rmem_max", 212992), 1)
+    wscale = min(max(space.bit_length() - 1 - 15, 0), 14)
+    return max(mtu - 40, 536), max(mtu - 60, 1220), wscale, opts
+
+
+def min_mtu(interfaces: Iterable[str]) -> int:
+    """The smallest MTU of these interfaces (/sys/class/net), 1500 if none is readable."""
+    mtus = []
+    for ifname in interfaces:
+        try:
+            mtus.append(int(Path(f"/sys/class/net/{ifname}/mtu").read_text()))
+        except (OSError, ValueError):
+            continue
+    return min(mtus) if mtus else 1500
 
 
 # --- presentation ----------------------------------------------------------------

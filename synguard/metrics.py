@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from synguard import __version__
+from synguard import __version__, kernel
 from synguard.abi import COUNTER_NAMES, CookieMethod, Counter, Mode
+from synguard.detect import KINDS
 
 if TYPE_CHECKING:
     from synguard.daemon import Daemon
@@ -34,8 +35,6 @@ class SynguardCollector(Collector):
         return []  # no describe-time map reads; registry accepts an empty describe
 
     def collect(self):
-        from synguard import kernel
-
         d = self.daemon
         yield InfoMetricFamily("synguard_build", "synguard build information.", value={"version": __version__})
 
@@ -80,10 +79,10 @@ class SynguardCollector(Collector):
         yield attached
 
         age = GaugeMetricFamily("synguard_secret_age_seconds", "Seconds since the cookie secret last changed.")
-        age.add_metric([], time.time() - d.secret_since)
+        age.add_metric([], time.time() - d.keys.since)
         yield age
         rot = CounterMetricFamily("synguard_secret_rotations", "Cookie secret rotations since start.")
-        rot.add_metric([], d.secret_rotations)
+        rot.add_metric([], d.keys.rotations)
         yield rot
 
         reloads = CounterMetricFamily("synguard_config_reloads", "SIGHUP reloads, by result.", labels=["result"])
@@ -94,19 +93,17 @@ class SynguardCollector(Collector):
         ok.add_metric([], 1.0 if d.last_reload_ok else 0.0)
         yield ok
 
-        det = d.detector
+        det = d.mitigation.detector
         active = GaugeMetricFamily("synguard_attack_active", "1 while an attack is detected, by kind.",
                                    labels=["kind"])
         total = CounterMetricFamily("synguard_attacks", "Attacks detected since start, by kind.", labels=["kind"])
-        from synguard.detect import KINDS
-
         for kind in KINDS:
             active.add_metric([kind], 1.0 if det and det.active and det.active["kind"] == kind else 0.0)
             total.add_metric([kind], det.attacks_total.get(kind, 0) if det else 0)
         yield active
         yield total
         g = GaugeMetricFamily("synguard_sources_distinct", "Distinct SYN sources in the last second (HyperLogLog).")
-        g.add_metric([], d.sources_distinct)
+        g.add_metric([], d.mitigation.sources_distinct)
         yield g
         g = GaugeMetricFamily("synguard_detector_cusum", "NP-CUSUM statistic on the SYN-vs-handshake gap.")
         g.add_metric([], det.cusum if det else 0.0)

@@ -1,9 +1,12 @@
-"""The cookie secret, in one place: its size, the secret file, the per-epoch keys.
+"""The cookie secret, in one place: its size, the secret file, the per-epoch keys,
+and the schedule that installs them (SlotKeys).
 
 A 128-bit master (random at start, or `secret.file`, shared by a fleet) derives the
 key of each epoch = floor(wall clock / secret.rotate_every) with keyed BLAKE2b, so
 every daemon sharing the file switches keys at the same instant without talking to
-the others. The key is never logged, shown in status or exported.
+the others. The program keys each cookie slot (wall clock >> SLOT_SHIFT) with the
+secret of the epoch containing the slot's start (sg_secrets[slot & 1]); the previous
+slot's key stays for the ACK check. The key is never logged, shown in status or exported.
 """
 
 from __future__ import annotations
@@ -13,8 +16,16 @@ import os
 import re
 import stat
 import struct
+import time
+from typing import TYPE_CHECKING
 
+from synguard import abi
 from synguard.config import ConfigError
+from synguard.log import event
+
+if TYPE_CHECKING:
+    from synguard.config import SecretConfig
+    from synguard.datapath import DataPath
 
 SECRET_LEN = 16
 
@@ -92,3 +103,60 @@ def secret_words(secret: bytes) -> tuple[int, int]:
     if len(secret) != SECRET_LEN:
         raise ValueError(f"secret must be {SECRET_LEN} bytes, got {len(secret)}")
     return struct.unpack("<QQ", secret)
+
+
+class SlotKeys:
+    """The cookie-key schedule of one data path: which master, which epoch, which slot.
+
+    configure() takes the master (secret.file, else the random one already held) and
+    the period from the config; advance() moves the data path to the wall clock's slot,
+    writing the new slot's key before the program signs with it. epoch, since (wall
+    time the current secret took effect) and rotations are what status and metrics show."""
+
+    def __init__(self, datapath: DataPath, rotate_every: int):
+        self.datapath = datapath
+        self.master = b""
+        self.rotate_every = rotate_every
+        self.slot = -1  # the cookie slot the program signs with (sg_config.slot)
+        self.epoch = -1
+        self.since = time.time()
+        self.rotations = 0
+
+    def configure(self, cfg: SecretConfig, *, force: bool = False) -> None:
+        """Take cfg's master and period (ConfigError if the secret file is unusable, with
+        nothing changed); a new master or period (or force) re-derives both slots' keys
+        at the next advance()."""
+        master = secret_file_check(cfg.file) if cfg.file else (self.master or random_master())
+        if force or master != self.master or cfg.rotate_every != self.rotate_every:
+            self.master = master
+            self.rotate_every = cfg.rotate_every
+            self.epoch = -1
+            self.slot = -1
+
+    def key(self, slot: int) -> bytes:
+        """The key of a cookie slot: the secret of the epoch containing the slot's start."""
+        return derive_secret(self.master, (slot << abi.SLOT_SHIFT) // self.rotate_every)
+
+    def advance(self, wall: int | None = None) -> None:
+        """Advance the cookie slot to the wall clock (wall: CLOCK_REALTIME seconds, now if
+        None): the new slot's key is written before the program signs with it; the other
+        entry keeps the previous slot's key."""
+        wall = int(time.time()) if wall is None else int(wall)
+        slot = (wall & 0xFFFFFFFF) >> abi.SLOT_SHIFT
+        if slot == self.slot:
+            return
+        dp = self.datapath
+        if slot != self.slot + 1:  # first slot, a jump of the clock, or a new master
+            dp.set_slot_key(slot - 1, self.key(slot - 1))
+        dp.set_slot_key(slot, self.key(slot))
+        dp.set_slot(slot)
+        self.slot = slot
+        epoch = (slot << abi.SLOT_SHIFT) // self.rotate_every
+        if epoch == self.epoch:
+            return
+        first = self.epoch < 0
+        self.epoch = epoch
+        self.since = epoch * self.rotate_every
+        if not first:
+            self.rotations += 1
+            event("secret_rotated", f"cookie secret rotated (generation {epoch})", generation=epoch)

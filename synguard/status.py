@@ -1,5 +1,5 @@
-"""The status document the control socket serves (`synguard status --json`), and
-the per-second rates and top sources it shows. Read-only over the daemon and maps."""
+"""The control socket's answers (`synguard status --json`, `synguard top`): the status
+document, the per-second rates and top sources it shows. Read-only over the daemon and maps."""
 
 from __future__ import annotations
 
@@ -29,6 +29,18 @@ def rates_window(history: list) -> float:
     return round(history[-1][0] - history[-2][0], 3) if len(history) >= 2 else 0.0
 
 
+def answer(d, request: dict) -> dict:
+    """The reply to one control-socket request (synguard.control) to daemon d."""
+    cmd = request.get("cmd")
+    if cmd == "status":
+        return document(d)
+    if cmd == "top":
+        return {"sources": top_sources(d.datapath, int(request.get("n", 10))), "now_s": d.datapath.config()["now_s"]}
+    if cmd == "ping":
+        return {"ok": True, "version": __version__}
+    return {"error": f"unknown command {cmd!r}"}
+
+
 def document(d) -> dict:
     """The status of daemon d (synguard.daemon.Daemon)."""
     dp = d.datapath
@@ -51,7 +63,7 @@ def document(d) -> dict:
         "counters": {c.key: v for c, v in dp.counters().items()},
         "rates": d.rates(),
         "rates_window_s": d.rates_window(),
-        "secret": {"generation": d.epoch, "age_s": round(time.time() - d.secret_since, 1),
+        "secret": {"generation": d.keys.epoch, "age_s": round(time.time() - d.keys.since, 1),
                    "rotate_every_s": d.config.secret.rotate_every,
                    "source": "file" if d.config.secret.file else "random"},
         "kernel": {"counters": kernel.tcp_counters(), "sysctls": kernel.sysctls()},
@@ -59,22 +71,22 @@ def document(d) -> dict:
         "listeners": len(rows),
         "config": {"path": d.config_path, "last_reload_ok": d.last_reload_ok, **d.reloads},
         "detection": detection(d),
-        "top_sources": top_sources(dp, 3) if d.detector and d.detector.active else [],
+        "top_sources": top_sources(dp, 3) if d.mitigation.detector and d.mitigation.detector.active else [],
     }
 
 
 def detection(d) -> dict:
-    det = d.detector
+    det = d.mitigation.detector
     m = det.mitigation() if det else {"protect_ports": set(), "deny_sources": []}
     return {
         "attack": det.active if det else None,
         "attacks_total": dict(det.attacks_total) if det else {},
         "cusum": round(det.cusum, 3) if det else 0.0,
         "baseline_pps": round(det.baseline, 1) if det else 0.0,
-        "sources_distinct": round(d.sources_distinct),
+        "sources_distinct": round(d.mitigation.sources_distinct),
         "protected_ports": sorted(m["protect_ports"]),
         "denied_sources": [a for a, _ in m["deny_sources"]],
-        "events": list(d.events),
+        "events": list(d.mitigation.events),
     }
 
 

@@ -224,8 +224,7 @@ def run(n_listeners: int, half_open: int, repeat: int, use_pyroute2: bool,
             from synguard.datapath import DataPath
             from synguard.metrics import SynguardCollector
 
-            d = Daemon(configmod.Config())
-            d.datapath = DataPath()
+            d = Daemon(configmod.Config(), datapath=DataPath())
             try:
                 registry = CollectorRegistry(auto_describe=False)
                 registry.register(SynguardCollector(d))

@@ -75,7 +75,7 @@ def attach(clients, clients_dp):
     """attach(mode): the DataPath (XDP and tc) on every server interface the clients
     use, configured as the daemon would (slot keys, slot, SYN-ACK settings from the
     server namespace's sysctls); detached again after the test."""
-    from synguard.daemon import synack_settings
+    from synguard.kernel import synack_settings
 
     lab, matrix = clients
     dp = clients_dp

@@ -374,9 +374,8 @@ def test_slot_and_secret_rotation_keep_fresh_cookies_valid(dp, monkeypatch):
     from frames import SERVER4, syn4
 
     cfg = configmod.override(configmod.Config(), mode="protect", ports=[80])
-    d = Daemon(cfg)
-    d.datapath = dp
-    d.master = bytes(range(16))
+    d = Daemon(cfg, datapath=dp)
+    d.keys.configure(cfg.secret)  # as Daemon._apply does: a random master (no secret.file)
     every = cfg.secret.rotate_every
     epoch_start = 1_800_000_000 // every * every + every
     slot_len = 1 << abi.SLOT_SHIFT
@@ -390,9 +389,9 @@ def test_slot_and_secret_rotation_keep_fresh_cookies_valid(dp, monkeypatch):
                 for i in (0, 1)]
 
     monkeypatch.setattr(time, "time", lambda: boundary - 0.4)
-    d._rotate_if_due()
+    d.keys.advance()  # the tick loop's call
     slot = dp.config()["slot"]
-    assert slot == (boundary - 1) >> abi.SLOT_SHIFT and keys()[slot & 1] == d.slot_key(slot)
+    assert slot == (boundary - 1) >> abi.SLOT_SHIFT and keys()[slot & 1] == derive(d, slot << abi.SLOT_SHIFT)
     acks = []
     for i in range(200):
         src, sport = f"203.0.113.{i % 250}", 20000 + i
@@ -401,13 +400,13 @@ def test_slot_and_secret_rotation_keep_fresh_cookies_valid(dp, monkeypatch):
         tcp = Ether(out.data)[TCP]
         acks.append((src, sport, i + 1, tcp.seq + 1, dict(tcp.options)["Timestamp"][0]))
     monkeypatch.setattr(time, "time", lambda: boundary + 0.6)
-    d._rotate_if_due()
-    assert d.secret_rotations == 1 and dp.config()["slot"] == slot + 1
+    d.keys.advance()
+    assert d.keys.rotations == 1 and dp.config()["slot"] == slot + 1
     assert keys()[(slot + 1) & 1] == derive(d, boundary)  # the new epoch's secret
     for src, sport, seq, ack, tsecr in acks:
         assert cookie.check_ack(keys(), slot + 1, src, SERVER4, sport, 80, seq, ack, tsecr) is not None
     monkeypatch.setattr(time, "time", lambda: boundary + (1 << abi.SLOT_SHIFT) + 0.6)
-    d._rotate_if_due()
+    d.keys.advance()
     src, sport, seq, ack, tsecr = acks[0]
     assert cookie.check_ack(keys(), slot + 2, src, SERVER4, sport, 80, seq, ack, tsecr) is None
 
@@ -415,7 +414,51 @@ def test_slot_and_secret_rotation_keep_fresh_cookies_valid(dp, monkeypatch):
 def derive(d, wall):
     from synguard.secret import derive_secret
 
-    return derive_secret(d.master, wall // d.config.secret.rotate_every)
+    return derive_secret(d.keys.master, wall // d.config.secret.rotate_every)
+
+
+def test_a_new_secret_file_rekeys_both_slots_and_a_bad_one_changes_nothing(dp, tmp_path):
+    """SlotKeys.configure (what Daemon._apply calls on start and SIGHUP): a new master
+    re-derives both sg_secrets entries at the next advance without counting a rotation;
+    an unusable secret file raises and leaves the master and the installed keys alone."""
+    import ctypes as ct
+    import os
+
+    from synguard import abi
+    from synguard import config as configmod
+    from synguard.daemon import Daemon
+    from synguard.secret import derive_secret
+
+    def secret_cfg(name, data, mode=0o600):
+        path = tmp_path / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+        return configmod.parse(f"mode: protect\nsecret:\n  file: {path}\n  rotate_every: 240\n").secret
+
+    def installed():
+        table = dp.map("sg_secrets")
+        return [b"".join(int(getattr(table[ct.c_int(i)], k)).to_bytes(8, "little") for k in ("k0", "k1"))
+                for i in (0, 1)]
+
+    def expected(master, slot):
+        return {s & 1: derive_secret(master, (s << abi.SLOT_SHIFT) // 240) for s in (slot - 1, slot)}
+
+    d = Daemon(configmod.Config(), datapath=dp)
+    wall = 7_000_000 * 240 + 100
+    slot = wall >> abi.SLOT_SHIFT
+    a, b = os.urandom(16), os.urandom(16)
+    d.keys.configure(secret_cfg("a.key", a))
+    d.keys.advance(wall)
+    assert dict(enumerate(installed())) == expected(a, slot)
+    d.keys.configure(secret_cfg("b.key", b))
+    d.keys.advance(wall)  # same slot: only the new master makes it write
+    assert dict(enumerate(installed())) == expected(b, slot) and d.keys.rotations == 0
+    with pytest.raises(configmod.ConfigError, match="mode 0644"):
+        d.keys.configure(secret_cfg("loose.key", os.urandom(16), 0o644))
+    d.keys.advance(wall)
+    assert d.keys.master == b and dict(enumerate(installed())) == expected(b, slot)
 
 
 @needs_tc
@@ -475,7 +518,7 @@ def test_synack_settings_follow_the_server_sysctls(lab):
     """What the SYN-ACK offers comes from the server netns's own sysctls: an option the
     kernel would refuse when it makes the connection is never offered."""
     from synguard import abi
-    from synguard.daemon import synack_settings
+    from synguard.kernel import synack_settings
 
     for cmd in ("net.ipv4.tcp_sack=0", "net.ipv4.tcp_ecn=1", "net.ipv4.tcp_timestamps=1",
                 "net.ipv4.tcp_window_scaling=1", "net.ipv4.tcp_rmem=4096 131072 33554432"):

@@ -3,7 +3,7 @@ SYN-ACK is taken by another daemon's tc program, at the same instant and across 
 secret rotation, and refused by a daemon with another secret.
 
 Three real data paths (XDP + tc programs, each with its own maps), keyed by the
-daemon's own code (Daemon._rotate_if_due with the daemon's key schedule) from the
+daemon's own code (the SlotKeys schedule a Daemon drives its data path with) from the
 secret files; the clock is the only input the test sets. The tc program runs
 under BPF_PROG_TEST_RUN in a namespace with a listener, where reaching the kfunc
 counts COOKIE_REFUSED (the kfunc returns -EINVAL outside real tc ingress; see
@@ -49,9 +49,8 @@ def fleet(tmp_path):
         for name, path in (("a", shared), ("b", shared), ("c", other)):
             cfg = configmod.parse(f"mode: protect\nprotect:\n  ports: [80]\nsecret:\n  file: {path}\n"
                                   f"  rotate_every: {ROTATE}\n")
-            d = Daemon(cfg)
-            d.datapath = DataPath(tc=True)
-            d.master = d._load_master(cfg)
+            d = Daemon(cfg, datapath=DataPath(tc=True))
+            d.keys.configure(cfg.secret)  # reads the secret file, as Daemon._apply does
             d.datapath.set_ports({80})
             d.datapath.set_synack(1460, 1440, 10, 0xF)
             d.datapath.set_mode(Mode.PROTECT)
@@ -65,7 +64,7 @@ def fleet(tmp_path):
 def at(daemons, wall: int) -> None:
     for d in daemons.values():
         d.datapath.tick(wall)
-        d._rotate_if_due(wall)
+        d.keys.advance(wall)
 
 
 def cookie_ack(d, isn: int, sport: int):
@@ -101,7 +100,7 @@ def test_fleet_members_take_each_others_cookies_across_a_rotation(fleet, listen_
     assert checked(c, listen_ns, before) == INVALID
 
     at(fleet, BOUNDARY)  # every member switches to the next epoch's secret at the same second
-    assert a.epoch == b.epoch == BOUNDARY // ROTATE and a.secret_rotations == b.secret_rotations == 1
+    assert a.keys.epoch == b.keys.epoch == BOUNDARY // ROTATE and a.keys.rotations == b.keys.rotations == 1
     after = cookie_ack(a, isn=2000, sport=41001)
     assert checked(b, listen_ns, after) == VALID
     assert checked(b, listen_ns, before) == VALID  # made before the rotation: the previous slot's key

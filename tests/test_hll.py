@@ -55,7 +55,7 @@ def test_daemon_counts_the_sources_of_a_second_the_clock_jumped_past(dp):
     """The daemon's tick period is just over 1 s, so now and then it moves the program's
     clock by 2: the window that just ended then shares its HLL bank (now_s & 1) with the
     new one, which the program clears at its first SYN. The daemon reads the blocks
-    before it advances the clock and names that window (detect_tick's window_s); read
+    before it advances the clock and names that window (Mitigation.tick's window_s); read
     after the tick, the window's sources were gone and a spoofed flood looked like
     "distinct <= 2" (single-source)."""
     from synguard import config
@@ -70,7 +70,7 @@ def test_daemon_counts_the_sources_of_a_second_the_clock_jumped_past(dp):
     blocks = dp.read_blocks()  # the daemon's read, before its tick
     send_sources(dp, [ipaddress.IPv4Address("198.51.100.7")], second + 2)  # tick: +2, then one SYN
     assert dp.hll_registers(second) is None and dp.hll_registers(second + 1) is None  # lost if read now
-    d = Daemon(config.Config())
-    d.datapath, d.detector = dp, Detector(d.config.detection)
-    d.detect_tick(0.0, second + 2, 1.0, blocks, second)
-    assert d.sources_distinct == pytest.approx(1500, rel=0.1)
+    d = Daemon(config.Config(), datapath=dp)
+    d.mitigation.detector = Detector(d.config.detection)
+    d.mitigation.tick(0.0, second + 2, 1.0, blocks, second)
+    assert d.mitigation.sources_distinct == pytest.approx(1500, rel=0.1)

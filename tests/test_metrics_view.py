@@ -16,8 +16,7 @@ from frames import syn4
 
 @pytest.fixture
 def registry(dp):
-    d = Daemon(config.override(config.Config(), mode="protect", ports=[80]))
-    d.datapath = dp
+    d = Daemon(config.override(config.Config(), mode="protect", ports=[80]), datapath=dp)
     reg = CollectorRegistry(auto_describe=False)
     reg.register(SynguardCollector(d))
     return reg

@@ -1,0 +1,161 @@
+"""Detection and auto mitigation: the glue between the program's signals, the
+Detector (synguard.detect) and the kernel, fed once per tick by the daemon.
+
+Each tick, one read of the counter map (SYNs, validated cookies, per-port SYNs, the
+HyperLogLog of last second's sources), the kernel's passive opens and the heaviest
+sampled sources become one detect.Tick. The detector runs in every mode so status
+shows what it sees; only in mode auto are the ports it names armed in the kernel
+(the program's per-port auto_until) and the sources it names denied for a while.
+Reads and writes only the data path it was given.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import logging
+import os
+from collections import deque
+from typing import TYPE_CHECKING
+
+from synguard import abi, hll, kernel, status
+from synguard.abi import Counter, Mode
+from synguard.datapath import addr_key
+from synguard.detect import Detector, Tick
+from synguard.log import event
+
+if TYPE_CHECKING:
+    from synguard.config import Config
+    from synguard.datapath import DataPath
+
+
+class Mitigation:
+    def __init__(self, datapath: DataPath):
+        self.datapath = datapath
+        self.cfg: Config | None = None
+        self.detector: Detector | None = None  # made by the first configure()
+        self.hll_history = hll.History()
+        self.events: deque[dict] = deque(maxlen=20)  # the detector's last events, for status
+        self.sources_distinct = 0.0
+        self._prev = None  # (counters, kernel passive opens, port syns) of the last tick
+        self._temp_deny: dict[str, float] = {}
+        self._armed: dict[int, int] = {}  # port -> wall-clock second it stays armed until
+        self._top_at = 0.0
+        self._hh: dict[str, int] = {}  # heavy-hitter source -> its sampled SYN count last tick
+
+    @property
+    def active(self) -> bool:
+        """A port is armed or an attack is on (what "protecting" means in mode auto)."""
+        return bool(self._armed) or bool(self.detector and self.detector.active)
+
+    def configure(self, cfg: Config) -> None:
+        """New detection knobs, watched ports and static denies (start and SIGHUP); the
+        detector keeps its baseline and the attack in progress."""
+        self.cfg = cfg
+        if self.detector is None:
+            self.detector = Detector(cfg.detection)
+        else:
+            self.detector.reconfigure(cfg.detection)
+        ncpu = os.cpu_count() or 1
+        self.datapath.set_fast_trigger(
+            -(-cfg.detection.fast_trigger_pps // ncpu) if cfg.detection.fast_trigger_pps else 0, cfg.detection.hold)
+        self.watch_ports()
+        self._apply_deny()
+
+    def watch_ports(self) -> None:
+        """Ports with their own SYN counters: the protected ones, else the listening ones."""
+        ports = set(self.cfg.protect.ports)
+        if not ports:
+            ports = {r.port for r in kernel.listeners()}
+        self.datapath.set_watched(sorted(ports)[: abi.PORT_SLOTS - 1])
+
+    def _apply_deny(self) -> None:
+        temp = [f"{a}/{32 if ':' not in a else 128}" for a in self._temp_deny]
+        self.datapath.set_deny_cidrs([*self.cfg.deny, *temp])
+
+    def _top_sources(self, now: float) -> list[tuple[str, int]]:
+        """SYNs of the heaviest sampled sources during the last tick.
+
+        A full read of the per-source map costs ~0.1 s when it is full, so the
+        heavy hitters are re-chosen from a full read at most every 5 s; every
+        tick, only those few entries are looked up and their growth since the
+        previous tick is reported (so shares compare with this tick's SYNs)."""
+        table = self.datapath.map("sg_src_syns")
+        if now - self._top_at >= 5 or not self._hh:
+            self._top_at = now
+            rows = status.top_sources(self.datapath, 10)
+            self._hh = {r["source"]: self._hh.get(r["source"], r["syns"]) for r in rows}
+        out = []
+        for addr, before in list(self._hh.items()):
+            key = table.Key()
+            ct.memmove(key.addr, addr_key(ipaddress.ip_address(addr)), 16)
+            try:
+                count = int(table[key].syns)
+            except KeyError:
+                count = before
+            self._hh[addr] = count
+            if count > before:
+                out.append((addr, count - before))
+        return sorted(out, key=lambda r: r[1], reverse=True)
+
+    def tick(self, mono: float, wall: int, dt: float, blocks: list, window_s: int | None = None) -> list[dict]:
+        """One detector step from the program's signals (blocks: this tick's one read of
+        the counter map, see DataPath.read_blocks; window_s: the program's clock,
+        sg_config.now_s, while they were counted, default wall - 1); applies auto mitigation."""
+        dp = self.datapath
+        counters = dp.counters(blocks=blocks)
+        opens = kernel.tcp_counters().get("Tcp.PassiveOpens", 0)
+        port_syns = dp.port_syns(blocks)
+        window_s = wall - 1 if window_s is None else window_s
+        regs = dp.hll_registers(window_s, blocks)
+        distinct, new = self.hll_history.novelty(regs)
+        if self.detector.active is None:
+            # The history is what normal looks like: an attack's sources stay out
+            # of it, or a long random flood would soon look "already seen".
+            self.hll_history.add(regs, window_s)
+        self.sources_distinct = distinct
+        prev, self._prev = self._prev, (counters, opens, port_syns)
+        if prev is None:
+            return []
+        c0, opens0, ports0 = prev
+        syns = counters[Counter.SYN_RECEIVED] - c0[Counter.SYN_RECEIVED]
+        completions = (counters[Counter.COOKIE_VALIDATED] - c0[Counter.COOKIE_VALIDATED]) + max(0, opens - opens0)
+        fast = set()
+        if counters[Counter.FAST_TRIGGER] != c0[Counter.FAST_TRIGGER] or self._armed:
+            fast = {p for p in port_syns if (dp.port_auto_until(p) - wall) > 0 and p not in self._armed}
+        gate_hint = syns / max(dt, 1e-3) >= self.cfg.detection.floor_pps
+        top = self._top_sources(mono) if gate_hint else []
+        tick = Tick(t=mono, dt=dt, syns=max(0, syns), completions=completions, distinct=distinct,
+                    new_sources=new, port_syns={p: max(0, n - ports0.get(p, 0)) for p, n in port_syns.items()},
+                    top_sources=top, fast_trigger_ports=frozenset(fast))
+        events = self.detector.update(tick)
+        for ev in events:
+            a = ev["attack"]
+            self.events.append(ev)
+            event(ev["event"], f"{ev['event'].replace('_', ' ')}: {a['kind']} on ports "
+                  f"{','.join(map(str, a['ports'])) or 'all'}, peak {a['peak_pps']:.0f} SYN/s, "
+                  f"sources e.g. {', '.join(a['sources_sample'][:3]) or '-'}",
+                  level=logging.WARNING if ev["event"] == "attack_start" else logging.INFO, attack=a)
+        if self.cfg.mode == Mode.AUTO:
+            self._enforce(self.detector.mitigation(mono), mono, wall)
+        return events
+
+    def _enforce(self, m: dict, mono: float, wall: int) -> None:
+        """Arm the attacked ports in the kernel (auto mode) and keep temporary denies."""
+        dp = self.datapath
+        wall_of = lambda t: wall + int(round(t - mono))  # noqa: E731
+        wanted = {p: wall_of(u) for p, u in m["until_by_port"].items()}
+        if m["protect_all"] and m["protect_until"] is not None:
+            for p in dp.set_watched(sorted(dp._watch)):  # every watched port
+                wanted[p] = max(wanted.get(p, 0), wall_of(m["protect_until"]))
+        for port, until in wanted.items():
+            if self._armed.get(port) != until:
+                dp.arm_port(port, max(until, dp.port_auto_until(port)))
+        for port in set(self._armed) - set(wanted):
+            if dp.port_auto_until(port) <= self._armed[port] + 1:
+                dp.arm_port(port, 0)  # the fast trigger may have re-armed it meanwhile: keep that
+        self._armed = wanted
+        deny = {a: u for a, u in m["deny_sources"]}
+        if deny.keys() != self._temp_deny.keys():
+            self._temp_deny = deny
+            self._apply_deny()
