@@ -4,7 +4,7 @@
  * SYN cookie (ebpf/COOKIE.md). Compiled and loaded by BCC (synguard/datapath.py)
  * with -I ebpf/. The ACK side is the tc program (synguard_tc.bpf.c).
  *
- * Contract (see ../shared/DESIGN.md, "The defense", and COOKIE.md):
+ * Contract (see README.md "How it works" and ebpf/COOKIE.md):
  *  - Entry: xdp_synguard(). parse -> classify -> verdict -> count. A SYN to
  *    answer whose options are not a fast-path layout (none, Linux, Windows,
  *    Apple) is finished by xdp_synguard_optscan(), tail-called through
@@ -56,8 +56,9 @@
 /* ---- Maps: all of them, each bounded. ---------------------------------- */
 
 /* SG_KEPT maps hold state that must survive a daemon crash: the loader pins
- * them, and a restarted daemon copies their content into its own (see
- * DataPath.KEPT_MAPS), so counters keep counting. (BCC's BPF_TABLE_PINNED
+ * them, and a restarted daemon copies their content into its own (the list is
+ * these declarations: synguard/datapath/pins.py kept_map_names, adopt_state
+ * checks each pin's layout first), so counters keep counting. (BCC's BPF_TABLE_PINNED
  * would reuse the objects directly, but it needs CAP_SYS_ADMIN to open a pin,
  * which the systemd unit does not grant.) */
 #define SG_KEPT(type, key, leaf, name, size) BPF_TABLE(type, key, leaf, name, size)
