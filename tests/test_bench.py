@@ -15,17 +15,19 @@ def rows():
     from synguard_lab import bench
 
     out = io.StringIO()
-    r = bench.run(repeat=50_000, rounds=5, out=out)
+    r = bench.run(repeat=100_000, rounds=7, out=out)
     print(out.getvalue())
     return {row["path"]: row for row in r}
 
 
 def test_harness_cross_check_agrees_with_the_direct_row(rows):
     """The same ACK measured directly and through the rewrite harness (its own cost
-    subtracted): if the subtraction were wrong, every SYN-ACK figure would be too."""
+    subtracted): if the subtraction were wrong, every SYN-ACK figure would be too. The
+    harness itself costs 60-80 ns here, so a wrong subtraction is off by that much; the
+    bound leaves room for a shared box's noise (the rounds' spread is printed)."""
     direct = rows["pass: established ACK+data"]["ns"]
     via = rows["cross-check: ACK via harness"]["ns"]
-    assert abs(via - direct) <= max(15.0, 0.35 * direct), (via, direct)
+    assert abs(via - direct) <= max(25.0, 0.4 * direct), (via, direct, rows["floor"])
 
 
 def test_no_path_is_cheaper_than_the_empty_program(rows):
