@@ -47,6 +47,8 @@ import sys
 import threading
 import time
 
+from synguard_lab.common import percentile
+
 PORT = 8080
 QUIET_S = 3.0
 ENGAGE_WITHIN_S = 2.0  # seconds from the flood's first SYN until XDP answers it
@@ -140,7 +142,7 @@ def judge(ticks: list[tuple[float, dict]], flood: dict, legit: list[dict], conne
     ok = [r["s"] for r in legit if r["s"] is not None]
     ms = sorted(s * 1000 for s in ok)
     res["legit"] = {"tried": len(legit), "expected": connects, "ok": len(ok), "syn_retransmits": syn_retrans,
-                    "p50_ms": _pct(ms, 0.5), "p99_ms": _pct(ms, 0.99), "max_ms": ms[-1] if ms else None,
+                    "p50_ms": percentile(ms, 0.5), "p99_ms": percentile(ms, 0.99), "max_ms": ms[-1] if ms else None,
                     "while_protected": sum(1 for r in legit if engaged is not None and r["at"] >= ticks[engaged][0])}
     ev = next((e for e in attacks if e["ts"] >= start - 1), None)  # the first attack_start of the flood
     a = None if ev is None else ev["attack"]
@@ -169,12 +171,6 @@ def judge(ticks: list[tuple[float, dict]], flood: dict, legit: list[dict], conne
     res["held"] = not fail
     res["failures"] = fail
     return res
-
-
-def _pct(sorted_values: list[float], q: float) -> float | None:
-    from synguard_lab.common import percentile
-
-    return percentile(sorted_values, q)
 
 
 def n(v) -> str:
