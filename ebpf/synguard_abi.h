@@ -17,7 +17,7 @@
 #ifndef SYNGUARD_ABI_H
 #define SYNGUARD_ABI_H
 
-#define SG_ABI_VERSION 2
+#define SG_ABI_VERSION 3
 
 /* Compile-time limits (override with -DNAME=value). */
 #ifndef SG_CIDR_SIZE
@@ -40,6 +40,7 @@
 #define SG_IFINDEX_MAX 4096 /* sg_ifaces covers ifindex 0..4095; larger ones count in slot 0 */ /* sg_ports is indexed by the host-order TCP port */
 #define SG_IPV6_EXT_MAX 4 /* IPv6 extension headers skipped before giving up */
 #define SG_VLAN_MAX 2 /* 802.1Q / 802.1ad tags parsed */
+#define SG_SIP_CACHE 16 /* sg_sip_cache entries per CPU (a power of 2): a server has few addresses */
 
 /* Per-CPU counters, bumped by the XDP program (SYN side) and the tc program
  * (ACK side) in the same blocks. Names are the metric names' stems (see
@@ -156,6 +157,25 @@ struct sg_counter_block {
 struct sg_secret {
 	__u64 k0;
 	__u64 k1;
+};
+
+/* SipHash-2-4 state (synguard_siphash.h). */
+struct sg_sip {
+	__u64 v0;
+	__u64 v1;
+	__u64 v2;
+	__u64 v3;
+};
+
+/* Value of sg_sip_cache (per CPU, SG_SIP_CACHE entries, index sip_cache_idx()): the
+ * state after a key and an IPv6 destination, the message's first 16 bytes. Written
+ * and read by the XDP and tc programs only. */
+struct sg_sip_cache_entry {
+	__u64 daddr[2];      /* raw */
+	__u64 k0;            /* the key it was made with */
+	__u64 k1;
+	__u64 filled;        /* 0 in a fresh entry: an all-zero key and address must not match it */
+	struct sg_sip state;
 };
 
 /* Key of sg_src_syns. */

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 # Compile-time limits (the header's defaults; the loader may override with -D).
 CIDR_SIZE = 4096
@@ -266,6 +266,19 @@ class CidrKey(ct.Structure):
     _fields_ = [("prefixlen", ct.c_uint32), ("addr", ct.c_uint8 * 16)]
 
 
+class Sip(ct.Structure):
+    """struct sg_sip: SipHash-2-4 state."""
+
+    _fields_ = [("v0", ct.c_uint64), ("v1", ct.c_uint64), ("v2", ct.c_uint64), ("v3", ct.c_uint64)]
+
+
+class SipCacheEntry(ct.Structure):
+    """struct sg_sip_cache_entry: value of sg_sip_cache (per CPU; the programs' own)."""
+
+    _fields_ = [("daddr", ct.c_uint64 * 2), ("k0", ct.c_uint64), ("k1", ct.c_uint64), ("filled", ct.c_uint64),
+                ("state", Sip)]
+
+
 # Every map of ebpf/synguard.bpf.c: name -> (key type, value type), as the C declares
 # them (BCC's `int` keys are c_int). A per-CPU map's value type is one CPU's value.
 MAPS: dict[str, tuple[type, type]] = {
@@ -273,6 +286,7 @@ MAPS: dict[str, tuple[type, type]] = {
     "sg_ifaces": (ct.c_int, ct.c_uint32),
     "sg_config": (ct.c_int, Config),
     "sg_secrets": (ct.c_int, Secret),
+    "sg_sip_cache": (ct.c_int, SipCacheEntry),
     "sg_ports": (ct.c_int, Port),
     "sg_src_syns": (Addr, SrcStat),
     "sg_progs": (ct.c_int, ct.c_int),

@@ -1,4 +1,4 @@
-"""Bit-exact Python reference of the synguard SYN cookie (ebpf/COOKIE.md, ABI 2).
+"""Bit-exact Python reference of the synguard SYN cookie (ebpf/COOKIE.md, ABI 3).
 
 The XDP program (SYN -> SYN-ACK), the tc program (ACK -> connection) and this
 module implement exactly ebpf/COOKIE.md; tests compare the kernel with this file.
@@ -10,9 +10,9 @@ against the paper's test vectors, then against the kernel.
 
 Summary of COOKIE.md:
     opt  = mss_class | wscale << 2 | sack << 6 | ecn << 7 | ts << 8   (wscale 0xf = none)
-    msg  = daddr | saddr | dport | sport | isn   (wire order)  | slot (LE u32) | opt (LE u32)
-    h    = SipHash-2-4(sg_secrets[slot & 1], msg)
-    seq  = (h & 0xFFFFFFF8) | (slot & 1) << 2 | mss_class          (our ISN)
+    msg  = daddr | saddr | dport | sport   (wire order)  | opt (LE u16)     (14 or 38 bytes)
+    h    = SipHash-2-4(sg_secrets[slot & 1], msg)       (the key is the slot's own)
+    seq  = ((h + isn) & 0xFFFFFFF8) | (slot & 1) << 2 | mss_class   (our ISN; isn: the client's)
     TSval= ((h >> 32) & 0xFFFFFFC0) | wscale | sack << 4 | ecn << 5
 """
 
@@ -197,22 +197,22 @@ def _addr(a) -> Address:
     return a if isinstance(a, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else ipaddress.ip_address(a)
 
 
-def cookie_message(saddr, daddr, sport: int, dport: int, isn: int, slot: int, opt: int) -> bytes:
-    """COOKIE.md message: 24 bytes (IPv4) or 48 (IPv6)."""
+def cookie_message(saddr, daddr, sport: int, dport: int, opt: int) -> bytes:
+    """COOKIE.md message: 14 bytes (IPv4) or 38 (IPv6)."""
     saddr, daddr = _addr(saddr), _addr(daddr)
     if saddr.version != daddr.version:
         raise ValueError("saddr and daddr must be the same family")
-    return (daddr.packed + saddr.packed + struct.pack("!HHI", dport, sport, isn & _U32)
-            + struct.pack("<II", slot & _U32, opt & _U32))
+    return daddr.packed + saddr.packed + struct.pack("!HH", dport, sport) + struct.pack("<H", opt)
 
 
-def cookie_hash(key: bytes, saddr, daddr, sport: int, dport: int, isn: int, slot: int, opt: int) -> int:
+def cookie_hash(key: bytes, saddr, daddr, sport: int, dport: int, opt: int) -> int:
     """h: the 64-bit SipHash of the message under the slot's key (sg_secrets[slot & 1])."""
-    return siphash24(key, cookie_message(saddr, daddr, sport, dport, isn, slot, opt))
+    return siphash24(key, cookie_message(saddr, daddr, sport, dport, opt))
 
 
-def seq_of(h: int, slot: int, mss_class: int) -> int:
-    return (h & SEQ_HASH_MASK) | (slot & 1) << 2 | mss_class
+def seq_of(h: int, isn: int, slot: int, mss_class: int) -> int:
+    """Our ISN: the hash plus the client's ISN, the slot's parity and the MSS class."""
+    return ((h + isn) & SEQ_HASH_MASK) | (slot & 1) << 2 | mss_class
 
 
 def tsval_of(h: int, neg: Negotiated) -> int:
@@ -223,8 +223,8 @@ def synack_fields(key: bytes, saddr, daddr, sport: int, dport: int, isn: int, sl
                   neg: Negotiated) -> tuple[int, int | None]:
     """(seq, TSval or None) of our SYN-ACK to a client SYN saddr:sport -> daddr:dport
     whose sequence number is isn."""
-    h = cookie_hash(key, saddr, daddr, sport, dport, isn, slot, neg.opt)
-    return seq_of(h, slot, neg.mss_class), (tsval_of(h, neg) if neg.ts else None)
+    h = cookie_hash(key, saddr, daddr, sport, dport, neg.opt)
+    return seq_of(h, isn, slot, neg.mss_class), (tsval_of(h, neg) if neg.ts else None)
 
 
 def synack_options(neg: Negotiated, synack_mss: int, synack_wscale: int, tsval: int | None,
@@ -246,24 +246,22 @@ def synack_options(neg: Negotiated, synack_mss: int, synack_wscale: int, tsval: 
 # ---- Validation (the tc program's side) ----------------------------------------
 
 
-def check_ack(keys_by_parity, cfg_slot: int, saddr, daddr, sport: int, dport: int, seq: int, ack: int,
+def check_ack(keys_by_parity, saddr, daddr, sport: int, dport: int, seq: int, ack: int,
               tsecr: int | None) -> Negotiated | None:
     """COOKIE.md validation of a client ACK (saddr:sport -> daddr:dport) with its seq,
-    ack and, if it carried Timestamps, TSecr. keys_by_parity[i] = sg_secrets[i].
+    ack and, if it carried Timestamps, TSecr. keys_by_parity[i] = sg_secrets[i]: the
+    keys of the current slot and the previous one, the cookie's parity bit says which.
     Returns the decoded options, or None when the cookie is not ours."""
     cookie = (ack - 1) & _U32
     isn = (seq - 1) & _U32
     c = cookie & 3
-    slot = cfg_slot & _U32
-    if (slot & 1) != (cookie >> 2 & 1):
-        slot = (slot - 1) & _U32
     if tsecr is not None:
         ts, w, sack, ecn = True, tsecr & 0xF, bool(tsecr >> 4 & 1), bool(tsecr >> 5 & 1)
     else:
         ts, w, sack, ecn = False, WSCALE_NONE, False, False
     opt = opt_word(c, w, sack, ecn, ts)
-    h = cookie_hash(keys_by_parity[slot & 1], saddr, daddr, sport, dport, isn, slot, opt)
-    if (h ^ cookie) & SEQ_HASH_MASK:
+    h = cookie_hash(keys_by_parity[cookie >> 2 & 1], saddr, daddr, sport, dport, opt)
+    if (h + isn ^ cookie) & SEQ_HASH_MASK:
         return None
     if ts and ((h >> 32) ^ tsecr) & TS_HASH_MASK:
         return None

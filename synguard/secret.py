@@ -94,8 +94,13 @@ def random_master() -> bytes:
     return os.urandom(SECRET_LEN)
 
 
-def derive_secret(master: bytes, epoch: int) -> bytes:
-    return hashlib.blake2b(epoch.to_bytes(8, "little"), key=master, digest_size=16, person=b"synguard-cookie").digest()
+def slot_key(master: bytes, rotate_every: int, slot: int) -> bytes:
+    """The SipHash key of one cookie slot (sg_secrets[slot & 1]), its own: derived from the
+    master, the slot's epoch (the secret's generation, rotate_every seconds long) and the
+    slot's number, so a cookie is bound to its slot without the slot being hashed."""
+    epoch = (slot << abi.SLOT_SHIFT) // rotate_every
+    return hashlib.blake2b(struct.pack("<QQ", epoch, slot), key=master, digest_size=16,
+                           person=b"synguard-slot").digest()
 
 
 def secret_words(secret: bytes) -> tuple[int, int]:
@@ -134,8 +139,8 @@ class SlotKeys:
             self.slot = -1
 
     def key(self, slot: int) -> bytes:
-        """The key of a cookie slot: the secret of the epoch containing the slot's start."""
-        return derive_secret(self.master, (slot << abi.SLOT_SHIFT) // self.rotate_every)
+        """The key of a cookie slot (slot_key)."""
+        return slot_key(self.master, self.rotate_every, slot)
 
     def advance(self, wall: int | None = None) -> None:
         """Advance the cookie slot to the wall clock (wall: CLOCK_REALTIME seconds, now if

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from synguard import abi, cookie
+from synguard.secret import slot_key
 
 # SipHash-2-4 paper, Appendix A / reference implementation vectors:
 # key = 00 01 .. 0f, message i = 00 01 .. (i-1), i = 0..63.
@@ -41,13 +42,13 @@ def test_siphash_rejects_bad_key():
 
 
 def test_message_layout_ipv4_and_ipv6():
-    m4 = cookie.cookie_message("192.0.2.1", "198.51.100.7", 40000, 80, 0xA1B2C3D4, 0x01020304, 0x1FF)
-    assert m4 == (bytes([198, 51, 100, 7, 192, 0, 2, 1]) + struct.pack("!HH", 80, 40000)
-                  + bytes([0xA1, 0xB2, 0xC3, 0xD4]) + bytes([4, 3, 2, 1]) + bytes([0xFF, 1, 0, 0]))
-    m6 = cookie.cookie_message("2001:db8::1", "2001:db8::2", 1, 2, 3, 4, 5)
-    assert len(m6) == 48 and m6[:16] == ipaddress.ip_address("2001:db8::2").packed
+    m4 = cookie.cookie_message("192.0.2.1", "198.51.100.7", 40000, 80, 0x1FF)
+    assert m4 == bytes([198, 51, 100, 7, 192, 0, 2, 1]) + struct.pack("!HH", 80, 40000) + bytes([0xFF, 1])
+    m6 = cookie.cookie_message("2001:db8::1", "2001:db8::2", 1, 2, 5)
+    assert len(m6) == 38 and m6[:16] == ipaddress.ip_address("2001:db8::2").packed
+    assert m6[16:32] == ipaddress.ip_address("2001:db8::1").packed and m6[32:] == bytes([0, 2, 0, 1, 5, 0])
     with pytest.raises(ValueError):
-        cookie.cookie_message("192.0.2.1", "2001:db8::2", 1, 2, 3, 4, 5)
+        cookie.cookie_message("192.0.2.1", "2001:db8::2", 1, 2, 5)
 
 
 ALL = abi.OPT_TS | abi.OPT_SACK | abi.OPT_WSCALE | abi.OPT_ECN
@@ -111,6 +112,15 @@ def test_synack_options_layout():
 
 
 KEYS = (bytes(range(16)), bytes(range(16, 32)))
+MASTER = bytes(range(100, 116))
+
+
+def slot_keys(cfg_slot: int) -> list[bytes]:
+    """sg_secrets while sg_config.slot is cfg_slot: the keys of that slot and the previous one."""
+    keys = [b"", b""]
+    for s in (cfg_slot - 1, cfg_slot):
+        keys[s & 1] = slot_key(MASTER, 240, s)
+    return keys
 
 
 @given(st.booleans(), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 65535),
@@ -124,35 +134,48 @@ def test_synack_then_ack_validates(ipv6, s, d, sport, dport, isn, slot, mss, wsc
     else:
         saddr, daddr = ipaddress.IPv4Address(s), ipaddress.IPv4Address(d)
     n = cookie.negotiate(ipv6, mss, wscale, sack, ts, ecn, tcp_opts)
-    seq, tsval = cookie.synack_fields(KEYS[slot & 1], saddr, daddr, sport, dport, isn, slot, n)
+    seq, tsval = cookie.synack_fields(slot_keys(slot)[slot & 1], saddr, daddr, sport, dport, isn, slot, n)
     assert seq & 7 == (slot & 1) << 2 | n.mss_class
     assert (tsval is None) == (not n.ts)
     ack_seq, ack_ack = (isn + 1) & 0xFFFFFFFF, (seq + 1) & 0xFFFFFFFF
     # accepted in its own slot and the next; never two slots later
     for cfg_slot in (slot, slot + 1):
-        assert cookie.check_ack(KEYS, cfg_slot, saddr, daddr, sport, dport, ack_seq, ack_ack, tsval) == n
-    assert cookie.check_ack(KEYS, slot + 2, saddr, daddr, sport, dport, ack_seq, ack_ack, tsval) is None
-    # any change of an authenticated input fails
-    assert cookie.check_ack(KEYS, slot, saddr, daddr, sport ^ 1, dport, ack_seq, ack_ack, tsval) is None
-    assert cookie.check_ack(KEYS, slot, saddr, daddr, sport, dport, ack_seq ^ 1, ack_ack, tsval) is None
-    assert cookie.check_ack(KEYS, slot, saddr, daddr, sport, dport, ack_seq, ack_ack ^ 1, tsval) is None
-    assert cookie.check_ack(KEYS[::-1], slot, saddr, daddr, sport, dport, ack_seq, ack_ack, tsval) is None
+        assert cookie.check_ack(slot_keys(cfg_slot), saddr, daddr, sport, dport, ack_seq, ack_ack, tsval) == n
+    assert cookie.check_ack(slot_keys(slot + 2), saddr, daddr, sport, dport, ack_seq, ack_ack, tsval) is None
+    # any change of an authenticated input fails (the ISN enters by addition below the
+    # 3 low bits: a change by 8 always shows)
+    keys = slot_keys(slot)
+    assert cookie.check_ack(keys, saddr, daddr, sport ^ 1, dport, ack_seq, ack_ack, tsval) is None
+    assert cookie.check_ack(keys, saddr, daddr, sport, dport ^ 1, ack_seq, ack_ack, tsval) is None
+    assert cookie.check_ack(keys, saddr, daddr, sport, dport, (ack_seq + 8) & 0xFFFFFFFF, ack_ack, tsval) is None
+    assert cookie.check_ack(keys, saddr, daddr, sport, dport, ack_seq, ack_ack ^ 1, tsval) is None
+    assert cookie.check_ack(keys, saddr, daddr, sport, dport, ack_seq, ack_ack ^ 8, tsval) is None
+    assert cookie.check_ack(keys[::-1], saddr, daddr, sport, dport, ack_seq, ack_ack, tsval) is None
     if tsval is None:
-        assert cookie.check_ack(KEYS, slot, saddr, daddr, sport, dport, ack_seq, ack_ack, 0) is None
+        assert cookie.check_ack(keys, saddr, daddr, sport, dport, ack_seq, ack_ack, 0) is None
     else:
-        assert cookie.check_ack(KEYS, slot, saddr, daddr, sport, dport, ack_seq, ack_ack, tsval ^ 0x10) is None
-        assert cookie.check_ack(KEYS, slot, saddr, daddr, sport, dport, ack_seq, ack_ack, tsval ^ 0x40) is None
-        assert cookie.check_ack(KEYS, slot, saddr, daddr, sport, dport, ack_seq, ack_ack, None) is None
+        assert cookie.check_ack(keys, saddr, daddr, sport, dport, ack_seq, ack_ack, tsval ^ 0x10) is None
+        assert cookie.check_ack(keys, saddr, daddr, sport, dport, ack_seq, ack_ack, tsval ^ 0x40) is None
+        assert cookie.check_ack(keys, saddr, daddr, sport, dport, ack_seq, ack_ack, None) is None
+
+
+def test_slot_keys_differ_per_slot_and_master():
+    """Each slot has its own key (the slot is not hashed: its key binds it)."""
+    keys = {slot_key(MASTER, 240, s) for s in range(1000, 1100)}
+    assert len(keys) == 100 and all(len(k) == 16 for k in keys)
+    assert slot_key(MASTER, 240, 1000) != slot_key(bytes(16), 240, 1000)
+    assert slot_key(MASTER, 240, 1000) == slot_key(MASTER, 240, 1000)
 
 
 def test_cookie_fixed_vector():
     """Pins the reference: a change to cookie.py that changes the bits fails here."""
     n = cookie.negotiate(False, 1460, 7, True, True, False, ALL)
     assert n.opt == 0x15F
-    msg = cookie.cookie_message("192.0.2.1", "198.51.100.7", 40000, 80, 1000, 5, n.opt)
+    msg = cookie.cookie_message("192.0.2.1", "198.51.100.7", 40000, 80, n.opt)
+    assert msg.hex() == "c6336407c0000201" "00509c40" "5f01"
     h = cookie.siphash24(KEYS[1], msg)
     seq, tsval = cookie.synack_fields(KEYS[1], "192.0.2.1", "198.51.100.7", 40000, 80, 1000, 5, n)
-    assert seq == (h & 0xFFFFFFF8) | 4 | 3
+    assert seq == ((h + 1000) & 0xFFFFFFF8) | 4 | 3
     assert tsval == ((h >> 32) & 0xFFFFFFC0) | 7 | 16
 
 
@@ -165,8 +188,8 @@ def test_cookie_fixed_vector():
        st.sampled_from(["linux", "windows", "none", "mss-only"]), st.booleans())
 def test_kernel_synack_validates_with_the_reference(dp, ipv6, sport, isn, slot, key, tcp_opts, layout, ecn):
     """What a client ACKs after the kernel's SYN-ACK passes cookie.check_ack, which
-    decodes exactly the options cookie.negotiate gives for that SYN; one slot later
-    still, two slots later not."""
+    decodes exactly the options cookie.negotiate gives for that SYN; once the slot's key
+    is gone (two slots later), not."""
     import sys
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
@@ -190,10 +213,9 @@ def test_kernel_synack_validates_with_the_reference(dp, ipv6, sport, isn, slot, 
     keys = [None, None]
     keys[slot & 1], keys[(slot + 1) & 1] = key, other
     ack_seq, ack_ack = (isn + 1) & 0xFFFFFFFF, (tcp.seq + 1) & 0xFFFFFFFF
-    got = cookie.check_ack(keys, slot, src, dst, sport, 80, ack_seq, ack_ack, tsval)
+    got = cookie.check_ack(keys, src, dst, sport, 80, ack_seq, ack_ack, tsval)
     syn_opts = cookie.parse_syn_options(bytes(Ether(bytes(frame))[TCP])[20:])
     assert got == cookie.negotiate_syn(ipv6, syn_opts, ecn, tcp_opts)
-    assert cookie.check_ack(keys, slot + 1, src, dst, sport, 80, ack_seq, ack_ack, tsval) == got
     keys2 = list(keys)
     keys2[slot & 1] = bytes(16) if key != bytes(16) else bytes(range(16))  # slot + 2 has a new key
-    assert cookie.check_ack(keys2, slot + 2, src, dst, sport, 80, ack_seq, ack_ack, tsval) is None
+    assert cookie.check_ack(keys2, src, dst, sport, 80, ack_seq, ack_ack, tsval) is None

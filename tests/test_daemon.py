@@ -391,7 +391,7 @@ def test_slot_and_secret_rotation_keep_fresh_cookies_valid(dp, monkeypatch):
     monkeypatch.setattr(time, "time", lambda: boundary - 0.4)
     d.keys.advance()  # the tick loop's call
     slot = dp.config()["slot"]
-    assert slot == (boundary - 1) >> abi.SLOT_SHIFT and keys()[slot & 1] == derive(d, slot << abi.SLOT_SHIFT)
+    assert slot == (boundary - 1) >> abi.SLOT_SHIFT and keys()[slot & 1] == derive(d, slot)
     acks = []
     for i in range(200):
         src, sport = f"203.0.113.{i % 250}", 20000 + i
@@ -402,19 +402,19 @@ def test_slot_and_secret_rotation_keep_fresh_cookies_valid(dp, monkeypatch):
     monkeypatch.setattr(time, "time", lambda: boundary + 0.6)
     d.keys.advance()
     assert d.keys.rotations == 1 and dp.config()["slot"] == slot + 1
-    assert keys()[(slot + 1) & 1] == derive(d, boundary)  # the new epoch's secret
+    assert keys()[(slot + 1) & 1] == derive(d, slot + 1)  # the first slot of the new epoch
     for src, sport, seq, ack, tsecr in acks:
-        assert cookie.check_ack(keys(), slot + 1, src, SERVER4, sport, 80, seq, ack, tsecr) is not None
+        assert cookie.check_ack(keys(), src, SERVER4, sport, 80, seq, ack, tsecr) is not None
     monkeypatch.setattr(time, "time", lambda: boundary + (1 << abi.SLOT_SHIFT) + 0.6)
     d.keys.advance()
     src, sport, seq, ack, tsecr = acks[0]
-    assert cookie.check_ack(keys(), slot + 2, src, SERVER4, sport, 80, seq, ack, tsecr) is None
+    assert cookie.check_ack(keys(), src, SERVER4, sport, 80, seq, ack, tsecr) is None
 
 
-def derive(d, wall):
-    from synguard.secret import derive_secret
+def derive(d, slot):
+    from synguard.secret import slot_key
 
-    return derive_secret(d.keys.master, wall // d.config.secret.rotate_every)
+    return slot_key(d.keys.master, d.config.secret.rotate_every, slot)
 
 
 def test_a_new_secret_file_rekeys_both_slots_and_a_bad_one_changes_nothing(dp, tmp_path):
@@ -427,7 +427,7 @@ def test_a_new_secret_file_rekeys_both_slots_and_a_bad_one_changes_nothing(dp, t
     from synguard import abi
     from synguard import config as configmod
     from synguard.daemon import Daemon
-    from synguard.secret import derive_secret
+    from synguard.secret import slot_key
 
     def secret_cfg(name, data, mode=0o600):
         path = tmp_path / name
@@ -443,7 +443,7 @@ def test_a_new_secret_file_rekeys_both_slots_and_a_bad_one_changes_nothing(dp, t
                 for i in (0, 1)]
 
     def expected(master, slot):
-        return {s & 1: derive_secret(master, (s << abi.SLOT_SHIFT) // 240) for s in (slot - 1, slot)}
+        return {s & 1: slot_key(master, 240, s) for s in (slot - 1, slot)}
 
     d = Daemon(configmod.Config(), datapath=dp)
     wall = 7_000_000 * 240 + 100

@@ -230,7 +230,7 @@ def cookie_ack(ipv6=False, ts=True, key=KEY, slot=SLOT, isn=0x01020304, sport=40
                                ack=(seq + 1) & 0xFFFFFFFF, flags="A", window=502, options=opts)
     if (slot, key) in ((SLOT, KEY), (SLOT - 1, KEY_OTHER)):  # the reference agrees (a test of the test)
         keys = {SLOT & 1: KEY, (SLOT - 1) & 1: KEY_OTHER}
-        assert cookie.check_ack(keys, SLOT, src, dst, sport, dport, (isn + 1) & 0xFFFFFFFF,
+        assert cookie.check_ack(keys, src, dst, sport, dport, (isn + 1) & 0xFFFFFFFF,
                                 (seq + 1) & 0xFFFFFFFF, tsval) == neg
     return frame, neg
 
@@ -307,8 +307,8 @@ def test_forged_cookie_no_lookup(tc, maps, listen_ns, ipv6, variant):
     tsval, tsecr = opts.get("Timestamp", (0, 0))
     if variant == "ack-hash":
         t.ack ^= 0x100
-    elif variant == "seq":
-        t.seq = (t.seq + 1) & 0xFFFFFFFF
+    elif variant == "seq":  # the ISN is added below the 3 low bits (COOKIE.md): a change by 8 shows
+        t.seq = (t.seq + 8) & 0xFFFFFFFF
     elif variant == "sport":
         t.sport += 1
     elif variant == "saddr":
@@ -334,11 +334,13 @@ def test_forged_cookie_no_lookup(tc, maps, listen_ns, ipv6, variant):
 def test_previous_slot_accepted_older_refused(tc, maps, listen_ns):
     frame, _ = cookie_ack(key=KEY_OTHER, slot=SLOT - 1)
     assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}
-    frame, _ = cookie_ack(key=KEY, slot=SLOT - 2)  # same parity as SLOT, same key: the slot itself must match
+    # SLOT - 2 had its own key (secret.slot_key), no longer installed: same parity as SLOT, refused.
+    frame, _ = cookie_ack(key=bytes(range(200, 216)), slot=SLOT - 2)
     assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1}
-    # Two slots later the same ACK is stale (the test moves the program's clock).
+    # Two slots later the same ACK is stale: the daemon has replaced both keys.
     frame, _ = cookie_ack()
     maps.config(slot=SLOT + 2)
+    maps.secrets([bytes(range(50, 66)), bytes(range(70, 86))])
     assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1}
 
 

@@ -235,7 +235,7 @@ def test_synack_values(dp):
     assert tsecr == 123
     assert tsval & 0x3F == 6 | 1 << 4 | 1 << 5  # wscale 6, SACK, ECN
     assert tcp.seq & 7 == (SLOT & 1) << 2 | 3  # slot parity, MSS class of 1460
-    neg = cookie.check_ack((SECRET_PREV, SECRET) if SLOT & 1 else (SECRET, SECRET_PREV), SLOT, CLIENT4, SERVER4,
+    neg = cookie.check_ack((SECRET_PREV, SECRET) if SLOT & 1 else (SECRET, SECRET_PREV), CLIENT4, SERVER4,
                            40000, 80, 1001, tcp.seq + 1, tsval)
     assert neg == cookie.negotiate(False, 1460, 6, True, True, True, TCP_OPTS_ALL)
 
