@@ -367,11 +367,12 @@ def wait_drained(sampler: Sampler) -> float | None:
     return None
 
 
-def start_senders(lab: Lab, n: int, seconds: float, seed: int) -> list[subprocess.Popen]:
+def start_senders(lab: Lab, n: int, seconds: float, seed: int, pps: int | None = None) -> list[subprocess.Popen]:
+    """n senders, each unpaced or paced at pps."""
     count = int(seconds * PER_SENDER_PPS_BOUND)
     procs = []
     for k in range(n):
-        procs.append(lab.flood_start(count, seconds, dport=PORT, seed=seed + 1000 * k))
+        procs.append(lab.flood_start(count, seconds, dport=PORT, seed=seed + 1000 * k, pps=pps))
     return procs
 
 
@@ -446,15 +447,15 @@ def _iface_counters(status: dict, name: str) -> dict:
 
 
 def run_one(mode: str, *, seconds: float, senders: int, seed: int = 7, idle_s: float = 10.0,
-            quiet_wait: float = 0.0, log=None) -> dict:
-    """One lab, one flood. mode: "kernel" (A), "synguard" (B) or "floor"
-    (XDP_DROP on s1, no client)."""
+            quiet_wait: float = 0.0, pps: int | None = None, log=None) -> dict:
+    """One lab, one flood. mode: "kernel" (A), "synguard" (B, C) or "floor"
+    (XDP_DROP on s1, no client). pps: each sender paced at this rate (None: unpaced)."""
     if mode not in ("kernel", "synguard", "floor"):
         raise ValueError(f"bad mode {mode!r}")
     if seconds <= 0 or senders < 1:
         raise ValueError("seconds and senders must be positive")
     say = (lambda *a: print(*a, file=log, flush=True)) if log else (lambda *a: None)
-    res: dict = {"mode": mode, "senders": senders, "flood_seconds_bound": seconds,
+    res: dict = {"mode": mode, "senders": senders, "sender_pps": pps, "flood_seconds_bound": seconds,
                  "flood_count_bound": senders * int(seconds * PER_SENDER_PPS_BOUND)}
     client_on = mode != "floor"
     t_run = time.monotonic()
@@ -497,7 +498,7 @@ def run_one(mode: str, *, seconds: float, senders: int, seed: int = 7, idle_s: f
             cnet0 = lab.netstat(lab.client_ns)
             say(f"  {mode}: flood: {senders} sender(s), at most {seconds:g} s / "
                 f"{res['flood_count_bound']} SYNs (host busy before: {res['host_busy_before_pct']:.0f} %)")
-            procs = start_senders(lab, senders, seconds, seed)
+            procs = start_senders(lab, senders, seconds, seed, pps)
             for i, p in enumerate(procs):
                 sampler.add_pid(f"sender{i}", p.pid)
             # Frames arriving at a sink = the flood has begun (pools are built first).
@@ -600,6 +601,9 @@ def run_one(mode: str, *, seconds: float, senders: int, seed: int = 7, idle_s: f
                         "sources": CLIENT_SOURCES,
                         "errors": sorted({c[3] for c in inside if c[1] is None}),
                         "all_tried": len(conn["connects"]),
+                        # connects slower than 5 ms: (seconds into the flood, ms)
+                        "slow": [(round(c[0] - full0, 2), round(c[1] * 1000, 1)) for c in inside
+                                 if c[1] is not None and c[1] > 0.005],
                         # every connect of the run, in or out of the window: any retransmitted SYN
                         "syn_retransmits": tcpext(cnet1, "TCPSynRetrans") - tcpext(cnet0, "TCPSynRetrans")}
 
@@ -667,7 +671,9 @@ def calibrate(max_senders: int, seconds: float = 2.5, rounds: int = 2, quiet_wai
 def run(seconds: float = 10.0, short: bool = False, senders: int | None = None,
         idle_s: float | None = None, floor: bool | None = None, calibrate_senders: bool | None = None,
         quiet_wait: float | None = None, out=sys.stdout, log=sys.stderr) -> dict:
-    """Calibration and floor (full mode), then A (kernel alone) and B (synguard).
+    """Calibration and floor (full mode), then A (kernel alone, senders unpaced), B (synguard,
+    senders paced at A's offered rate: the same flood, side by side) and, in full mode, C
+    (synguard, senders unpaced: what it answers when they go as fast as they can).
     Prints the markdown table to `out` and returns every figure."""
     if os.geteuid() != 0:
         raise PermissionError("floodbench needs root (network namespaces, XDP)")
@@ -692,7 +698,12 @@ def run(seconds: float = 10.0, short: bool = False, senders: int | None = None,
     if floor:
         res["floor"] = run_one("floor", **kw)
     res["kernel"] = run_one("kernel", **kw)
-    res["synguard"] = run_one("synguard", **kw)
+    # The senders share the lab's CPUs with the server: unpaced, they push more SYNs into
+    # the cheaper receiver until both CPUs are saturated, and the legit client's connects
+    # then wait for a CPU. B therefore offers A's rate; C shows the unpaced capacity.
+    res["synguard"] = run_one("synguard", pps=max(1, int(res["kernel"]["offered_pps"] / senders)), **kw)
+    if not short:
+        res["synguard_unpaced"] = run_one("synguard", **kw)
     res["compare"] = compare(res)
     res["seconds_total"] = round(time.monotonic() - t_start, 1)
     if out is not None:
@@ -726,6 +737,15 @@ def compare(res: dict) -> dict:
         "reached": s["reached_kernel"] == 0 and s["syncookies_sent"] == 0 and s["half_open_peak"] == 0,
         "one_rtt": legit.get("syn_retransmits") == 0,
     }
+    u = res.get("synguard_unpaced")
+    if u:
+        ul = u.get("legit", {})
+        c["checks"].update({
+            "answered_unpaced": u["answered_pct"] >= TARGETS["answered_pct"],
+            "legit_unpaced": ul.get("tried", 0) > 0 and ul["ok"] == ul["tried"],
+            "reached_unpaced": u["reached_kernel"] == 0 and u["syncookies_sent"] == 0 and u["half_open_peak"] == 0,
+            "one_rtt_unpaced": ul.get("syn_retransmits") == 0,
+        })
     return c
 
 
@@ -756,72 +776,83 @@ def _ok(flag: bool) -> str:
 
 def markdown(res: dict) -> str:
     k, s, f, c = res["kernel"], res["synguard"], res.get("floor"), res["compare"]
+    u = res.get("synguard_unpaced")
     ck = c["checks"]
-    kl, sl = k.get("legit", {}), s.get("legit", {})
+    runs = [k, s] + ([u] if u else [])
     rows = []
 
-    def row(label, kv, sv, target=""):
-        rows.append(f"| {label} | {kv} | {sv} | {target} |")
+    def row(label, cell, target=""):
+        """cell(run) -> the run's text; runs A, B and (if run) C."""
+        rows.append(f"| {label} | " + " | ".join(cell(r) for r in runs) + f" | {target} |")
+
+    def ours(cell):
+        return lambda r: "—" if r is k else cell(r)
+
+    def both(name):  # a check on B, and on C when it ran
+        return _ok(ck[name]) + (f" (C {_ok(ck[name + '_unpaced'])})" if u else "")
 
     def flood(r):
-        return (f"{r['sent']:,} SYNs, {r['senders']} sender(s), {r['window_s']:.1f} s"
+        pace = f", paced at {r['sender_pps']:,} pps each" if r.get("sender_pps") else ", unpaced"
+        return (f"{r['sent']:,} SYNs, {r['senders']} sender(s){pace}, {r['window_s']:.1f} s"
                 + (f" ({r['errors']:,} refused)" if r["errors"] else ""))
 
-    row("flood (same bounds both runs)", flood(k), flood(s))
-    row("offered pps (sum of senders)", _n(k["offered_pps"]), _n(s["offered_pps"]))
+    row("flood (same bounds every run)", flood)
+    row("offered pps (sum of senders)", lambda r: _n(r["offered_pps"]))
     row("answered: SYN-ACKs that reached the attacker (a0 rx_packets)",
-        f"{k['answered']:,} ({k['answered_pct']:.1f} %)", f"{s['answered']:,} ({s['answered_pct']:.1f} %)",
-        f"synguard ≥ {TARGETS['answered_pct']:.0f} % of offered {_ok(ck['answered'])}")
-    row("answered pps (offered pps × answered share)", _n(k["answered_pps"]), _n(s["answered_pps"]))
-    target = f"(target ≤ {TARGETS['cpu_ratio']}) {_ok(ck['cpu'])}"
+        lambda r: f"{r['answered']:,} ({r['answered_pct']:.1f} %)",
+        f"synguard ≥ {TARGETS['answered_pct']:.0f} % of offered {both('answered')}")
+    row("answered pps (offered pps × answered share)", lambda r: _n(r["answered_pps"]))
+    target = f"(target ≤ {TARGETS['cpu_ratio']}, B / A) {_ok(ck['cpu'])}"
     row("kernel CPU per SYN, host-wide: /proc/stat system+irq+softirq, all CPUs (µs = CPU-s per 1M SYNs)",
-        _n(k["cpu"]["us_per_syn"], "{:.2f}"), _n(s["cpu"]["us_per_syn"], "{:.2f}"),
-        f"ratio {_n(c['cpu_ratio_host'], '{:.2f}')}")
+        lambda r: _n(r["cpu"]["us_per_syn"], "{:.2f}"), f"ratio B / A {_n(c['cpu_ratio_host'], '{:.2f}')}")
     row("… charged to the lab: senders (incl. the receive softirq in their context), ksoftirqd, "
-        "daemon, listener, client (µs/SYN)",
-        _n(k["cpu"]["lab_us_per_syn"], "{:.2f}"), _n(s["cpu"]["lab_us_per_syn"], "{:.2f}"),
+        "daemon, listener, client (µs/SYN)", lambda r: _n(r["cpu"]["lab_us_per_syn"], "{:.2f}"),
         f"ratio {_n(c['cpu_ratio_lab'], '{:.2f}')}" + ("" if f else " " + target))
     if f:
-        def net(v):
-            return _n(v, "{:.2f}") if v is None or v >= 0 else f"≈ 0 ({v:.2f}: within run-to-run noise)"
+        def net(r):
+            v = r["cpu"]["lab_us_per_syn"] - c["floor_lab_us_per_syn"]
+            return _n(v, "{:.2f}") if v >= 0 else f"≈ 0 ({v:.2f}: within run-to-run noise)"
 
-        row(f"… charged to the lab, minus the sender floor ({c['floor_lab_us_per_syn']:.2f} µs/SYN)",
-            net(c["kernel_net_us_per_syn"]), net(c["synguard_net_us_per_syn"]),
+        row(f"… charged to the lab, minus the sender floor ({c['floor_lab_us_per_syn']:.2f} µs/SYN)", net,
             f"ratio {_n(c['cpu_ratio_net'], '{:.2f}')} {target}")
     row("host busy during the flood / foreign user CPU",
-        f"{k['cpu']['host_busy_pct']:.0f} % / {k['cpu']['foreign_user_pct']:.0f} %",
-        f"{s['cpu']['host_busy_pct']:.0f} % / {s['cpu']['foreign_user_pct']:.0f} %", "foreign ≈ 0 for clean figures")
+        lambda r: f"{r['cpu']['host_busy_pct']:.0f} % / {r['cpu']['foreign_user_pct']:.0f} %",
+        "foreign ≈ 0 for clean figures")
 
-    def legit(lg):
+    def legit(r):
+        lg = r.get("legit")
         return f"{lg['ok']}/{lg['tried']}" if lg else "—"
 
-    row("legit connects succeeded/tried (during the flood)", legit(kl), legit(sl),
-        f"100 % {_ok(ck['legit'])}")
+    row("legit connects succeeded/tried (during the flood)", legit, f"100 % {both('legit')}")
 
-    def lat(lg):
+    def lat(r):
+        lg = r.get("legit")
         if not lg or lg.get("p50_ms") is None:
             return "—"
         return f"{lg['p50_ms']:.1f} / {lg['p99_ms']:.1f} (max {lg['max_ms']:.1f})"
 
-    row("legit connect p50 / p99 ms", lat(kl), lat(sl), f"p99 ≤ {TARGETS['p99_ms']:.0f} ms {_ok(ck['p99'])}")
-    row("legit SYNs retransmitted (client TcpExt TCPSynRetrans Δ)", _n(kl.get("syn_retransmits")),
-        _n(sl.get("syn_retransmits")), f"0: one round trip {_ok(ck['one_rtt'])}")
+    row("legit connect p50 / p99 ms", lat, f"p99 ≤ {TARGETS['p99_ms']:.0f} ms at A's rate (B) {_ok(ck['p99'])}")
+    row("legit SYNs retransmitted (client TcpExt TCPSynRetrans Δ)",
+        lambda r: _n(r.get("legit", {}).get("syn_retransmits")), f"0: one round trip {both('one_rtt')}")
     row("spoofed SYNs that reached the kernel's TCP stack (synguard: also no kernel cookie, no half-open)",
-        f"{k['reached_kernel']:,} (cookies {k['syncookies_sent']:,} + half-open {k['half_open_peak']})",
-        f"{s['reached_kernel']:,} (passed {s['xdp']['syn_passed']:,} − kernel-made opens {s['kernel_opens']:,}, "
-        f"cookies {s['syncookies_sent']})", f"synguard 0 {_ok(ck['reached'])}")
-    row("TcpExt SyncookiesSent Δ / half-open peak", f"{k['syncookies_sent']:,} / {k['half_open_peak']}",
-        f"{s['syncookies_sent']:,} / {s['half_open_peak']}")
-    row("XDP on s1: SYNs seen / challenges sent", "no XDP",
-        f"{s['xdp']['s1_syn_received']:,} / {s['xdp']['s1_challenge_sent']:,} "
-        f"(answered {s['answered_pct_of_xdp']:.1f} % of seen)")
-    di, dfl = s.get("daemon_idle", {}), s.get("daemon_flood", {})
-    row("synguard daemon CPU, idle / flood (% of one CPU)", "—",
-        f"{di.get('cpu_pct', 0):.1f} % / {dfl.get('cpu_pct', 0):.1f} %")
-    row("synguard daemon RSS, idle / flood", "—",
-        f"{di.get('rss_kb', 0) / 1024:.1f} / {dfl.get('rss_kb', 0) / 1024:.1f} MiB")
-    head = ["| | A: kernel alone (tcp_syncookies=1) | B: synguard (protect) | target |",
-            "|---|---:|---:|---|"]
+        lambda r: (f"{r['reached_kernel']:,} (cookies {r['syncookies_sent']:,} + half-open {r['half_open_peak']})"
+                   if r is k else
+                   f"{r['reached_kernel']:,} (passed {r['xdp']['syn_passed']:,} − kernel-made opens "
+                   f"{r['kernel_opens']:,}, cookies {r['syncookies_sent']})"),
+        f"synguard 0 {both('reached')}")
+    row("TcpExt SyncookiesSent Δ / half-open peak", lambda r: f"{r['syncookies_sent']:,} / {r['half_open_peak']}")
+    row("XDP on s1: SYNs seen / challenges sent",
+        lambda r: "no XDP" if r is k else (f"{r['xdp']['s1_syn_received']:,} / {r['xdp']['s1_challenge_sent']:,} "
+                                           f"(answered {r['answered_pct_of_xdp']:.1f} % of seen)"))
+    row("synguard daemon CPU, idle / flood (% of one CPU)",
+        ours(lambda r: f"{r.get('daemon_idle', {}).get('cpu_pct', 0):.1f} % / "
+                       f"{r.get('daemon_flood', {}).get('cpu_pct', 0):.1f} %"))
+    row("synguard daemon RSS, idle / flood",
+        ours(lambda r: f"{r.get('daemon_idle', {}).get('rss_kb', 0) / 1024:.1f} / "
+                       f"{r.get('daemon_flood', {}).get('rss_kb', 0) / 1024:.1f} MiB"))
+    head = ["| | A: kernel alone (tcp_syncookies=1) | B: synguard (protect), A's rate"
+            + (" | C: synguard, senders unpaced" if u else "") + " | target |",
+            "|---|---:|---:|" + ("---:|" if u else "") + "---|"]
     notes = []
     cal = res.get("calibration")
     if cal:
@@ -842,6 +873,11 @@ def markdown(res: dict) -> str:
                  f"kernel {ka['s1']['tx_dropped']:,}, synguard {s['links']['s1']['tx_dropped']:,}. "
                  f"SYN-ACKs counted by the attacker's sink: kernel {k['sink']['synack']:,}, "
                  f"synguard {s['sink']['synack']:,} (the kernel's include retransmits for its half-open requests).")
+    notes.append("- Runs: A floods unpaced; B offers A's rate (each sender paced at A's offered rate / senders), "
+                 "so both columns see the same flood; " + ("C floods unpaced again. " if u else "")
+                 + "The senders share the lab's CPUs with the server: unpaced against synguard they push "
+                 "more SYNs into the cheaper receiver until both CPUs are saturated, and legit connects then "
+                 "wait for a CPU (C's latency), which a flood from elsewhere on the Internet would not cause.")
     notes.append(f"- Legit client: one connect every {CONNECT_GAP_S * 1000:.0f} ms, round robin over "
                  f"{CLIENT_SOURCES} source addresses, counted only while every sender was sending. Behind "
                  f"synguard each connect is answered by XDP's cookie SYN-ACK and completed by the tc program "

@@ -104,3 +104,13 @@ def test_the_report_shows_every_check_and_all_pass(result):
 def test_labs_and_programs_are_gone(result):
     names = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
     assert not [n for n in names if n.startswith(f"fbench-{os.getpid()}-")]
+
+
+def test_synguard_run_offers_the_kernel_runs_rate(result):
+    """B is the same flood as A: its senders are paced at A's offered rate (unpaced, they
+    would push more SYNs into the cheaper receiver and saturate the lab's CPUs)."""
+    k, s = result["kernel"], result["synguard"]
+    assert k["sender_pps"] is None
+    assert s["sender_pps"] == max(1, int(k["offered_pps"] / s["senders"]))
+    assert 0.8 * k["offered_pps"] <= s["offered_pps"] <= 1.1 * k["offered_pps"], (k["offered_pps"], s["offered_pps"])
+    assert "synguard_unpaced" not in result  # the capacity run C is full mode only
