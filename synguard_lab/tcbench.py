@@ -22,6 +22,7 @@ import sys
 import uuid
 
 from synguard import cookie
+from synguard_lab.bench import in_fresh_thread
 from synguard.abi import OPT_ECN, OPT_SACK, OPT_TS, OPT_WSCALE, Mode
 
 CLIENT4, SERVER4, CLIENT6, SERVER6 = "192.0.2.10", "198.51.100.1", "2001:db8::10", "2001:db8:1::1"
@@ -101,10 +102,14 @@ def run(repeat: int = 200_000, rounds: int = 7, out=sys.stdout) -> list[dict]:
             frames = _frames()
             floor: list[float] = []
             times: dict[str, list[float]] = {n: [] for n, _ in frames}
-            for _ in range(rounds):
+
+            def one_round():  # a new thread shares the netns of the thread that starts it
                 floor.append(empty.test_run(frames[1][1], repeat).duration_ns)
                 for n, f in frames:
                     times[n].append(tc.test_run(f, repeat).duration_ns)
+
+            for _ in range(rounds):
+                in_fresh_thread(one_round)  # each round on its own kernel stack (bench.in_fresh_thread)
     finally:
         for s in socks:
             s.close()
