@@ -42,13 +42,10 @@ static __always_inline void sip_word(struct sg_sip *s, __u64 m)
  * message length (mod 256) in the top byte (SipHash's padding). 2 + 4 rounds. */
 static __always_inline __u64 sip_final(struct sg_sip *s, __u64 last)
 {
-	__u64 v0 = s->v0, v1 = s->v1, v2 = s->v2, v3 = s->v3;
+	__u64 v0, v1, v2, v3;
 
-	v3 ^= last;
-	SG_SIPROUND;
-	SG_SIPROUND;
-	v0 ^= last;
-	v2 ^= 0xff;
+	sip_word(s, last);
+	v0 = s->v0, v1 = s->v1, v2 = s->v2 ^ 0xff, v3 = s->v3;
 	SG_SIPROUND;
 	SG_SIPROUND;
 	SG_SIPROUND;

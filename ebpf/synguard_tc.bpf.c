@@ -149,7 +149,7 @@ struct sg_vlanhdr {
 struct sg_ack {
 	__u32 saddr[4]; /* network byte order; IPv4 in [0] */
 	__u32 daddr[4]; /* network byte order; IPv4 in [0] */
-	__u32 seq_be;   /* network byte order, as on the wire */
+	__u32 seq;      /* host byte order */
 	__u32 ack;      /* host byte order */
 	__u32 tsval;    /* host byte order (ts only) */
 	__u32 tsecr;    /* host byte order (ts only) */
@@ -263,7 +263,7 @@ static __always_inline struct tcphdr *parse_ack(struct __sk_buff *skb, struct sg
 		return NULL;
 	a->sport = tcp->source;
 	a->dport = tcp->dest;
-	a->seq_be = tcp->seq;
+	a->seq = bpf_ntohl(tcp->seq);
 	a->ack = bpf_ntohl(tcp->ack_seq);
 	a->tsval = 0; /* defined even without TS: clang may otherwise move any register, */
 	a->tsecr = 0; /* even a packet pointer, into them, which the verifier refuses */
@@ -389,7 +389,7 @@ static __always_inline int sg_cookie_check(const struct sg_config *cfg, const st
 					   struct bpf_tcp_req_attrs *attrs)
 {
 	__u32 cookie = a->ack - 1;
-	__u32 isn = bpf_ntohl(a->seq_be) - 1;
+	__u32 isn = a->seq - 1;
 	__u32 c = cookie & 3, w = SG_COOKIE_WSCALE_NONE, sack = 0, ecn = 0, ts = a->ts;
 	/* The key of the cookie's slot: the current one or the previous one, told
 	 * apart by parity (each slot has its own key, so the slot needs no hashing). */

@@ -1,12 +1,12 @@
-"""The cookie secret, in one place: its size, the secret file, the per-epoch keys,
+"""The cookie secret, in one place: its size, the secret file, the per-slot keys,
 and the schedule that installs them (SlotKeys).
 
 A 128-bit master (random at start, or `secret.file`, shared by a fleet) derives the
-key of each epoch = floor(wall clock / secret.rotate_every) with keyed BLAKE2b, so
-every daemon sharing the file switches keys at the same instant without talking to
-the others. The program keys each cookie slot (wall clock >> SLOT_SHIFT) with the
-secret of the epoch containing the slot's start (sg_secrets[slot & 1]); the previous
-slot's key stays for the ACK check. The key is never logged, shown in status or exported.
+key of each cookie slot (wall clock >> SLOT_SHIFT) with keyed BLAKE2b over the slot and
+its epoch = floor(wall clock / secret.rotate_every), the secret's generation, so every
+daemon sharing the file switches keys at the same instant without talking to the
+others. The program signs with sg_secrets[slot & 1]; the previous slot's key stays for
+the ACK check. The key is never logged, shown in status or exported.
 """
 
 from __future__ import annotations
@@ -94,12 +94,16 @@ def random_master() -> bytes:
     return os.urandom(SECRET_LEN)
 
 
+def epoch_of(slot: int, rotate_every: int) -> int:
+    """The secret's generation a cookie slot belongs to (rotate_every seconds each)."""
+    return (slot << abi.SLOT_SHIFT) // rotate_every
+
+
 def slot_key(master: bytes, rotate_every: int, slot: int) -> bytes:
     """The SipHash key of one cookie slot (sg_secrets[slot & 1]), its own: derived from the
     master, the slot's epoch (the secret's generation, rotate_every seconds long) and the
     slot's number, so a cookie is bound to its slot without the slot being hashed."""
-    epoch = (slot << abi.SLOT_SHIFT) // rotate_every
-    return hashlib.blake2b(struct.pack("<QQ", epoch, slot), key=master, digest_size=16,
+    return hashlib.blake2b(struct.pack("<QQ", epoch_of(slot, rotate_every), slot), key=master, digest_size=16,
                            person=b"synguard-slot").digest()
 
 
@@ -156,7 +160,7 @@ class SlotKeys:
         dp.set_slot_key(slot, self.key(slot))
         dp.set_slot(slot)
         self.slot = slot
-        epoch = (slot << abi.SLOT_SHIFT) // self.rotate_every
+        epoch = epoch_of(slot, self.rotate_every)
         if epoch == self.epoch:
             return
         first = self.epoch < 0

@@ -67,3 +67,42 @@ def _tc_program_missing() -> bool:
 needs_tc = pytest.mark.skipif(_tc_program_missing(),
                               reason="needs the tc program (ebpf/synguard_tc.bpf.c): clients connect through "
                                      "protect mode only with it")
+
+
+class Listener:
+    """A dual-stack TCP listener on port in a lab namespace (default: the server's),
+    owned by the test process."""
+
+    def __init__(self, lab, port: int, ns: str | None = None, backlog: int = 64, v6only: bool = False):
+        import socket
+
+        with lab.netns(ns or lab.server_ns):
+            self.sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("::", port))
+        self.sock.listen(backlog)
+
+    def accept(self, timeout: float):
+        import select
+
+        r, _, _ = select.select([self.sock], [], [], timeout)
+        return self.sock.accept()[0] if r else None
+
+    def queued(self) -> int:
+        """Connections waiting in the accept queue (drained and closed)."""
+        n = 0
+        self.sock.setblocking(False)
+        try:
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except BlockingIOError:
+                    return n
+                conn.close()
+                n += 1
+        finally:
+            self.sock.setblocking(True)
+
+    def close(self):
+        self.sock.close()

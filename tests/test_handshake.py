@@ -15,7 +15,6 @@ import contextlib
 import json
 import re
 import os
-import select
 import socket
 import struct
 import subprocess
@@ -24,7 +23,7 @@ import time
 
 import pytest
 
-from helpers import hard_timeout
+from helpers import Listener, hard_timeout
 
 from synguard import cookie
 from synguard_lab import lab as labmod
@@ -123,40 +122,6 @@ def guarded(programs):
                 dp.detach_all()
 
 
-class Listener:
-    """A dual-stack listener in the server namespace, owned by the test process."""
-
-    def __init__(self, lab, backlog: int = 64):
-        with lab.netns(lab.server_ns):
-            self.sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind(("::", PORT))
-            self.sock.listen(backlog)
-
-    def accept(self, timeout: float):
-        r, _, _ = select.select([self.sock], [], [], timeout)
-        return self.sock.accept()[0] if r else None
-
-    def queued(self) -> int:
-        """Connections waiting in the accept queue (drained and closed)."""
-        n = 0
-        self.sock.setblocking(False)
-        try:
-            while True:
-                try:
-                    conn, _ = self.sock.accept()
-                except BlockingIOError:
-                    return n
-                conn.close()
-                n += 1
-        finally:
-            self.sock.setblocking(True)
-
-    def close(self):
-        self.sock.close()
-
-
 def tcp_info(sock) -> dict:
     """struct tcp_info: options bits, the two window-scale nibbles, snd_mss."""
     raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
@@ -233,7 +198,7 @@ def set_client_sysctls(lab, **values):
 @pytest.mark.parametrize("family", [4, 6])
 def test_first_contact_with_client_options(guarded, family):
     lab, dp, tc, keys = guarded
-    listener = Listener(lab)
+    listener = Listener(lab, PORT)
     try:
         wscale, _ = server_synack_settings(lab)
         ns_before = lab.netstat(lab.server_ns)
@@ -262,7 +227,7 @@ def test_first_contact_with_client_options(guarded, family):
 def test_first_contact_client_without_options(guarded, family):
     lab, dp, tc, keys = guarded
     set_client_sysctls(lab, tcp_timestamps=0, tcp_sack=0, tcp_window_scaling=0)
-    listener = Listener(lab)
+    listener = Listener(lab, PORT)
     try:
         before = dp.counters()
         client, server = connect_once(lab, listener, family)
@@ -317,7 +282,7 @@ def test_first_contact_behind_a_firewall_dropping_invalid(guarded, family):
                 "add chain inet sgtest input { type filter hook input priority 0; policy accept; }",
                 "add rule inet sgtest input ct state invalid counter drop"):
         lab.run(lab.client_ns, ["nft", cmd])
-    listener = Listener(lab)
+    listener = Listener(lab, PORT)
     try:
         before = dp.counters()
         results = [connect_once(lab, listener, family)[0] for _ in range(8)]  # 8 cookies, 8 chances to trip
@@ -344,7 +309,7 @@ def test_first_contact_with_ecn(guarded, family):
             f.write("1")
     wscale, tcp_opts = server_synack_settings(lab)
     assert tcp_opts & OPT_ECN
-    listener = Listener(lab)
+    listener = Listener(lab, PORT)
     try:
         dp.set_synack(1460, 1440, wscale, tcp_opts & ~OPT_ECN)  # control: our SYN-ACK declines ECN
         _, declined = connect_once(lab, listener, family)
@@ -402,7 +367,7 @@ def test_first_contact_behind_nat(guarded, family, drop_invalid):
     if not shutil.which("nft"):
         pytest.skip("needs nft")
     with behind_nat(lab, drop_invalid) as host_ns:
-        listener = Listener(lab)
+        listener = Listener(lab, PORT)
         try:
             before = dp.counters()
             results = [connect_once(lab, listener, family, ns=host_ns)[0] for _ in range(6)]
@@ -427,7 +392,7 @@ ACK_FLOOD = 100_000
 ])
 def test_forged_ack_flood_makes_no_connection(guarded, family, count, pps):
     lab, dp, tc, keys = guarded
-    listener = Listener(lab, backlog=1024)
+    listener = Listener(lab, PORT, backlog=1024)
     try:
         before = dp.counters()
         ns_before = lab.netstat(lab.server_ns)
@@ -484,7 +449,7 @@ def test_expired_slot_refused(guarded):
     """An ACK alone makes a connection while its slot is current or previous; two
     slots later the same kind of ACK is refused (no lookup, no connection)."""
     lab, dp, tc, keys = guarded
-    listener = Listener(lab)
+    listener = Listener(lab, PORT)
     s0 = keys.slot
     try:
         results = []
@@ -510,7 +475,7 @@ def test_lost_handshake_ack_first_data_segment_connects(guarded):
     """The client's pure ACK was lost: its first data segment carries the same cookie,
     makes the connection, and its data reaches the application."""
     lab, dp, tc, keys = guarded
-    listener = Listener(lab)
+    listener = Listener(lab, PORT)
     payload = b"GET / HTTP/1.0\r\n\r\n"
     try:
         before = dp.counters()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import socket
 import statistics
 import struct
@@ -31,7 +30,7 @@ import time
 
 import pytest
 
-from helpers import hard_timeout, needs_lab, ones_sum
+from helpers import Listener, hard_timeout, needs_lab, ones_sum
 
 from synguard.abi import CookieMethod, Counter as C, Mode
 
@@ -83,25 +82,6 @@ def lab(kdp):
 
 def set_syncookies(lab, ns: str, value: int) -> None:
     lab._sysctls(ns, {"net/ipv4/tcp_syncookies": value})
-
-
-class Listener:
-    """A dual-stack listener in a namespace, owned by the test process."""
-
-    def __init__(self, lab, ns: str, backlog: int = 64, v6only: bool = False):
-        with lab.netns(ns):
-            self.sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("::", PORT))
-        self.sock.listen(backlog)
-
-    def accept(self, timeout: float):
-        r, _, _ = select.select([self.sock], [], [], timeout)
-        return self.sock.accept()[0] if r else None
-
-    def close(self):
-        self.sock.close()
 
 
 def tcp_info(sock) -> dict:
@@ -194,7 +174,7 @@ def test_no_listener_passes(lab, kdp):
 def test_listener_with_room_in_its_queue_passes(lab, kdp, family):
     """tcp_syncookies=1 (the default) and a SYN queue with room: the helper says
     -ENOENT, the kernel gets the SYN (and queues it as usual)."""
-    listener = Listener(lab, lab.server_ns)
+    listener = Listener(lab, PORT, lab.server_ns)
     try:
         frame = syn(lab, family)
         verdict, out, d = run_xdp(lab, kdp, frame)
@@ -207,7 +187,7 @@ def test_listener_with_room_in_its_queue_passes(lab, kdp, family):
 @hard_timeout(60)
 def test_syncookies_off_passes(lab, kdp):
     set_syncookies(lab, lab.server_ns, 0)
-    listener = Listener(lab, lab.server_ns)
+    listener = Listener(lab, PORT, lab.server_ns)
     try:
         verdict, _, d = run_xdp(lab, kdp, syn(lab))
     finally:
@@ -219,7 +199,7 @@ def test_syncookies_off_passes(lab, kdp):
 @pytest.mark.parametrize("case", ["syn+fin", "ipv4 to a v6-only listener"])
 def test_helper_refusals_pass(lab, kdp, case):
     set_syncookies(lab, lab.server_ns, 2)
-    listener = Listener(lab, lab.server_ns, v6only=case != "syn+fin")
+    listener = Listener(lab, PORT, lab.server_ns, v6only=case != "syn+fin")
     try:
         verdict, _, d = run_xdp(lab, kdp, syn(lab, flags="SF" if case == "syn+fin" else "S"))
     finally:
@@ -276,7 +256,7 @@ def test_syncookies_2_answers_with_the_kernel_cookie(lab, kdp, family, mss, want
     """tcp_syncookies=2: a SYN-ACK carrying the kernel's cookie and the MSS class it
     encodes; the client's ACK alone makes a connection, with MSS only."""
     set_syncookies(lab, lab.server_ns, 2)
-    listener = Listener(lab, lab.server_ns)
+    listener = Listener(lab, PORT, lab.server_ns)
     try:
         opts = [("MSS", mss)] if mss else []
         fields, d, srv = _answer_and_complete(lab, kdp, listener, syn(lab, family, options=opts + LINUX_OPTS[1:]),
@@ -293,7 +273,7 @@ def test_syncookies_2_answers_with_the_kernel_cookie(lab, kdp, family, mss, want
 def test_full_queue_with_default_syncookies_answers(lab, kdp):
     """tcp_syncookies=1: once spoofed SYNs fill the listener's SYN queue, the helper
     makes cookies and XDP answers; the kernel completes the ACK."""
-    listener = Listener(lab, lab.server_ns, backlog=4)
+    listener = Listener(lab, PORT, lab.server_ns, backlog=4)
     try:
         res = lab.flood(64, 5, dport=PORT, seed=7, pps=1000)  # into s1: no XDP there
         assert res["sent"] == 64, res
