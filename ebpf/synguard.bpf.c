@@ -44,6 +44,7 @@
 
 #include "synguard_abi.h"
 #include "synguard_siphash.h"
+#include "synguard_parse.h"
 
 /* TCP flags: byte 13 of the header (CWR ECE URG ACK PSH RST SYN FIN). */
 #define SG_TCP_FIN 0x01
@@ -110,168 +111,11 @@ static __always_inline __u64 count(struct sg_counter_block *blk, __u32 idx)
 	return ++blk->cnt[idx];
 }
 
-/* ---- Parsing: one helper per header, explicit bounds, byte order noted. -- */
-
-struct sg_vlanhdr {
-	__be16 tci;
-	__be16 encap_proto;
-};
-
-struct sg_pkt {
-	struct sg_counter_block *cnt; /* this CPU's counters for the ingress interface */
-	void *l3;             /* IPv4 or IPv6 header */
-	struct tcphdr *tcp;
-	__u32 l3_off;         /* bytes from data to l3 (Ethernet + VLAN tags) */
-	__u32 ipv6;           /* 1: IPv6 */
-};
-
-/* Returns the EtherType after up to SG_VLAN_MAX tags (network byte order),
- * or -1 when the frame is too short. */
-static __always_inline int parse_ethhdr(void **pos, void *data_end)
-{
-	struct ethhdr *eth = *pos;
-	struct sg_vlanhdr *vlan;
-	__be16 proto;
-
-	if ((void *)(eth + 1) > data_end)
-		return -1;
-	proto = eth->h_proto;
-	*pos = eth + 1;
-#pragma unroll
-	for (int i = 0; i < SG_VLAN_MAX; i++) {
-		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
-			break;
-		vlan = *pos;
-		if ((void *)(vlan + 1) > data_end)
-			return -1;
-		proto = vlan->encap_proto;
-		*pos = vlan + 1;
-	}
-	return proto; /* network byte order */
-}
-
-enum sg_parse_result {
-	SG_PARSE_TCP = 0,   /* pkt->tcp is valid */
-	SG_PARSE_NOT_OURS,  /* not TCP over IP: pass, no counter */
-	SG_PARSE_MALFORMED,
-	SG_PARSE_FRAGMENT,
-	SG_PARSE_EXT_LIMIT,
-};
-
-/* IPv4 with options. Returns SG_PARSE_TCP (pos at the TCP header, l3_len set)
- * or the reason the frame is not ours to parse further. */
-static __always_inline enum sg_parse_result parse_iphdr(void **pos, void *data_end, __u32 *l3_len)
-{
-	struct iphdr *iph = *pos;
-	__u32 hdrlen;
-
-	if ((void *)(iph + 1) > data_end)
-		return SG_PARSE_MALFORMED;
-	hdrlen = iph->ihl * 4;
-	if (iph->version != 4 || hdrlen < sizeof(*iph))
-		return SG_PARSE_MALFORMED;
-	if (*pos + hdrlen > data_end)
-		return SG_PARSE_MALFORMED;
-	if (iph->protocol != IPPROTO_TCP)
-		return SG_PARSE_NOT_OURS;
-	/* frag_off is network byte order; MF or a non-zero offset = fragment. */
-	if (iph->frag_off & bpf_htons(0x3fff))
-		return SG_PARSE_FRAGMENT;
-	*l3_len = bpf_ntohs(iph->tot_len); /* host order */
-	*pos += hdrlen;
-	return SG_PARSE_TCP;
-}
-
-/* IPv6, skipping up to SG_IPV6_EXT_MAX extension headers. */
-static __always_inline enum sg_parse_result parse_ip6hdr(void **pos, void *data_end, __u32 *l3_len)
-{
-	struct ipv6hdr *ip6h = *pos;
-	struct ipv6_opt_hdr *ext;
-	__u8 nexthdr;
-
-	if ((void *)(ip6h + 1) > data_end)
-		return SG_PARSE_MALFORMED;
-	if (ip6h->version != 6)
-		return SG_PARSE_MALFORMED;
-	nexthdr = ip6h->nexthdr;
-	*l3_len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len); /* host order */
-	*pos = ip6h + 1;
-#pragma unroll
-	for (int i = 0; i < SG_IPV6_EXT_MAX; i++) {
-		switch (nexthdr) {
-		case IPPROTO_TCP:
-			return SG_PARSE_TCP;
-		case IPPROTO_FRAGMENT:
-			return SG_PARSE_FRAGMENT;
-		case IPPROTO_HOPOPTS:
-		case IPPROTO_ROUTING:
-		case IPPROTO_DSTOPTS:
-		case IPPROTO_AH:
-			ext = *pos;
-			if ((void *)(ext + 1) > data_end)
-				return SG_PARSE_MALFORMED;
-			/* AH counts 4-byte words minus 2, the others 8-byte words minus 1. */
-			if (nexthdr == IPPROTO_AH)
-				*pos += (ext->hdrlen + 2) * 4;
-			else
-				*pos += (ext->hdrlen + 1) * 8;
-			nexthdr = ext->nexthdr;
-			break;
-		default:
-			return SG_PARSE_NOT_OURS;
-		}
-	}
-	if (nexthdr == IPPROTO_TCP)
-		return SG_PARSE_TCP;
-	return SG_PARSE_EXT_LIMIT;
-}
-
-static __always_inline enum sg_parse_result parse_tcphdr(void **pos, void *data_end, __u32 l4_len,
-							 struct tcphdr **tcph)
-{
-	struct tcphdr *th = *pos;
-	__u32 hdrlen;
-
-	if ((void *)(th + 1) > data_end)
-		return SG_PARSE_MALFORMED;
-	hdrlen = th->doff * 4;
-	if (hdrlen < sizeof(*th) || hdrlen > l4_len)
-		return SG_PARSE_MALFORMED;
-	if (*pos + hdrlen > data_end)
-		return SG_PARSE_MALFORMED;
-	*tcph = th;
-	return SG_PARSE_TCP;
-}
+/* ---- Parsing: synguard_parse.h (shared with the tc program) ------------- */
 
 static __always_inline enum sg_parse_result sg_parse(struct xdp_md *ctx, struct sg_pkt *pkt)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	void *pos = data;
-	__u32 l3_len = 0, l3_hdr;
-	int proto;
-	enum sg_parse_result ret;
-
-	proto = parse_ethhdr(&pos, data_end);
-	if (proto < 0)
-		return SG_PARSE_MALFORMED;
-	pkt->l3 = pos;
-	pkt->l3_off = pos - data;
-	if (proto == bpf_htons(ETH_P_IP)) {
-		ret = parse_iphdr(&pos, data_end, &l3_len);
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		pkt->ipv6 = 1;
-		ret = parse_ip6hdr(&pos, data_end, &l3_len);
-	} else {
-		return SG_PARSE_NOT_OURS;
-	}
-	if (ret != SG_PARSE_TCP)
-		return ret;
-	/* The IP length must cover the headers and fit in the frame. */
-	l3_hdr = pos - pkt->l3;
-	if (l3_len < l3_hdr || pkt->l3 + l3_len > data_end)
-		return SG_PARSE_MALFORMED;
-	return parse_tcphdr(&pos, data_end, l3_len - l3_hdr, &pkt->tcp);
+	return sg_parse_frame((void *)(long)ctx->data, (void *)(long)ctx->data_end, pkt);
 }
 
 /* ---- The SYN, read before the frame is rewritten ------------------------- */
@@ -398,8 +242,16 @@ static __always_inline int synopts_scan(struct xdp_md *ctx, __u32 off, __u32 opt
 	struct sg_optscan o = {};
 	__u64 n = optlen, z = sg_opaque_zero(syn->isn);
 
-	asm volatile("%0 &= 63" : "+r"(n)); /* a no-op (doff <= 15) the verifier can see */
-	if (n == 0 || n > SG_OPTS_MAX || bpf_xdp_load_bytes(ctx, off, o.buf, n))
+	if (n == 0 || n > SG_OPTS_MAX)
+		return 0;
+	/* The length passed to the helper is n - 1 masked, plus 1: [1, 64] in the very
+	 * register the helper gets (a no-op for n in [1, 40]). A plain range test is
+	 * not enough for verifiers before ~6.13: clang merges it into one test on a
+	 * copy of n, and 6.1 then sees a possibly zero-sized read. */
+	n -= 1;
+	asm volatile("%0 &= 63" : "+r"(n));
+	n += 1;
+	if (bpf_xdp_load_bytes(ctx, off, o.buf, n))
 		return 0;
 	o.len = n;
 	o.off = z;

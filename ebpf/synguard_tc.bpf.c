@@ -35,6 +35,7 @@
 
 #include "synguard_abi.h"
 #include "synguard_siphash.h"
+#include "synguard_parse.h"
 
 char LICENSE[] SEC("license") = "GPL"; /* kfuncs are GPL-only */
 
@@ -137,12 +138,7 @@ static __always_inline void count(struct sg_counter_block *blk, __u32 idx)
 		blk->cnt[idx]++;
 }
 
-/* ---- Parsing: one helper per header, explicit bounds, byte order noted. -- */
-
-struct sg_vlanhdr {
-	__be16 tci;
-	__be16 encap_proto;
-};
+/* ---- Parsing: synguard_parse.h (shared with the XDP program) ----------- */
 
 /* What the cookie check needs from an ACK, copied out of the packet so that no
  * packet pointer has to survive the v4/v6 branch. */
@@ -160,107 +156,44 @@ struct sg_ack {
 	__u32 tcp_off;  /* bytes from data to the TCP header, kept as a number (see sg_parse_ts) */
 };
 
-/* EtherType after up to SG_VLAN_MAX tags (network byte order), or 0 when the
- * frame is too short. (At tc ingress the kernel has usually removed the outer
- * tag already; an inner one is still in the data.) */
-static __always_inline __be16 parse_ethhdr(void **pos, void *data_end, __u32 *off)
-{
-	struct ethhdr *eth = *pos;
-	struct sg_vlanhdr *vlan;
-	__be16 proto;
-
-	if ((void *)(eth + 1) > data_end)
-		return 0;
-	proto = eth->h_proto;
-	*pos = eth + 1;
-	*off = sizeof(*eth);
-#pragma unroll
-	for (int i = 0; i < SG_VLAN_MAX; i++) {
-		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
-			break;
-		vlan = *pos;
-		if ((void *)(vlan + 1) > data_end)
-			return 0;
-		proto = vlan->encap_proto;
-		*pos = vlan + 1;
-		*off += sizeof(*vlan);
-	}
-	return proto;
-}
-
-/* IPv4 header: 1 and the TCP header in *pos, or 0 (not TCP, fragment, short). */
-static __always_inline int parse_ip4(void **pos, void *data_end, struct sg_ack *a)
-{
-	struct iphdr *ip = *pos;
-	__u32 ihl;
-
-	if ((void *)(ip + 1) > data_end)
-		return 0;
-	ihl = ip->ihl * 4;
-	if (ip->version != 4 || ihl < sizeof(*ip) || ip->protocol != IPPROTO_TCP)
-		return 0;
-	if (ip->frag_off & bpf_htons(0x3fff)) /* MF or an offset: a fragment */
-		return 0;
-	__builtin_memset(a->saddr, 0, sizeof(a->saddr)); /* defined, never read for IPv4 */
-	__builtin_memset(a->daddr, 0, sizeof(a->daddr));
-	a->saddr[0] = ip->saddr;
-	a->daddr[0] = ip->daddr;
-	a->ipv6 = 0;
-	*pos = (void *)ip + ihl;
-	a->tcp_off += ihl;
-	return 1;
-}
-
-/* IPv6 header: 1 and the TCP header in *pos, or 0.
- * XXX: an ACK with extension headers is not checked (passed untouched); the
- * kernel then answers it as a failed syncookie. Our SYN-ACK carries none, and
- * clients do not add them to a handshake ACK in practice. */
-static __always_inline int parse_ip6(void **pos, void *data_end, struct sg_ack *a)
-{
-	struct ipv6hdr *ip6 = *pos;
-
-	if ((void *)(ip6 + 1) > data_end)
-		return 0;
-	if (ip6->nexthdr != IPPROTO_TCP)
-		return 0;
-	__builtin_memcpy(a->saddr, &ip6->saddr, 16);
-	__builtin_memcpy(a->daddr, &ip6->daddr, 16);
-	a->ipv6 = 1;
-	*pos = ip6 + 1;
-	a->tcp_off += sizeof(*ip6);
-	return 1;
-}
-
-/* The pure ACK / data segment we check: ACK set, SYN and RST clear.
- * Returns the TCP header (its first 20 bytes and doff*4 bytes in bounds)
- * or NULL for anything else. */
+/* The pure ACK / data segment we check: ACK set, SYN and RST clear, parsed by
+ * synguard_parse.h like the XDP program's SYNs (IPv6 extension headers skipped).
+ * Returns the TCP header (its doff * 4 bytes in bounds) or NULL for anything else. */
 static __always_inline struct tcphdr *parse_ack(struct __sk_buff *skb, struct sg_ack *a)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	void *pos = data;
+	struct sg_pkt pkt = {};
 	struct tcphdr *tcp;
 	__u8 flags;
-	__be16 proto;
-	int ok;
 
-	proto = parse_ethhdr(&pos, data_end, &a->tcp_off);
-	if (proto == bpf_htons(ETH_P_IP))
-		ok = parse_ip4(&pos, data_end, a);
-	else if (proto == bpf_htons(ETH_P_IPV6))
-		ok = parse_ip6(&pos, data_end, a);
-	else
+	if (sg_parse_frame(data, data_end, &pkt) != SG_PARSE_TCP)
 		return NULL;
-	if (!ok)
-		return NULL;
-	tcp = pos;
-	if ((void *)(tcp + 1) > data_end)
+	tcp = pkt.tcp;
+	if ((void *)(tcp + 1) > data_end) /* re-checked: clang may re-derive the pointer */
 		return NULL;
 	flags = ((__u8 *)tcp)[13];
 	if ((flags & (SG_TCP_ACK | SG_TCP_SYN | SG_TCP_RST)) != SG_TCP_ACK)
 		return NULL;
-	if (tcp->doff < 5 || (void *)tcp + tcp->doff * 4 > data_end)
-		return NULL;
+	__builtin_memset(a->saddr, 0, sizeof(a->saddr)); /* defined, never read for IPv4 */
+	__builtin_memset(a->daddr, 0, sizeof(a->daddr));
+	if (pkt.ipv6) {
+		struct ipv6hdr *ip6 = pkt.l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return NULL;
+		__builtin_memcpy(a->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(a->daddr, &ip6->daddr, 16);
+	} else {
+		struct iphdr *ip = pkt.l3;
+
+		if ((void *)(ip + 1) > data_end)
+			return NULL;
+		a->saddr[0] = ip->saddr;
+		a->daddr[0] = ip->daddr;
+	}
+	a->ipv6 = pkt.ipv6;
+	a->tcp_off = (void *)tcp - data;
 	a->sport = tcp->source;
 	a->dport = tcp->dest;
 	a->seq = bpf_ntohl(tcp->seq);

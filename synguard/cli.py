@@ -133,12 +133,13 @@ def cmd_run(args) -> int:
     from synguard.daemon import Daemon
     from synguard.log import setup_logging
     from synguard.datapath import ebpf_dir
+    from synguard.datapath.host import TC_SOURCE, XDP_SOURCES
 
     if args.ebpf:
-        for name in ("synguard_abi.h", "synguard_siphash.h", "synguard.bpf.c"):
+        for name in XDP_SOURCES:
             print(f"// ---- {name}\n{(ebpf_dir() / name).read_text()}")
-        print(f"// ---- synguard_tc.bpf.c (clang -O2 -g -target bpf, libbpf)\n"
-              f"{(ebpf_dir() / 'synguard_tc.bpf.c').read_text()}")
+        print(f"// ---- {TC_SOURCE} (clang -O2 -g -target bpf, libbpf)\n"
+              f"{(ebpf_dir() / TC_SOURCE).read_text()}")
         return 0
     try:
         cfg = configmod.load(args.config) if args.config else configmod.Config()

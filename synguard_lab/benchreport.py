@@ -34,6 +34,8 @@ import time
 import traceback
 from pathlib import Path
 
+from synguard.datapath.host import TC_SOURCE, XDP_SOURCES
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # (full, short) parameters of each section.
@@ -178,8 +180,7 @@ def floodbench_md(short: bool) -> str:
             f"\nFlood runs took {res['seconds_total']:.0f} s (labs built and torn down per run).\n")
 
 
-DATA_PATH_SOURCES = ("ebpf/synguard_abi.h", "ebpf/synguard_siphash.h", "ebpf/synguard.bpf.c",
-                     "ebpf/synguard_tc.bpf.c")
+DATA_PATH_SOURCES = tuple(f"ebpf/{name}" for name in (*XDP_SOURCES, TC_SOURCE))
 
 
 def sources_digest(root: Path = REPO_ROOT) -> str:

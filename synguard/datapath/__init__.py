@@ -22,8 +22,8 @@ from pathlib import Path
 
 from synguard import abi
 from synguard.abi import CookieMethod, Counter, Mode
-from synguard.datapath.host import (DataPathError, capture_fd2, check_kernel_headers, check_privileges,
-                                    ebpf_dir, ifindex, private_log_dir)
+from synguard.datapath.host import (XDP_SOURCES, DataPathError, capture_fd2, check_kernel_headers,
+                                    check_privileges, ebpf_dir, ifindex, private_log_dir)
 from synguard.datapath.libbpf import TestRunResult, lib, prog_id, prog_test_run
 from synguard.datapath.maps import (Map, MapLayoutError, addr_key, addr_of_key, cidr_key, read_struct,
                                     write_struct)
@@ -173,7 +173,7 @@ class DataPath:
     def source_text(self) -> str:
         """The C as compiled (for --ebpf): cflags, then the ABI header and the program."""
         parts = [f"// ---- {name}\n{(ebpf_dir() / name).read_text()}"
-                 for name in ("synguard_abi.h", "synguard_siphash.h", self.src_file.name)]
+                 for name in XDP_SOURCES]
         return f"// cflags: {' '.join(self.cflags)}\n" + "\n".join(parts)
 
     # -- maps -----------------------------------------------------------------

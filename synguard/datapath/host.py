@@ -28,6 +28,11 @@ def ebpf_dir() -> Path:
     return Path(os.environ.get("SYNGUARD_EBPF_DIR", abi.EBPF_DIR_DEFAULT))
 
 
+# The C the XDP program is compiled from (BCC), headers first, and the tc program's own file.
+XDP_SOURCES = ("synguard_abi.h", "synguard_siphash.h", "synguard_parse.h", "synguard.bpf.c")
+TC_SOURCE = "synguard_tc.bpf.c"
+
+
 def check_privileges() -> None:
     """Raise unless we can load BPF and change links (root, or CAP_BPF + CAP_NET_ADMIN)."""
     try:
