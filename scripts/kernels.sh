@@ -139,12 +139,16 @@ boot() {
     local inner
     inner="export KMX_KVER=$(printf %q "$kver") KMX_OUT=$(printf %q "$OUT") KMX_ACCEL=$a; cd $(printf %q "$ROOT") && { $cmd ; }"
     say "booting $kver ($a, ${KMX_CPUS:-2} vCPU, ${KMX_MEM:-3G}): $cmd"
-    local rc=0
+    local rc
+    set +e
+    # Through a pipe: QEMU reopens /dev/stdout, which would truncate a log file we write to.
     PATH="$VENV/bin:$PATH" timeout --foreground -k 10 "${KMX_TIMEOUT:-1500}" "$VENV/bin/vng" \
         --busybox "$BB" --run "$KCACHE/$kver/root/boot/vmlinuz-$kver" \
         --memory "${KMX_MEM:-3G}" --cpus "${KMX_CPUS:-2}" "${opts[@]}" \
         --rodir "$KCACHE=$KCACHE" --overlay-rwdir "$ROOT" --rwdir "$OUT=$OUT" --cwd "$ROOT" \
-        --exec "$inner" || rc=$?
+        --exec "$inner" </dev/null 2>&1 | cat
+    rc="${PIPESTATUS[0]}"
+    set -e
     [ "$rc" -eq 124 ] && say "$kver: the guest timed out after ${KMX_TIMEOUT:-1500} s"
     return "$rc"
 }
@@ -161,7 +165,7 @@ selection() {
 }
 
 matrix() {
-    local kver rc failed=() t0 t
+    local kver rc failed=() t0 t i=0
     prepare_tools
     for kver in "$@"; do [ "$kver" = host ] || prepare_kernel "$kver"; done
     rm -rf "$OUT"; mkdir -p "$OUT"
@@ -175,7 +179,8 @@ matrix() {
         fi
         t=$(( $(date +%s) - t0 ))
         echo "=== kernel $kver: exit $rc after $t s"
-        printf '{"kernel": "%s", "exit": %d, "wall_s": %d}\n' "$kver" "$rc" "$t" > "$OUT/run-$kver.json"
+        i=$((i + 1))
+        printf '{"kernel": "%s", "order": %d, "exit": %d, "wall_s": %d}\n' "$kver" "$i" "$rc" "$t" > "$OUT/run-$kver.json"
         [ "$rc" -eq 0 ] || failed+=("$kver")
     done
     "$ROOT/.venv/bin/python" -m synguard_lab.kernelmatrix "$OUT" || true

@@ -81,42 +81,50 @@ def _fmt_opts(bits) -> str:
     return "+".join("TS" if n == "timestamps" else "WS" if n == "window scaling" else n for n in names)
 
 
+TESTS = ("programs", "flood", "clients", "forged_acks_v4", "forged_acks_v6", "sigkill")
+PROGRAM_COLUMNS = ("xdp_synguard", "xdp_synguard_optscan", "xdp_synguard_kcookie", "tc:tc_synguard")
+
+
 def report(out_dir: Path, say=print) -> int:
     """Print the matrix's table from out_dir; returns how many kernels have no results."""
-    runs = {json.loads(p.read_text())["kernel"]: json.loads(p.read_text()) for p in sorted(out_dir.glob("run-*.json"))}
-    res = {}
-    for p in sorted(out_dir.glob("kernel-*.json")):
-        d = json.loads(p.read_text())
-        res[d["kver"]] = d
+    runs = [json.loads(p.read_text()) for p in sorted(out_dir.glob("run-*.json"))]
+    runs.sort(key=lambda r: r.get("order", 0))
+    res = {d["kver"]: d for d in (json.loads(p.read_text()) for p in out_dir.glob("kernel-*.json"))}
     missing = 0
     say("")
-    say("kernel matrix (tests/test_kernel_matrix.py; timings inside TCG guests mean little, verdicts and counters do)")
-    say(f"{'kernel':<22} {'exit':>4} {'wall':>6} {'start':>6}  {'method':<14} {'verified insns (XDP main / tail / tc)':<40}"
-        f" {'flood: sent answered to-kernel synq':<38} clients (ms max, options)")
-    for kver in runs or res:
-        r, d = runs.get(kver, {}), res.get(kver)
+    say("kernel matrix (tests/test_kernel_matrix.py; timings in TCG guests mean little, verdicts and counters do)")
+    say(f"{'kernel':<32} {'exit':>4} {'wall s':>6} {'start s':>7}  {'method':<13} "
+        f"{'verified insns: main optscan kcookie tc':<41} {'flood: sent XDP-answered to-kernel SYN_RECV':<44}"
+        f" first contacts")
+    for r in runs:
+        kver = r["kernel"]
+        d = res.get(kver)
         if d is None:
             missing += 1
-            say(f"{kver:<22} {r.get('exit', '?'):>4} {r.get('wall_s', 0):>5}s  no results (the tests did not get as far)")
+            say(f"{kver:<32} {r.get('exit', '?'):>4} {r.get('wall_s', 0):>6}  no results (the tests did not get as far)")
             continue
-        name = f"{kver} ({d.get('release', '')})" if kver == "host" else kver
+        name = f"host ({d.get('release', '')})" if kver == "host" else kver
         progs = d.get("programs") or {}
-        insns = " / ".join(str(progs[k].get("verified_insns")) for k in sorted(progs)) if progs else "-"
+        insns = " ".join(f"{progs[k]['verified_insns'] if k in progs else '-':>8}" for k in PROGRAM_COLUMNS)
         fl = d.get("flood") or {}
-        flood = (f"{fl['sent']} {fl['challenge_sent']} {fl['syn_passed']} {fl['syn_recv_max']}" if fl else "-")
+        flood = f"{fl['sent']:>7} {fl['challenge_sent']:>7} {fl['syn_passed']:>7} {fl['syn_recv_max']:>5}" if fl else "-"
         cl = d.get("clients") or {}
         worst = max((c["ms_max"] for c in cl.values() if c.get("ms_max") is not None), default=None)
-        opts = sorted({_fmt_opts(c.get("options")) for k, c in cl.items() if not k.startswith("natbare")})
+        opts = sorted({_fmt_opts(c.get("options")) if isinstance(c.get("options"), int) else str(c.get("options"))
+                       for k, c in cl.items() if not k.startswith("natbare")})
         clients = "-" if not cl else (f"{sum(c['ok'] for c in cl.values())}/{sum(c['tried'] for c in cl.values())} ok, "
-                                      f"max {worst if worst is None else round(worst, 1)} ms, {','.join(opts)}")
+                                      f"max {worst if worst is None else round(worst, 1)} ms, {' '.join(opts)}")
         start = d.get("start_s")
-        say(f"{name:<22} {r.get('exit', '?'):>4} {r.get('wall_s', 0):>5}s {start if start is not None else '-':>6}  "
-            f"{d.get('method') or '-':<14} {insns:<40} {flood:<38} {clients}")
-        for k in sorted(progs):
-            say(f"{'':<22}   program {k}: id {progs[k].get('id')}, verified_insns {progs[k].get('verified_insns')}, "
-                f"xlated {progs[k].get('bytes_xlated')} B")
-        for t, v in sorted((d.get("tests") or {}).items()):
-            say(f"{'':<22}   {t}: {v}")
+        say(f"{name:<32} {r.get('exit', '?'):>4} {r.get('wall_s', 0):>6} {start if start is not None else '-':>7}  "
+            f"{d.get('method') or '-':<13} {insns:<41} {flood:<44} {clients}")
+        tests = d.get("tests") or {}
+        for t in TESTS:
+            v = tests.get(t, "FAILED (or not run)")
+            if isinstance(v, list):
+                v = f"FAILED: {len(v)} problems: " + "; ".join(v[:3]) + (" ..." if len(v) > 3 else "")
+            say(f"{'':<4}{t:<16} {v}")
+        if d.get("start_error"):
+            say(f"{'':<4}start error: {d['start_error'][-600:]}")
     return missing
 
 

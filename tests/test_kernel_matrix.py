@@ -342,6 +342,7 @@ def test_sigkill_keeps_protecting(guarded):
     net1 = _bpftool(lab, "net", "show", "dev", lab.server_attacker_if)[0]
     assert [p["id"] for p in net1.get("xdp", [])] == [p["id"] for p in net0.get("xdp", [])], (net0, net1)
     ns0 = lab.netstat(lab.server_ns)
+    syn_recv0 = lab.syn_recv_count(lab.server_ns, PORT)   # request sockets of earlier tests live ~1 min
     rx0 = _rx_packets(lab, lab.attacker_ns, lab.attacker_if)   # the SYN-ACKs come back to the attacker
     res = lab.flood(5_000, 15, dport=PORT, seed=29)
     time.sleep(1.5)
@@ -349,7 +350,7 @@ def test_sigkill_keeps_protecting(guarded):
     ns1 = lab.netstat(lab.server_ns)
     syn_recv = lab.syn_recv_count(lab.server_ns, PORT)
     c = matrix.first_contact_info("plain", 4, PORT, CONNECT_TIMEOUT)
-    got = {"sent": res["sent"], "synacks_back": answered, "syn_recv": syn_recv,
+    got = {"sent": res["sent"], "synacks_back": answered, "syn_recv_before": syn_recv0, "syn_recv": syn_recv,
            "kernel_syncookies": _netstat_delta(ns0, ns1, "TcpExt", "SyncookiesSent"),
            "in_segs": _netstat_delta(ns0, ns1, "Tcp", "InSegs"), "client_ms": c.ms,
            "client_options": None if c.server is None else c.server.options & ALL_OPTS}
@@ -358,7 +359,7 @@ def test_sigkill_keeps_protecting(guarded):
     print(f"\n{KVER}: after SIGKILL: {got}")
     assert res["sent"] >= 0.9 * 5_000, res
     assert answered >= 0.9 * res["sent"], got
-    assert syn_recv == 0 and got["kernel_syncookies"] == 0, got
+    assert syn_recv <= syn_recv0 and got["kernel_syncookies"] == 0, got
     assert got["in_segs"] < 0.05 * res["sent"], got   # the flood did not reach TCP
     assert c.ms is not None and c.ms < ONE_ROUND_TRIP_MS, got
     _verdict("sigkill", "still protecting")
