@@ -76,10 +76,13 @@ def test_format_status():
 
 def test_format_status_names_the_cookie_method():
     kernel = view.format_status({**STATUS, "cookie_method": "kernel-cookie",
-                                 "cookie_method_reason": "this kernel has no bpf_sk_assign_tcp_reqsk() kfunc"})
-    assert ("|- cookies:     kernel-cookie: XDP answers with the kernel's cookie once the SYN queue is full, MSS "
-            "only (this kernel has no bpf_sk_assign_tcp_reqsk() kfunc)") in kernel
-    assert "answered in XDP, once its listener's SYN queue is full" in kernel
+                                 "cookie_method_reason": "this kernel has no bpf_sk_assign_tcp_reqsk() kfunc",
+                                 "cookie_options": "MSS only: no window scaling", "tcp_syncookies_held": True})
+    assert ("|- cookies:     kernel-cookie: XDP answers with the kernel's cookie (bpf_tcp_gen_syncookie), "
+            "tcp_syncookies=2 while protecting, one round trip (this kernel has no bpf_sk_assign_tcp_reqsk() "
+            "kfunc)") in kernel
+    assert "|- clients keep: MSS only: no window scaling; tcp_syncookies=2 held by synguard" in kernel
+    assert "answered in XDP, attack or not" in kernel
     kfunc = view.format_status({**STATUS, "cookie_method": "kfunc"})
     assert "|- cookies:     kfunc: XDP SYN-ACK + tc bpf_sk_assign_tcp_reqsk" in kfunc
     assert "unavailable on this kernel" in view.format_status(STATUS)

@@ -334,7 +334,7 @@ class DataPath:
 
     def set_synack(self, mss4: int, mss6: int, wscale: int, tcp_opts: int) -> None:
         """What our SYN-ACK offers: MSS per family, our window scale, the SG_OPT_* the server accepts."""
-        if not (0 < mss4 < 65536 and 0 < mss6 < 65536 and 0 <= wscale <= 14 and 0 <= tcp_opts <= 0xF):
+        if not (0 < mss4 < 65536 and 0 < mss6 < 65536 and 0 <= wscale <= 14 and 0 <= tcp_opts <= 0x1F):
             raise ValueError(f"bad SYN-ACK settings: mss4={mss4} mss6={mss6} wscale={wscale} tcp_opts={tcp_opts:#x}")
         self._write_config(synack_mss4=mss4, synack_mss6=mss6, synack_wscale=wscale, tcp_opts=tcp_opts)
 
