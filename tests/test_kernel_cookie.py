@@ -453,6 +453,38 @@ def test_datapath_chooses_the_method(monkeypatch):
         DataPath(tc=True)
 
 
+def test_datapath_falls_back_when_the_tc_program_is_refused(monkeypatch, tmp_path):
+    """The kfunc in BTF is not enough: the tc program's real load is the probe. A tc
+    program the verifier refuses (here: one that reads past the packet) leaves the
+    kernel-cookie method, with the verifier's refusal as the reason; forced kfunc fails."""
+    import shutil
+
+    from synguard.datapath import COOKIE_METHOD_ENV, DataPath, DataPathError, ebpf_dir
+    from synguard.datapath import tc as tcmod
+
+    if not tcmod.kernel_has_kfunc():
+        pytest.skip("this kernel has no bpf_sk_assign_tcp_reqsk(): the tc program is never loaded")
+    src = tmp_path / "ebpf"
+    shutil.copytree(ebpf_dir(), src, ignore=shutil.ignore_patterns("*.o"))
+    tc_c = src / "synguard_tc.bpf.c"
+    text = tc_c.read_text()
+    assert "\ttcp = parse_ack(skb, &a);\n" in text
+    tc_c.write_text(text.replace("\ttcp = parse_ack(skb, &a);\n",
+                                 "\ttcp = parse_ack(skb, &a);\n\tif (tcp && ((__u8 *)tcp)[4000] == 1)\n"
+                                 "\t\treturn TC_ACT_SHOT; /* unchecked: the verifier refuses it */\n"))
+    monkeypatch.setenv("SYNGUARD_EBPF_DIR", str(src))
+    monkeypatch.delenv(COOKIE_METHOD_ENV, raising=False)
+    dp = DataPath(tc=True)
+    try:
+        assert (dp.cookie_method, dp.config()["method"], dp.tc) == ("kernel-cookie", 1, None)
+        assert "refused the tc program" in dp.cookie_method_reason, dp.cookie_method_reason
+    finally:
+        dp.close()
+    monkeypatch.setenv(COOKIE_METHOD_ENV, "kfunc")
+    with pytest.raises(DataPathError):
+        DataPath(tc=True)
+
+
 def test_datapath_without_the_kfunc_falls_back(monkeypatch):
     """A kernel without the kfunc (Debian 12's 6.1), simulated by the one check that
     reads /sys/kernel/btf/vmlinux: kernel-cookie, and kfunc forced is refused."""

@@ -156,11 +156,20 @@ class DataPath:
         elif forced == "kernel-cookie":
             self.tc_unavailable = f"{COOKIE_METHOD_ENV}=kernel-cookie (the kernel has {tcmod.KFUNC}())"
         else:
-            self.tc = tcmod.TcProgram({name: self.map(name).map_fd for name in tcmod.SHARED_MAPS})
-            self.set_cookie_method(CookieMethod.KFUNC_COOKIE)
-            self.cookie_method_reason = f"the kernel has {tcmod.KFUNC}()" + (
-                f" ({COOKIE_METHOD_ENV}=kfunc)" if forced == "kfunc" else "")
-            return
+            # The BTF says the kfunc exists; the load itself is the probe that it can be
+            # called from our tc program (a verifier or a libbpf that refuses it, a
+            # kernel built without it in the tc kfunc set): then the fallback.
+            try:
+                self.tc = tcmod.TcProgram({name: self.map(name).map_fd for name in tcmod.SHARED_MAPS})
+            except DataPathError as e:
+                if forced == "kfunc":
+                    raise
+                self.tc_unavailable = f"the kernel has {tcmod.KFUNC}() but refused the tc program ({e})"
+            else:
+                self.set_cookie_method(CookieMethod.KFUNC_COOKIE)
+                self.cookie_method_reason = f"the kernel has {tcmod.KFUNC}()" + (
+                    f" ({COOKIE_METHOD_ENV}=kfunc)" if forced == "kfunc" else "")
+                return
         self.set_cookie_method(CookieMethod.KERNEL_COOKIE)
         self.cookie_method_reason = self.tc_unavailable
 
