@@ -12,8 +12,8 @@
  *  - sg_config.method picks the answer: SG_METHOD_KFUNC_COOKIE (below: our
  *    cookie, the tc program completes the ACK) or SG_METHOD_KERNEL_COOKIE (for
  *    kernels without bpf_sk_assign_tcp_reqsk: xdp_synguard_kcookie(), also
- *    tail-called, answers with the kernel's own cookie, MSS only, or passes the
- *    SYN when the kernel makes none; the kernel completes the ACK).
+ *    tail-called, answers with the kernel's own cookie, or passes the SYN when
+ *    the kernel makes none; the kernel completes the ACK).
  *  - observe mode: every frame passes; SYNs are counted.
  *  - protect/auto mode, SYN (SYN set, ACK and RST clear):
  *      deny CIDR -> DROP; port not protected -> PASS; allow CIDR -> PASS;
@@ -698,11 +698,16 @@ static __always_inline int synack_reply(struct xdp_md *ctx, const struct sg_conf
  * send, and arms the listener's "recent SYN queue overflow" flag, so the kernel
  * accepts the client's ACK by itself (cookie_v4_check / cookie_v6_check): no tc
  * program. The helper answers -ENOENT unless tcp_syncookies=2 or the listener's
- * SYN queue is full: the SYN then goes to the kernel, which queues it. Without
- * timestamps in our SYN-ACK the kernel's cookie keeps the client's MSS class
- * only (536/1300/1440/1460; IPv6 1220/1420/1440/8940): no window scaling, SACK,
- * timestamps or ECN on these connections (DESIGN.md explains why we do not
- * forge the kernel's TS encoding). */
+ * SYN queue is full: the SYN then goes to the kernel, which queues it. So the
+ * daemon sets tcp_syncookies=2 while it protects with this method
+ * (synguard/kernel.py SyncookiesHold) and XDP answers from the first SYN; only
+ * the in-kernel fast trigger's first second (before the daemon's tick) passes.
+ * Options: the kernel's cookie keeps the client's MSS class (536/1300/1440/1460;
+ * IPv6 1220/1420/1440/8940). With tcp_timestamps=2 (no secret TS offset) a SYN
+ * with timestamps also keeps window scaling, SACK and ECN, carried in our TSval
+ * exactly as the kernel encodes them (kcookie_ts()); with tcp_timestamps=1 the
+ * kernel would subtract a per-connection secret from the echo, so we send MSS
+ * only: no window scaling, SACK, timestamps or ECN on those connections. */
 
 /* The socket the kernel would give this SYN (a listener, or a TIME_WAIT/request
  * socket of the same 4-tuple), looked up in the ingress device's namespace.
@@ -763,16 +768,42 @@ static __always_inline __s64 kcookie_gen(struct xdp_md *ctx, struct bpf_sock *sk
 
 #define SG_ENOENT 2
 
+/* The kernel's timestamp cookie (cookie_init_timestamp(), 4.x-6.x): TSval = the TCP
+ * clock in ms (CLOCK_MONOTONIC, as bpf_ktime_get_ns()) with its low 6 bits replaced by
+ * the options (wscale, or 0xf for none; SACK << 4; ECN << 5), stepped back 64 ms when
+ * that lies ahead of the clock, so the connection's later TSvals never go backwards.
+ * The kernel decodes the options from the client's TSecr when it completes the ACK
+ * (cookie_timestamp_decode()); only with tcp_timestamps=2 does it subtract no secret
+ * per-connection offset first (SG_OPT_TS_NO_OFFSET). Returns the TSval in the high
+ * 32 bits, where synack_opts() takes the hash's, which then adds the same option bits. */
+static __always_inline __u64 kcookie_ts(const struct sg_neg *n)
+{
+	__u64 now = bpf_ktime_get_ns() / 1000000;
+	__u32 options = n->wscale | n->sack << 4 | n->ecn << 5;
+	__u32 ts = ((__u32)now & 0xffffffc0) | options;
+
+	if (ts > (__u32)now) /* the kernel compares u64 ms; a 32-bit wrap every 49.7 days is rare enough */
+		ts -= 64;
+	return (__u64)ts << 32;
+}
+
 /* Answer a SYN with the kernel's cookie, or pass it to the kernel (counted why). */
 static __always_inline int kcookie_reply(struct xdp_md *ctx, const struct sg_config *cfg, struct sg_pkt *pkt,
-					 const struct sg_syn *syn)
+					 struct sg_syn *syn)
 {
 	struct sg_synack_opts opts;
+	struct sg_neg neg = {};
 	struct bpf_sock *sk;
 	__u32 mss, ours;
+	__u8 flags = SG_TCP_SYN | SG_TCP_ACK;
 	__s64 ret;
 	int verdict;
 
+	/* With tcp_timestamps=2 a SYN with timestamps (in a fast-path layout) keeps window
+	 * scaling, SACK and ECN through the kernel's TS encoding; else MSS only. */
+	syn->ts = 0;
+	if ((cfg->tcp_opts & SG_OPT_TS_NO_OFFSET) && synopts_fast(ctx, pkt, syn) && syn->ts)
+		negotiate(syn, cfg->tcp_opts, &neg);
 	sk = kcookie_lookup(ctx, syn);
 	if (!sk) {
 		count(pkt->cnt, SG_CNT_SYN_NO_LISTENER);
@@ -790,12 +821,18 @@ static __always_inline int kcookie_reply(struct xdp_md *ctx, const struct sg_con
 	ours = syn->ipv6 ? cfg->synack_mss6 : cfg->synack_mss4;
 	if (ours && ours < mss)
 		mss = ours;
+	if (neg.ts) {
+		synack_opts(cfg, syn, &neg, kcookie_ts(&neg), &opts);
+		if (neg.ecn)
+			flags |= SG_TCP_ECE;
+	} else {
+		opts.w[1] = SG_NOP4;
+		opts.w[2] = SG_NOP4;
+		opts.w[3] = SG_NOP4;
+		opts.w[4] = SG_NOP4;
+	}
 	opts.w[0] = bpf_htonl(0x02040000 | mss);
-	opts.w[1] = SG_NOP4;
-	opts.w[2] = SG_NOP4;
-	opts.w[3] = SG_NOP4;
-	opts.w[4] = SG_NOP4;
-	verdict = synack_send(ctx, pkt->l3_off, syn, (__u32)ret, SG_TCP_SYN | SG_TCP_ACK, &opts);
+	verdict = synack_send(ctx, pkt->l3_off, syn, (__u32)ret, flags, &opts);
 	if (verdict != XDP_PASS) {
 		count(pkt->cnt, SG_CNT_CHALLENGE_SENT);
 		return verdict;

@@ -93,6 +93,9 @@ enum sg_method {
 #define SG_OPT_SACK   0x2 /* net.ipv4.tcp_sack */
 #define SG_OPT_WSCALE 0x4 /* net.ipv4.tcp_window_scaling */
 #define SG_OPT_ECN    0x8 /* net.ipv4.tcp_ecn == 1 (accept ECN on incoming connections) */
+#define SG_OPT_TS_NO_OFFSET 0x10 /* net.ipv4.tcp_timestamps == 2: the kernel adds no secret
+				  * per-connection offset to TSval, so the kernel-cookie method can
+				  * send the kernel's own TS cookie encoding (wscale, SACK, ECN) */
 
 /* Cookie option bits (the 9-bit opt word of the cookie message):
  * opt = mss_class | wscale << 2 | sack << 6 | ecn << 7 | ts << 8; wscale 0xf = none. */

@@ -15,6 +15,7 @@ apply, reload (the last good config stays on failure).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -24,6 +25,7 @@ import socket
 import threading
 import time
 from collections import deque
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -69,6 +71,7 @@ class Daemon:
         self.datapath: DataPath | None = None
         self.keys: SlotKeys | None = None  # the parts that drive the data path: see use()
         self.mitigation: Mitigation | None = None
+        self.syncookies: kernel.SyncookiesHold | None = None  # method kernel-cookie only
         self.started = time.time()
         self.reloads = {"success": 0, "failure": 0}
         self.last_reload_ok = True
@@ -114,6 +117,7 @@ class Daemon:
         dp.set_allow_cidrs(cfg.allow)
         ifwatch.attach_interfaces(dp, cfg.interfaces, cfg.xdp_mode)
         self.mitigation.configure(cfg)  # detection knobs, watched ports, deny CIDRs
+        self._hold_syncookies()  # before protect mode answers its first SYN
         dp.set_mode(cfg.mode)
         ports = ",".join(map(str, cfg.protect.ports)) or "all"
         event("config", f"mode {cfg.mode}, protected ports {ports}, "
@@ -126,6 +130,17 @@ class Daemon:
         the attached interfaces (the kernel refuses a connection whose cookie offered
         an option its sysctls disable)."""
         self.datapath.set_synack(*kernel.synack_settings(kernel.min_mtu(self.config.interfaces)))
+
+    def _hold_syncookies(self) -> None:
+        """Method kernel-cookie: tcp_syncookies=2 exactly while protecting (kernel.SyncookiesHold)."""
+        if self.syncookies is None:
+            return
+        try:
+            change = self.syncookies.set(self.protecting)
+        except OSError as e:
+            change = f"tcp_syncookies: {e}"
+        if change:
+            event("syncookies", change, tcp_syncookies_held=self.syncookies.held)
 
     def reload(self) -> bool:
         if not self.config_path:
@@ -208,6 +223,8 @@ class Daemon:
         try:
             self.use(DataPath(keep_state=True, tc=True))
             dp = self.datapath
+            if dp.cookie_method == "kernel-cookie":
+                self.syncookies = kernel.SyncookiesHold(Path(self.config.control.socket).with_name("tcp_syncookies.saved"))
             if dp.cookie_method == "kfunc":
                 event("cookie_method", "SYN cookies: XDP answers SYNs with a cookie SYN-ACK; the tc program "
                       "hands valid cookie ACKs to the kernel (bpf_sk_assign_tcp_reqsk, Linux >= 6.9): one round "
@@ -215,8 +232,9 @@ class Daemon:
                       method=dp.cookie_method, reason=dp.cookie_method_reason)
             elif dp.cookie_method == "kernel-cookie":
                 event("cookie_method", "SYN cookies: XDP answers SYNs with the kernel's own cookie "
-                      "(bpf_tcp_gen_syncookie) once the listener's SYN queue is full (every SYN with "
-                      "tcp_syncookies=2), the kernel completes the ACK: one round trip, MSS only "
+                      "(bpf_tcp_gen_syncookie; tcp_syncookies=2 while protecting), the kernel completes the "
+                      "ACK: one round trip; clients keep "
+                      f"{kernel.cookie_options(dp.cookie_method, kernel.synack_settings(1500)[3])} "
                       f"(method kernel-cookie: {dp.cookie_method_reason})",
                       method=dp.cookie_method, reason=dp.cookie_method_reason)
             else:
@@ -256,6 +274,7 @@ class Daemon:
                 self.datapath.tick(wall)
                 self.keys.advance(wall)
                 self.mitigation.tick(now, wall, now - last_tick, blocks, window_s)
+                self._hold_syncookies()
                 counters = self.datapath.counters(blocks=blocks)
                 last_tick = now
                 ifwatch.check_interfaces(self.datapath, self.config.interfaces, self.config.xdp_mode)
@@ -311,4 +330,9 @@ class Daemon:
                 server.shutdown()
         if self.datapath is not None and detach:
             self.datapath.close(keep_state=keep_state)
+            if self.syncookies is not None:  # detached: nothing answers with cookies now
+                with contextlib.suppress(OSError):
+                    change = self.syncookies.set(False)
+                    if change:
+                        event("syncookies", change, tcp_syncookies_held=False)
 

@@ -41,6 +41,8 @@ Contract:
   what a cookie SYN-ACK may offer given this netns's TCP sysctls (the kernel refuses
   a connection whose cookie offered an option its sysctls disable) and an MTU;
   ``min_mtu(interfaces)``: the smallest MTU among them (1500 if none is readable).
+- ``cookie_options(method, tcp_opts)``: what a client answered by XDP keeps, in words;
+  ``SyncookiesHold``: tcp_syncookies=2 while the kernel-cookie method protects.
 - ``format_listeners(rows)``: an ss-style table (SynQ% descending, then
   address and port); ``to_json(rows)``: plain dicts with keys address, port,
   family, syn_recv, accept_queue, backlog, synq_pct.
@@ -53,10 +55,12 @@ DiagSocket decoding, and ``python -m synguard_lab.kernel_bench`` for the figures
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
 import socket
+import stat
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -346,7 +350,8 @@ def _sysctl(name: str, default: str) -> str:
 
 def synack_settings(mtu: int) -> tuple[int, int, int, int]:
     """(mss4, mss6, wscale, tcp_opts) for DataPath.set_synack from this netns's sysctls:
-    tcp_timestamps, tcp_sack, tcp_window_scaling, tcp_ecn == 1 -> SG_OPT_*; our window
+    tcp_timestamps, tcp_sack, tcp_window_scaling, tcp_ecn == 1 -> SG_OPT_* (tcp_timestamps
+    == 2 also SG_OPT_TS_NO_OFFSET); our window
     scale as the kernel picks it, ilog2(max(tcp_rmem[2], rmem_max)) - 15 in 0..14; the
     MSS from the MTU (IPv4 MTU - 40, IPv6 MTU - 60)."""
     def num(name, default):
@@ -356,8 +361,11 @@ def synack_settings(mtu: int) -> tuple[int, int, int, int]:
             return default
 
     opts = 0
-    if num("net.ipv4.tcp_timestamps", 1):
+    timestamps = num("net.ipv4.tcp_timestamps", 1)
+    if timestamps:
         opts |= abi.OPT_TS
+    if timestamps == 2:
+        opts |= abi.OPT_TS_NO_OFFSET
     if num("net.ipv4.tcp_sack", 1):
         opts |= abi.OPT_SACK
     if num("net.ipv4.tcp_window_scaling", 1):
@@ -371,6 +379,87 @@ def synack_settings(mtu: int) -> tuple[int, int, int, int]:
     space = max(rmem, num("net.core.rmem_max", 212992), 1)
     wscale = min(max(space.bit_length() - 1 - 15, 0), 14)
     return max(mtu - 40, 536), max(mtu - 60, 1220), wscale, opts
+
+
+def cookie_options(method: str | None, tcp_opts: int) -> str:
+    """What a client whose SYN XDP answers keeps, with this method and these SG_OPT_*
+    (synack_settings), and the sysctl that gives back what it loses, in words."""
+    if method == "kfunc":
+        kept = [name for bit, name in ((abi.OPT_WSCALE, "window scaling"), (abi.OPT_SACK, "SACK"),
+                                       (abi.OPT_TS, "timestamps"), (abi.OPT_ECN, "ECN")) if tcp_opts & bit]
+        return "MSS" + "".join(f", {k}" for k in kept) + " (what the client and this server's sysctls allow)"
+    if method == "kernel-cookie":
+        if tcp_opts & abi.OPT_TS_NO_OFFSET:
+            return ("MSS; window scaling, SACK, timestamps and ECN only for clients that send timestamps "
+                    "(carried in the kernel's TS cookie: tcp_timestamps=2)")
+        return ("MSS only: no window scaling, SACK or timestamps (sysctl -w net.ipv4.tcp_timestamps=2 keeps them "
+                "for clients that send timestamps; it drops the per-connection TS offset)")
+    return "-"
+
+
+class SyncookiesHold:
+    """Method kernel-cookie: net.ipv4.tcp_syncookies=2 while synguard protects.
+
+    bpf_tcp_gen_syncookie() makes no cookie while the listener's SYN queue has room
+    unless tcp_syncookies is 2, so with the default 1 the first backlog's worth of a
+    flood's SYNs would reach the SYN queue before XDP could answer. While it holds,
+    SYNs that still reach the kernel (unprotected ports, allowed sources) are answered
+    with the kernel's own cookies too (no request sockets, no TCP Fast Open).
+    The operator's value is written to saved_path (a root-only directory) before 2 is:
+    a daemon killed while holding leaves both, and the next run puts the value back
+    when it lets go. Reads and writes the calling thread's network namespace."""
+
+    SYSCTL = "net/ipv4/tcp_syncookies"
+
+    def __init__(self, saved_path: Path):
+        self.saved_path = saved_path
+        self.saved = self._read_saved()  # the operator's value while we hold, else None
+
+    @property
+    def held(self) -> bool:
+        return self.saved is not None
+
+    def _read_saved(self) -> int | None:
+        try:
+            fd = os.open(self.saved_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        with os.fdopen(fd) as f:
+            if os.fstat(f.fileno()).st_uid != os.geteuid():
+                return None
+            try:
+                value = int(f.read(16))
+            except ValueError:
+                return None
+        return value if value in (0, 1, 2) else None
+
+    def set(self, protecting: bool) -> str | None:
+        """Hold 2 while protecting, give the operator's value back after. Returns what
+        changed, for the event log, or None."""
+        path = Path("/proc/sys") / self.SYSCTL
+        if protecting and not self.held:
+            current = int(path.read_text())
+            if current != 1:  # 2: nothing to do; 0: the kernel makes no cookies (kernel_cookie_problem)
+                return None
+            parent = self.saved_path.parent
+            st = parent.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                return (f"not setting tcp_syncookies=2: {parent} is not a root-only directory to keep the "
+                        f"operator's value in; SYNs reach the SYN queue until it is full")
+            fd = os.open(self.saved_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{current}\n")
+            self.saved = current
+            path.write_text("2")
+            return "net.ipv4.tcp_syncookies 1 -> 2 while protecting (kernel-cookie method: cookies from the first SYN)"
+        if not protecting and self.held:
+            value, self.saved = self.saved, None
+            if int(path.read_text()) == 2:  # an operator who changed it meanwhile wins
+                path.write_text(str(value))
+            with contextlib.suppress(FileNotFoundError):
+                self.saved_path.unlink()
+            return f"net.ipv4.tcp_syncookies 2 -> {value} (protection off)"
+        return None
 
 
 def min_mtu(interfaces: Iterable[str]) -> int:

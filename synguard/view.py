@@ -16,7 +16,8 @@ LOG_COUNTERS = (Counter.SYN_RECEIVED, Counter.CHALLENGE_SENT, Counter.COOKIE_VAL
                 Counter.SYN_PASSED, Counter.SYN_DROPPED_DENY, Counter.MALFORMED)
 COOKIE_METHOD_LINES = {
     "kfunc": "kfunc: XDP SYN-ACK + tc bpf_sk_assign_tcp_reqsk, one round trip, options kept",
-    "kernel-cookie": "kernel-cookie: XDP answers with the kernel's cookie once the SYN queue is full, MSS only",
+    "kernel-cookie": "kernel-cookie: XDP answers with the kernel's cookie (bpf_tcp_gen_syncookie), "
+                     "tcp_syncookies=2 while protecting, one round trip",
     None: "unavailable on this kernel (observe only)",
 }
 KERNEL_COUNTERS = ("TcpExt.SyncookiesSent", "TcpExt.SyncookiesRecv", "TcpExt.SyncookiesFailed",
@@ -82,6 +83,8 @@ def format_status(st: dict, numeric: bool = False) -> str:
            f"|- ports:       {','.join(map(str, st['ports'])) or 'all'}",
            "|- cookies:     " + COOKIE_METHOD_LINES.get(st.get("cookie_method"), COOKIE_METHOD_LINES[None])
            + (f" ({st['cookie_method_reason']})" if st.get("cookie_method_reason") else ""),
+           "|- clients keep: " + st.get("cookie_options", "-")
+           + ("; tcp_syncookies=2 held by synguard" if st.get("tcp_syncookies_held") else ""),
            "|- interfaces:"]
     for i, iface in enumerate(st["interfaces"]):
         branch = "`-" if i == len(st["interfaces"]) - 1 else "|-"
@@ -118,8 +121,7 @@ def format_status(st: dict, numeric: bool = False) -> str:
         else:
             out.append(f"|  `- attacks so far {so_far}")
     if st["mode"] == "protect":
-        which = ("once its listener's SYN queue is full (tcp_syncookies=1) or always (=2)"
-                 if st.get("cookie_method") == "kernel-cookie" else "attack or not")
+        which = "attack or not"
         out.append(f"|- protect:     every SYN to ports {','.join(map(str, st['ports'])) or 'all'} is answered "
                    f"in XDP, {which} (the detector only reports)")
     elif st["mode"] == "observe":

@@ -32,7 +32,9 @@ import pytest
 
 from helpers import Listener, hard_timeout, needs_lab, ones_sum
 
+from synguard import abi
 from synguard.abi import CookieMethod, Counter as C, Mode
+from synguard_lab.clientlab import KINDS
 
 PORT = 8080
 XDP_PASS, XDP_TX = 2, 3
@@ -314,13 +316,28 @@ def _expected_mss(kind: str, family: int) -> int:
 
 
 @hard_timeout(420)
-def test_every_kind_connects_at_first_contact(clients, kdp, record_property):
+@pytest.mark.parametrize("timestamps", [1, 2], ids=["tcp_timestamps=1", "tcp_timestamps=2"])
+def test_every_kind_connects_at_first_contact(clients, kdp, record_property, timestamps):
+    """tcp_timestamps=1 (the default): MSS only. tcp_timestamps=2 (no secret TS
+    offset): clients that send timestamps keep window scaling, SACK and timestamps,
+    carried in our TSval as the kernel encodes them; the bare stack keeps MSS only."""
+    from synguard import kernel
+
     lab, matrix = clients
     set_syncookies(lab, lab.server_ns, 2)
-    ns0 = lab.netstat(lab.server_ns)
-    before = kdp.counters()
-    results = {(k, f): [matrix.first_contact_info(k, f, PORT, 5.0) for _ in range(CONTACTS)]
-               for k, f in matrix.cases()}
+    lab._sysctls(lab.server_ns, {"net/ipv4/tcp_timestamps": timestamps})
+    with lab.netns(lab.server_ns):
+        settings = kernel.synack_settings(1500)
+    assert bool(settings[3] & abi.OPT_TS_NO_OFFSET) == (timestamps == 2), settings
+    kdp.set_synack(*settings)
+    try:
+        ns0 = lab.netstat(lab.server_ns)
+        before = kdp.counters()
+        results = {(k, f): [matrix.first_contact_info(k, f, PORT, 5.0) for _ in range(CONTACTS)]
+                   for k, f in matrix.cases()}
+    finally:  # the next tests expect the defaults
+        lab._sysctls(lab.server_ns, {"net/ipv4/tcp_timestamps": 1})
+        configure(kdp)
     d = {c: kdp.counters()[c] - before[c] for c in C}
     ns1 = lab.netstat(lab.server_ns)
     lines = [f"{'kind':<9}{'IP':<4}{'median':>8}{'max':>8}  server options / snd_mss"]
@@ -336,14 +353,22 @@ def test_every_kind_connects_at_first_contact(clients, kdp, record_property):
                 problems.append(f"{where}: no connection")
             elif c.ms > FIRST_CONTACT_MS:
                 problems.append(f"{where}: connected after {c.ms:.0f} ms")
-            elif c.server.options & TCPI_ALL or c.client.options & TCPI_ALL:
+            elif timestamps == 1 and (c.server.options & TCPI_ALL or c.client.options & TCPI_ALL):
                 problems.append(f"{where}: options {c.server.options:#x}/{c.client.options:#x}, expected MSS only")
-            elif c.server.snd_mss != _expected_mss(kind, fam):
+            elif timestamps == 2 and (c.server.options & TCPI_ALL != KINDS[kind].expected_options
+                                      or c.client.options & TCPI_ALL != KINDS[kind].expected_options):
+                problems.append(f"{where}: options {c.server.options:#x}/{c.client.options:#x}, expected "
+                                f"{KINDS[kind].expected_options:#x}")
+            elif timestamps == 2 and c.server.wscale and (c.server.rcv_wscale != settings[2]
+                                                           or c.server.snd_wscale != c.client.rcv_wscale):
+                problems.append(f"{where}: window scale server {c.server.snd_wscale}/{c.server.rcv_wscale}, "
+                                f"client {c.client.snd_wscale}/{c.client.rcv_wscale}, ours {settings[2]}")
+            elif c.server.snd_mss != _expected_mss(kind, fam) - (12 if c.server.options & 1 else 0):  # TS: 12 bytes
                 problems.append(f"{where}: server snd_mss {c.server.snd_mss}")
             elif c.server_peer != c.source:
                 problems.append(f"{where}: server saw {c.server_peer}")
     table = "\n".join(lines)
-    print("\nfirst contact, kernel-cookie method, tcp_syncookies=2\n" + table)
+    print(f"\nfirst contact, kernel-cookie method, tcp_syncookies=2, tcp_timestamps={timestamps}\n" + table)
     record_property("first_contact", table)
     n = sum(len(v) for v in results.values())
     assert not problems, "\n".join(problems)
@@ -428,6 +453,39 @@ def test_datapath_chooses_the_method(monkeypatch):
         DataPath(tc=True)
 
 
+def test_datapath_falls_back_when_the_tc_program_is_refused(monkeypatch, tmp_path):
+    """The kfunc in BTF is not enough: the tc program's real load is the probe. A tc
+    program the verifier refuses (here: one that reads past the packet) leaves the
+    kernel-cookie method, with the verifier's refusal as the reason; forced kfunc fails."""
+    import shutil
+
+    from synguard.datapath import COOKIE_METHOD_ENV, DataPath, DataPathError, ebpf_dir
+    from synguard.datapath import tc as tcmod
+
+    if not tcmod.kernel_has_kfunc():
+        pytest.skip("this kernel has no bpf_sk_assign_tcp_reqsk(): the tc program is never loaded")
+    src = tmp_path / "ebpf"
+    shutil.copytree(ebpf_dir(), src, ignore=shutil.ignore_patterns("*.o"))
+    tc_c = src / "synguard_tc.bpf.c"
+    text = tc_c.read_text()
+    assert "\ttcp = parse_ack(skb, &a);\n" in text
+    tc_c.write_text(text.replace("\ttcp = parse_ack(skb, &a);\n",
+                                 "\ttcp = parse_ack(skb, &a);\n\tif (tcp && ((__u8 *)tcp)[4000] == 1)\n"
+                                 "\t\treturn TC_ACT_SHOT; /* unchecked: the verifier refuses it */\n"))
+    monkeypatch.setenv("SYNGUARD_EBPF_DIR", str(src))
+    monkeypatch.delenv(COOKIE_METHOD_ENV, raising=False)
+    dp = DataPath(tc=True)
+    try:
+        assert (dp.cookie_method, dp.config()["method"], dp.tc) == ("kernel-cookie", 1, None)
+        assert "refused the tc program" in dp.cookie_method_reason, dp.cookie_method_reason
+        assert dp.cookie_method_why == "tc-refused"
+    finally:
+        dp.close()
+    monkeypatch.setenv(COOKIE_METHOD_ENV, "kfunc")
+    with pytest.raises(DataPathError):
+        DataPath(tc=True)
+
+
 def test_datapath_without_the_kfunc_falls_back(monkeypatch):
     """A kernel without the kfunc (Debian 12's 6.1), simulated by the one check that
     reads /sys/kernel/btf/vmlinux: kernel-cookie, and kfunc forced is refused."""
@@ -440,6 +498,7 @@ def test_datapath_without_the_kfunc_falls_back(monkeypatch):
     try:
         assert (dp.cookie_method, dp.config()["method"], dp.tc) == ("kernel-cookie", 1, None)
         assert "no bpf_sk_assign_tcp_reqsk() kfunc" in dp.cookie_method_reason
+        assert dp.cookie_method_why == "no-kfunc"
     finally:
         dp.close()
     monkeypatch.setenv(COOKIE_METHOD_ENV, "kfunc")
@@ -447,30 +506,71 @@ def test_datapath_without_the_kfunc_falls_back(monkeypatch):
         DataPath(tc=True)
 
 
-@hard_timeout(180)
+def _syncookies(lab) -> int:
+    with lab.netns(lab.server_ns):
+        return int(open("/proc/sys/net/ipv4/tcp_syncookies").read())
+
+
+@hard_timeout(240)
 def test_daemon_reports_and_uses_the_forced_method(monkeypatch):
-    """`synguard run` with SYNGUARD_COOKIE_METHOD=kernel-cookie: the start log and the
-    status say which method and why; clients connect at first contact through XDP."""
+    """`synguard run` with SYNGUARD_COOKIE_METHOD=kernel-cookie at the default
+    tcp_syncookies=1: the start log and the status say which method, why, and what
+    clients keep; the daemon holds tcp_syncookies=2 while it protects, so a spoofed
+    flood is answered from its first SYN and the listener's SYN queue stays empty;
+    clients connect at first contact; the operator's 1 is back after a stop, and
+    after a SIGKILL the next run gives it back."""
     from synguard_lab.common import SYNGUARD, LabDaemon
     from synguard_lab.lab import Lab
 
     monkeypatch.setenv("SYNGUARD_COOKIE_METHOD", "kernel-cookie")  # LabDaemon passes os.environ on
+    config = "interfaces: [{}, {}]\nmode: protect\nprotect:\n  ports: [{}]\n"
     with Lab("sgkd") as lab:
-        set_syncookies(lab, lab.server_ns, 2)
+        assert _syncookies(lab) == 1
         lab.tcp_server(PORT)
-        d = LabDaemon(lab, f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: protect\n"
-                           f"protect:\n  ports: [{PORT}]\n")
+        d = LabDaemon(lab, config.format(lab.server_client_if, lab.server_attacker_if, PORT))
         try:
             st = d.wait_ready(lambda s: len(s["interfaces"]) == 2)
             ev = d.wait_event(lambda e: e.get("event") == "cookie_method", 10, "cookie_method")
+            held = _syncookies(lab)
+            before = d.status()["counters"]
+            res = lab.flood(3000, 5, dport=PORT, seed=5, pps=2000)
+            syn_recv = lab.syn_recv_count(lab.server_ns, PORT)
+            after = d.status()["counters"]
             times = lab.connect_times(5, PORT) + lab.connect_times(5, PORT, family=6)
             st = d.status()
             text = lab.run(lab.server_ns, [*SYNGUARD, "status", "--socket", d.socket], check=False,
                            timeout=30).stdout
         finally:
             d.stop()
+        released = _syncookies(lab)
+        # A daemon killed while holding: the next run (same control socket, so the same
+        # directory for the saved value) puts the operator's value back when it stops.
+        d = LabDaemon(lab, config.format(lab.server_client_if, lab.server_attacker_if, PORT))
+        try:
+            d.wait_ready(lambda s: s["tcp_syncookies_held"])
+            d.proc.kill()
+            d.proc.wait(10)
+            after_kill = (_syncookies(lab), (d.dir / "tcp_syncookies.saved").read_text().strip())
+            d2 = LabDaemon(lab, config.format(lab.server_client_if, lab.server_attacker_if, PORT),
+                           args=("--control-socket", d.socket))
+            d2.socket = d.socket
+            try:
+                held_again = d2.wait_ready(lambda s: len(s["interfaces"]) == 2)["tcp_syncookies_held"]
+            finally:
+                d2.stop()
+            after_restart = (_syncookies(lab), (d.dir / "tcp_syncookies.saved").exists())
+        finally:
+            d.stop()
     assert ev and ev["method"] == "kernel-cookie" and "SYNGUARD_COOKIE_METHOD" in ev["reason"], ev
+    assert "clients keep MSS only" in ev["msg"] and "tcp_timestamps=2" in ev["msg"], ev
     assert st["cookie_method"] == "kernel-cookie" and "SYNGUARD_COOKIE_METHOD" in st["cookie_method_reason"]
-    assert "cookies:     kernel-cookie" in text, text
+    assert st["tcp_syncookies_held"] and st["cookie_options"].startswith("MSS only"), st
+    assert "cookies:     kernel-cookie" in text and "clients keep: MSS only" in text, text
+    assert held == 2 and released == 1, (held, released)
+    assert res["sent"] == 3000, res
+    answered = after["challenge_sent"] - before["challenge_sent"]
+    passed = after["syn_passed"] - before["syn_passed"]
+    assert answered == 3000 and passed == 0 and syn_recv == 0, (answered, passed, syn_recv)
     assert all(t is not None and t * 1000 <= FIRST_CONTACT_MS for t in times), times
+    assert after_kill == (2, "1") and held_again and after_restart == (1, False), (after_kill, after_restart)
     assert st["counters"]["challenge_sent"] >= 10 and st["counters"]["ack_checked"] == 0, st["counters"]

@@ -76,10 +76,13 @@ def test_format_status():
 
 def test_format_status_names_the_cookie_method():
     kernel = view.format_status({**STATUS, "cookie_method": "kernel-cookie",
-                                 "cookie_method_reason": "this kernel has no bpf_sk_assign_tcp_reqsk() kfunc"})
-    assert ("|- cookies:     kernel-cookie: XDP answers with the kernel's cookie once the SYN queue is full, MSS "
-            "only (this kernel has no bpf_sk_assign_tcp_reqsk() kfunc)") in kernel
-    assert "answered in XDP, once its listener's SYN queue is full" in kernel
+                                 "cookie_method_reason": "this kernel has no bpf_sk_assign_tcp_reqsk() kfunc",
+                                 "cookie_options": "MSS only: no window scaling", "tcp_syncookies_held": True})
+    assert ("|- cookies:     kernel-cookie: XDP answers with the kernel's cookie (bpf_tcp_gen_syncookie), "
+            "tcp_syncookies=2 while protecting, one round trip (this kernel has no bpf_sk_assign_tcp_reqsk() "
+            "kfunc)") in kernel
+    assert "|- clients keep: MSS only: no window scaling; tcp_syncookies=2 held by synguard" in kernel
+    assert "answered in XDP, attack or not" in kernel
     kfunc = view.format_status({**STATUS, "cookie_method": "kfunc"})
     assert "|- cookies:     kfunc: XDP SYN-ACK + tc bpf_sk_assign_tcp_reqsk" in kfunc
     assert "unavailable on this kernel" in view.format_status(STATUS)
@@ -88,15 +91,17 @@ def test_format_status_names_the_cookie_method():
 def test_cookie_method_metric_has_every_label(registry, dp):
     from synguard.abi import CookieMethod
 
-    get = lambda m: registry.get_sample_value("synguard_cookie_method", {"method": m})  # noqa: E731
+    get = lambda m, why="": registry.get_sample_value("synguard_cookie_method",  # noqa: E731
+                                                      {"method": m, "reason": why})
     assert [get(m) for m in ("kfunc", "kernel-cookie", "none")] == [0.0, 0.0, 1.0]  # tc=False: none
     dp.set_cookie_method(CookieMethod.KERNEL_COOKIE)
+    dp.cookie_method_why = "forced"
     try:
-        assert [get(m) for m in ("kfunc", "kernel-cookie", "none")] == [0.0, 1.0, 0.0]
+        assert [get("kfunc"), get("kernel-cookie", "forced"), get("none")] == [0.0, 1.0, 0.0]
         assert dp.config()["method"] == CookieMethod.KERNEL_COOKIE
     finally:
         dp.set_cookie_method(CookieMethod.KFUNC_COOKIE)
-        dp.cookie_method = None  # the session's program stays as the other tests expect it
+        dp.cookie_method = dp.cookie_method_why = None  # the session's program stays as the other tests expect it
 
 
 def test_format_top():

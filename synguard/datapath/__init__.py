@@ -134,6 +134,8 @@ class DataPath:
         self.tc = None
         self.cookie_method: str | None = None  # CookieMethod label: "kfunc" | "kernel-cookie"
         self.cookie_method_reason: str | None = None  # why that one (the daemon logs it)
+        # ... as a label value: kfunc-available | no-kfunc | tc-refused | forced (None: not chosen)
+        self.cookie_method_why: str | None = None
         self.tc_unavailable: str | None = None  # why the kfunc method is not used
         self.tc_problem: str | None = None  # last attach's warning (tcp_syncookies=0), for the daemon
         if tc:
@@ -150,17 +152,30 @@ class DataPath:
         if forced not in ("auto", *CookieMethod.labels()):
             raise DataPathError(f"{COOKIE_METHOD_ENV}={forced!r}: use auto, {', '.join(CookieMethod.labels())}")
         if not tcmod.kernel_has_kfunc():
+            self.cookie_method_why = "no-kfunc"
             self.tc_unavailable = f"this kernel has no {tcmod.KFUNC}() kfunc (Linux >= 6.9 with BTF)"
             if forced == "kfunc":
                 raise DataPathError(f"{COOKIE_METHOD_ENV}=kfunc, but {self.tc_unavailable}")
         elif forced == "kernel-cookie":
+            self.cookie_method_why = "forced"
             self.tc_unavailable = f"{COOKIE_METHOD_ENV}=kernel-cookie (the kernel has {tcmod.KFUNC}())"
         else:
-            self.tc = tcmod.TcProgram({name: self.map(name).map_fd for name in tcmod.SHARED_MAPS})
-            self.set_cookie_method(CookieMethod.KFUNC_COOKIE)
-            self.cookie_method_reason = f"the kernel has {tcmod.KFUNC}()" + (
-                f" ({COOKIE_METHOD_ENV}=kfunc)" if forced == "kfunc" else "")
-            return
+            # The BTF says the kfunc exists; the load itself is the probe that it can be
+            # called from our tc program (a verifier or a libbpf that refuses it, a
+            # kernel built without it in the tc kfunc set): then the fallback.
+            try:
+                self.tc = tcmod.TcProgram({name: self.map(name).map_fd for name in tcmod.SHARED_MAPS})
+            except DataPathError as e:
+                if forced == "kfunc":
+                    raise
+                self.cookie_method_why = "tc-refused"
+                self.tc_unavailable = f"the kernel has {tcmod.KFUNC}() but refused the tc program ({e})"
+            else:
+                self.set_cookie_method(CookieMethod.KFUNC_COOKIE)
+                self.cookie_method_why = "forced" if forced == "kfunc" else "kfunc-available"
+                self.cookie_method_reason = f"the kernel has {tcmod.KFUNC}()" + (
+                    f" ({COOKIE_METHOD_ENV}=kfunc)" if forced == "kfunc" else "")
+                return
         self.set_cookie_method(CookieMethod.KERNEL_COOKIE)
         self.cookie_method_reason = self.tc_unavailable
 
@@ -334,7 +349,7 @@ class DataPath:
 
     def set_synack(self, mss4: int, mss6: int, wscale: int, tcp_opts: int) -> None:
         """What our SYN-ACK offers: MSS per family, our window scale, the SG_OPT_* the server accepts."""
-        if not (0 < mss4 < 65536 and 0 < mss6 < 65536 and 0 <= wscale <= 14 and 0 <= tcp_opts <= 0xF):
+        if not (0 < mss4 < 65536 and 0 < mss6 < 65536 and 0 <= wscale <= 14 and 0 <= tcp_opts <= 0x1F):
             raise ValueError(f"bad SYN-ACK settings: mss4={mss4} mss6={mss6} wscale={wscale} tcp_opts={tcp_opts:#x}")
         self._write_config(synack_mss4=mss4, synack_mss6=mss6, synack_wscale=wscale, tcp_opts=tcp_opts)
 
