@@ -61,15 +61,29 @@ def method_of(row: dict[str, str]) -> str:
     return row["method"].strip("`").split("`")[0].strip()
 
 
+TS2 = "with `tcp_timestamps=2`:"
+
+
 def options_bits(cell: str) -> int:
-    """tcpi_options bits of an "options a client keeps" cell ("MSS, timestamps, SACK")."""
-    words = [w.strip() for w in re.split(r",|\band\b", cell.split("(")[0]) if w.strip()]
+    """tcpi_options bits of an "options a client keeps" cell ("MSS, timestamps, SACK"),
+    at default sysctls: the part before any "; with `tcp_timestamps=2`: ..."."""
+    return _bits(cell.split(";")[0])
+
+
+def options_bits_ts2(cell: str) -> int:
+    """The same with net.ipv4.tcp_timestamps=2, for a client that sends timestamps (the
+    cell's "; with `tcp_timestamps=2`: ..." part; the default part if it has none)."""
+    return _bits(cell.split(TS2, 1)[1]) if TS2 in cell else options_bits(cell)
+
+
+def _bits(text: str) -> int:
+    words = [w.strip() for w in re.split(r",|\band\b", text.split("(")[0]) if w.strip()]
     bits = 0
     for w in words:
         if w == "MSS":
             continue
         if w not in OPTION_BITS:
-            raise ValueError(f"unknown option {w!r} in {cell!r} (known: MSS, {', '.join(OPTION_BITS)})")
+            raise ValueError(f"unknown option {w!r} in {text!r} (known: MSS, {', '.join(OPTION_BITS)})")
         bits |= OPTION_BITS[w]
     return bits
 
@@ -81,7 +95,7 @@ def _fmt_opts(bits) -> str:
     return "+".join("TS" if n == "timestamps" else "WS" if n == "window scaling" else n for n in names)
 
 
-TESTS = ("programs", "flood", "clients", "forged_acks_v4", "forged_acks_v6", "sigkill")
+TESTS = ("programs", "flood", "clients", "clients_ts2", "forged_acks_v4", "forged_acks_v6", "sigkill")
 PROGRAM_COLUMNS = ("xdp_synguard", "xdp_synguard_optscan", "xdp_synguard_kcookie", "tc:tc_synguard")
 
 

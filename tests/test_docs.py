@@ -156,5 +156,7 @@ def test_options_cell_parser_refuses_unknown_words():
 
     assert km.options_bits("MSS") == 0
     assert km.options_bits("MSS, timestamps, SACK, window scaling") == 7
+    assert km.options_bits_ts2("MSS; with `tcp_timestamps=2`: MSS, SACK (clients that send timestamps)") == 2
+    assert km.options_bits_ts2("MSS, SACK") == 2
     with pytest.raises(ValueError):
         km.options_bits("MSS, timestamp")
