@@ -233,7 +233,8 @@ def _rx_packets(lab, ns: str, ifname: str) -> int:
 # -- the run --------------------------------------------------------------------------
 
 def run(flood: int = 2_000_000, seconds: float = 8.0, connects: int = 40, quiet: float = QUIET_S,
-        mode: str = "auto", out=sys.stdout, keep_log: str | None = None, json_out: str | None = None) -> int:
+        mode: str = "auto", out=sys.stdout, keep_log: str | None = None, json_out: str | None = None,
+        start_timeout: float = 90.0) -> int:
     from synguard import view
     from synguard_lab.common import LabDaemon
     from synguard_lab.lab import SERVER_IP4, Lab
@@ -250,7 +251,7 @@ def run(flood: int = 2_000_000, seconds: float = 8.0, connects: int = 40, quiet:
         daemon = LabDaemon(lab, f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: {mode}\n"
                                 f"protect:\n  ports: [{PORT}]\n", args=("--interval", "1"))
         try:
-            st = daemon.wait_ready(pred=lambda s: len(s["interfaces"]) == 2)
+            st = daemon.wait_ready(pred=lambda s: len(s["interfaces"]) == 2, timeout=start_timeout)
         except (TimeoutError, RuntimeError) as e:
             print(f"synguard demo: the daemon did not start: {e}", file=sys.stderr)
             daemon.stop()
@@ -327,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flood", type=int, default=2_000_000, metavar="N", help="spoofed SYNs to send, at most (default 2000000)")
     p.add_argument("--seconds", type=float, default=8.0, help="flood duration bound (default 8)")
     p.add_argument("--connects", type=int, default=40, help="legit connects during the flood (default 40)")
+    p.add_argument("--start-timeout", type=float, default=90.0, metavar="S",
+                   help="seconds the daemon may take to start (BCC compiles; default 90; a TCG guest needs ~300)")
     p.add_argument("--quiet", type=float, default=QUIET_S, help=f"quiet baseline before the flood (default {QUIET_S:g})")
     p.add_argument("--mode", choices=("auto", "protect", "observe"), default="auto",
                    help="the daemon's mode (default auto; observe shows the flood reaching the kernel)")
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.flood <= 0 or a.seconds <= 0 or a.connects <= 0 or a.quiet < 0:
         p.error("--flood, --seconds and --connects must be positive")
     return run(flood=a.flood, seconds=a.seconds, connects=a.connects, quiet=a.quiet, mode=a.mode,
-               keep_log=a.keep_log, json_out=a.json)
+               start_timeout=a.start_timeout, keep_log=a.keep_log, json_out=a.json)
 
 
 if __name__ == "__main__":
