@@ -241,11 +241,16 @@ def test_spoofed_flood_answered_from_xdp_syn_queue_untouched(guarded):
     ns1 = lab.netstat(lab.server_ns)
     d = _delta(c0, c1)
     kernel = {k: _netstat_delta(ns0, ns1, "TcpExt", k)
-              for k in ("SyncookiesSent", "TCPReqQFullDoCookies", "TCPReqQFullDrop", "ListenOverflows", "ListenDrops")}
+              for k in ("SyncookiesSent", "TCPReqQFullDrop", "ListenOverflows", "ListenDrops")}
+    # bpf_tcp_gen_syncookie() (method kernel-cookie) counts each cookie it makes for XDP
+    # in TCPReqQFullDoCookies (tcp_syn_flood_action): the kernel's SYN path made none.
+    helper_cookies = _netstat_delta(ns0, ns1, "TcpExt", "TCPReqQFullDoCookies")
+    in_segs = _netstat_delta(ns0, ns1, "Tcp", "InSegs")
     RESULTS["flood"] = {"sent": res["sent"], "seconds": res["seconds"], "pps": res["pps"],
                         "syn_received": d.get("syn_received", 0), "challenge_sent": d.get("challenge_sent", 0),
                         "syn_passed": d.get("syn_passed", 0), "syn_queue_room": d.get("syn_queue_room", 0),
-                        "syn_recv_max": syn_recv_max, "kernel": kernel,
+                        "syn_recv_max": syn_recv_max, "kernel": kernel, "tcp_in_segs": in_segs,
+                        "TCPReqQFullDoCookies": helper_cookies,
                         "passive_opens": _netstat_delta(ns0, ns1, "Tcp", "PassiveOpens")}
     _save()
     print(f"\n{KVER}: flood {RESULTS['flood']}")
@@ -255,6 +260,11 @@ def test_spoofed_flood_answered_from_xdp_syn_queue_untouched(guarded):
     assert not d.get("syn_passed"), d
     assert syn_recv_max == 0, "the listener's SYN queue held spoofed SYNs"
     assert not any(kernel.values()), kernel
+    assert in_segs < 0.01 * res["sent"], in_segs   # the SYNs never reached TCP
+    if RESULTS["method"] == "kernel-cookie":
+        assert helper_cookies <= d.get("challenge_sent", 0), (helper_cookies, d)
+    else:
+        assert helper_cookies == 0, helper_cookies
     assert RESULTS["flood"]["passive_opens"] == 0
     _verdict("flood", "answered from XDP")
 
