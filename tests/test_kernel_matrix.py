@@ -326,6 +326,7 @@ def test_client_options_with_tcp_timestamps_2(guarded):
     sysctls again on SIGHUP): what the README's table says such a client keeps."""
     lab, matrix, daemon, ifaces = guarded
     if RESULTS.get("method") != "kernel-cookie":
+        _verdict("clients_ts2", f"not applicable (method {RESULTS.get('method')})")
         pytest.skip(f"method {RESULTS.get('method')}: tcp_timestamps=2 matters to the kernel-cookie method only")
     cell = kernelmatrix.row_for(kernelmatrix.supported_kernels(), KVER)["options a client keeps"]
     def reload(value: int) -> None:
