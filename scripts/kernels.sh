@@ -27,6 +27,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
 VNG_VERSION=1.42
 KCACHE="${SYNGUARD_KCACHE:-/var/tmp/synguard-kernels}"
 VENV="$KCACHE/vng-venv"
