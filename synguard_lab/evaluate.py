@@ -9,6 +9,11 @@ in a fresh three-namespace Lab (synguard/lab.py):
   ``--interval 1``) written to a file, control socket per lab;
 - a background legit client in the client ns connecting every LEGIT_INTERVAL
   seconds for the whole scenario (warm-up, traffic, clear), each connect timed;
+  it sends a request and counts only once the echo is back (the listener is
+  ``Lab.tcp_server(mode="reply")``: one echo, then the server closes first and
+  keeps the TIME_WAIT socket, like an HTTP/1.0 server). A scenario may narrow
+  the client's ephemeral port range (``client_ports``) so its ports come round
+  while the server still holds them in TIME_WAIT (issue 19 item 7);
 - the scenario's traffic: spoofed floods from the attacker ns (``Lab.flood_start``,
   bounded in packets and seconds; optionally paced or ramped), or a flash crowd
   of real clients completing handshakes: CROWD_ADDRESSES extra /32s on the
@@ -101,6 +106,7 @@ class Scenario:
     detection: dict = field(default_factory=dict)  # detection config overrides
     ttd_target: float | None = None  # max time to detect (s)
     before_end: bool = False  # must be detected before the traffic stops
+    client_ports: tuple[int, int] | None = None  # the legit client's ip_local_port_range (None: the default)
 
 
 SCENARIOS = [
@@ -111,6 +117,11 @@ SCENARIOS = [
     Scenario("flash crowd", "crowd", 10, 6),
     Scenario("slow ramp 500->50k SYN/s (exp)", "flood", 30, 12, "spoofed",
              {"seed": 14, "pps": 500, "ramp_to": 50_000, "ramp": "exp"}, before_end=True),
+    # Issue 19 item 7: the legit client's ports come round (64 of them, ~1.3 s per lap at 50
+    # connects/s) while the server still holds them in TIME_WAIT; a cookie answer to such a SYN
+    # lost the connection (the ACK met the TIME_WAIT socket: cookies_no_listener).
+    Scenario("ramp 200->12k SYN/s, client ports reused", "flood", 20, 10, "spoofed",
+             {"seed": 16, "pps": 200, "ramp_to": 12_000}, before_end=True, client_ports=(40000, 40063)),
     # Full run only: a long random-source flood, every source new. Checks that the class holds while the
     # detector's 10-minute source history (HyperLogLog) fills up.
     Scenario("long spoofed flood 50k SYN/s", "flood", 60, None, "spoofed", {"seed": 15, "pps": 50_000}),
@@ -136,7 +147,18 @@ while True:
     t0 = time.perf_counter()
     try:
         s.connect((host, port))
-        out.append((round(ts, 4), round(time.perf_counter() - t0, 6), 0))
+        dt = time.perf_counter() - t0
+        s.sendall(b"ping")  # a request; it counts only once its echo is back
+        got = b""
+        while len(got) < 4:
+            d = s.recv(4 - len(got))
+            if not d:
+                raise ConnectionResetError(104, "closed before the echo")
+            got += d
+        if got != b"ping":
+            raise OSError(74, "wrong echo")
+        s.recv(1)  # the server closes first (it keeps the TIME_WAIT, the client's port is free at once)
+        out.append((round(ts, 4), round(dt, 6), 0))
     except OSError as e:
         out.append((round(ts, 4), None, e.errno or -1))
     finally:
@@ -253,7 +275,10 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
         phases[name] = round(time.monotonic() - t_begin - sum(phases.values()), 2)
 
     with labmod.Lab("sgev") as lab:
-        lab.tcp_server(PORT, backlog=LISTEN_BACKLOG)
+        lab.tcp_server(PORT, backlog=LISTEN_BACKLOG, mode="reply")
+        if sc.client_ports is not None:
+            with lab.netns(lab.client_ns), open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+                f.write("%d %d" % sc.client_ports)
         addrs = lab.add_client_addresses(CROWD_ADDRESSES) if sc.traffic == "crowd" else []
         mark("lab")
         det = "".join(f"  {k}: {v}\n" for k, v in detection.items())
@@ -386,9 +411,13 @@ def analyse(sc: Scenario, res: dict) -> dict:
     res["legit_p99_during_ms"] = round(percentile(during, 0.99) * 1e3, 2) if during else None
     res["legit"] = None  # raw samples dropped from the result
 
+    # Valid cookie ACKs the tc program found no listener for (a TIME_WAIT 4-tuple): each one is a
+    # client that believed it was connected while the server had no connection.
+    res["cookies_no_listener"] = ((res.get("status_end") or {}).get("counters") or {}).get("cookie_no_listener")
     targets = []
     targets.append(("legit success 100%", bool(legit) and res["legit_failed"] == 0,
                     f"{res['legit_success_pct']}% of {len(legit)}"))
+    targets.append(("cookies_no_listener 0", not res["cookies_no_listener"], f"{res['cookies_no_listener']}"))
     if sc.expect is None:
         targets.append(("never an attack", not starts, f"{len(starts)} attack_start"))
     else:
@@ -532,7 +561,7 @@ def table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m synguard_lab.evaluate",
                                 description="Detection evaluation: the real daemon (auto mode) against lab traffic")
-    p.add_argument("--short", action="store_true", help="shorter scenarios (whole run <= 2 min)")
+    p.add_argument("--short", action="store_true", help="shorter scenarios (whole run <= 4 min)")
     p.add_argument("--only", action="append", default=None, metavar="TEXT",
                    help="only scenarios whose name contains TEXT (repeatable)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -542,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("evaluate: needs root (network namespaces, XDP)", file=sys.stderr)
         return 2
-    limit = a.timeout or (240 if a.short else 900)
+    limit = a.timeout or (480 if a.short else 1200)
 
     def boom(signum, frame):
         raise TimeoutError(f"evaluation exceeded its hard limit of {limit:.0f} s")
