@@ -6,7 +6,8 @@ builds a Tick from the data path's counters once per tick, calls
 Detector.update(tick) and logs the events it returns, then enforces
 Detector.mitigation().
 
-Per tick, with c = DetectionConfig and b = the baseline before this tick:
+Per tick, with c = DetectionConfig and b = the baseline before this tick (completed
+handshakes per second, see Baseline):
 
   rate  = syns / dt                                   (SYN/s, all ports)
   norm  = max(b, c.floor_pps)
@@ -14,6 +15,10 @@ Per tick, with c = DetectionConfig and b = the baseline before this tick:
                                                        beyond a 10 % allowance)
   x     = gap / norm                                   (normalised gap)
   gate  = rate >= max(c.floor_pps, c.baseline_multiple * b)          (volume gate)
+          or the evidence is saturated: S has sat at its cap with x >= SATURATED_X
+          for SATURATED_TICKS ticks in a row (a flood under the volume gate of a
+          busy site is reported late, never not at all); during an attack also
+          x >= SATURATED_X (it stays an attack while the evidence is that strong)
   fast  = tick.fast_trigger_ports, plus, when c.fast_trigger_pps > 0, every port
           with port_syns / dt >= c.fast_trigger_pps                  (hard ceiling)
 
@@ -40,12 +45,16 @@ Alarm (no attack active): (gate and x > c.cusum_drift and S > c.cusum_threshold)
   A slow ramp alarms soon after it crosses the floor if handshakes do not
   follow it (S grows by x - drift each tick, and x grows with the ramp).
 
-Baseline: b is an EWMA of the SYN rate, b += c.ewma_alpha * (rate - b), started
-  at c.floor_pps (a warm-up: the gate is then 3 x floor until b has learnt the
-  real rate). Updated only while no attack is active and on ticks that do not
-  look suspicious (x <= drift, no fast port): neither an attack nor the slow
-  ramp before its alarm can poison it, while a healthy rise in traffic (more
-  users, a flash crowd whose handshakes complete) is learnt.
+Baseline: b is an EWMA of the rate of COMPLETED handshakes, done = min(completions,
+  syns) / dt: b += c.ewma_alpha * (done - b). SYNs that never complete (a spoofed
+  flood, a trickle under the alarm level, scans of closed ports) cannot train it,
+  so neither a long trickle nor a flood raises the gate. Warm start: the first
+  learnt tick sets b (until then b = 0 and the gate is c.floor_pps), so a daemon
+  started during a flood (a restart, a reboot) alarms like one that saw it begin.
+  Updated only while no attack is active and on ticks that do not look suspicious
+  (x <= drift, no fast port), while a healthy rise in traffic (more users, a
+  flash crowd whose handshakes complete) is learnt. Known blind spot: a botnet
+  that completes its handshakes is a flash crowd here (x = 0).
 
 Attack start: the attack "started" at the beginning of the CUSUM excursion that
   led to the alarm (the start of the first tick since S was last 0; the classic
@@ -118,6 +127,8 @@ KINDS = ("spoofed", "single-source", "botnet")
 
 ALLOWANCE_NUM, ALLOWANCE_DEN = 9, 10  # a tick with completions >= 9/10 of its SYNs has no gap
 CUSUM_CAP = 4.0  # x cusum_threshold
+SATURATED_X = 1.0  # a tick feeds the saturation count when x >= this (unanswered SYN/s >= the normal handshake rate)
+SATURATED_TICKS = 10  # ... and S sits at its cap, this many ticks in a row: the volume gate opens
 PORT_SHARE = 0.10  # a port is attacked if it gets >= 10 % of the tick's excess SYN/s ...
 PORT_FLOOR_FRACTION = 0.10  # ... and >= floor_pps / 10 SYN/s over its own baseline
 PORT_BASELINE_DROP = 0.01  # a port baseline under this (SYN/s) is forgotten
@@ -189,7 +200,9 @@ class Detector:
 
     def __init__(self, cfg: DetectionConfig | None = None):
         self.cfg = cfg if cfg is not None else DetectionConfig()
-        self.baseline = float(self.cfg.floor_pps)
+        self.baseline = 0.0  # completed handshakes/s (nothing learnt yet: the gate is floor_pps)
+        self.baseline_ticks = 0  # ticks learnt
+        self._saturated = 0  # consecutive ticks with S at its cap and x >= SATURATED_X
         self.port_baseline: dict[int, float] = {}
         self.cusum = 0.0
         self.active: dict[str, Any] | None = None
@@ -229,6 +242,8 @@ class Detector:
         gap = max(0, ALLOWANCE_NUM * tick.syns - ALLOWANCE_DEN * tick.completions) / ALLOWANCE_DEN / tick.dt
         x = gap / norm
         gate = rate >= max(float(c.floor_pps), c.baseline_multiple * self.baseline)
+        if self.active is not None and x >= SATURATED_X:
+            gate = True  # an attack under the volume gate stays an attack while the evidence is this strong
         fast = set(tick.fast_trigger_ports)
         if c.fast_trigger_pps > 0:
             fast |= {p for p, n in tick.port_syns.items() if n / tick.dt >= c.fast_trigger_pps}
@@ -240,6 +255,10 @@ class Detector:
         else:
             s = max(0.0, prev + x - c.cusum_drift)
         self.cusum = min(s, CUSUM_CAP * c.cusum_threshold)
+        cap = CUSUM_CAP * c.cusum_threshold
+        self._saturated = self._saturated + 1 if self.cusum >= cap and x >= SATURATED_X else 0
+        if not gate and self._saturated >= SATURATED_TICKS:
+            gate = self.gate_open = True
 
         self._expire(tick.t)
         if self.active is None:
@@ -355,9 +374,12 @@ class Detector:
     # -- helpers ---------------------------------------------------------------------------
 
     def _learn(self, tick: Tick, rate: float) -> None:
-        """One EWMA step of the baseline and of every port's baseline."""
+        """One EWMA step of the baseline (completed handshakes/s; the first step sets it)
+        and of every port's baseline (SYN/s)."""
         alpha = self.cfg.ewma_alpha
-        self.baseline += alpha * (rate - self.baseline)
+        done = min(tick.completions, tick.syns) / tick.dt
+        self.baseline = done if self.baseline_ticks == 0 else self.baseline + alpha * (done - self.baseline)
+        self.baseline_ticks += 1
         pb = self.port_baseline
         for p in set(pb) | set(tick.port_syns):
             v = pb.get(p, 0.0)

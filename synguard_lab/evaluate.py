@@ -90,6 +90,7 @@ CROWD_PROCS = 2
 CROWD_TARGET_PPS = 3000
 CROWD_LOW_FLOOR = 500
 SETTLE_S = 2.0  # after non-attack traffic: ticks in which a late false alarm would show
+FLOOD_FIRST_S = 2.0  # flood_first: the flood runs this long before the daemon starts
 DAEMON_START_TIMEOUT = 90.0
 # Keys of the status document (synguard.status.document) kept in a result, beside the detection.
 STATUS_KEPT = ("protecting", "cookie_method", "counters", "kernel")
@@ -107,6 +108,9 @@ class Scenario:
     ttd_target: float | None = None  # max time to detect (s)
     before_end: bool = False  # must be detected before the traffic stops
     client_ports: tuple[int, int] | None = None  # the legit client's ip_local_port_range (None: the default)
+    flood_first: bool = False  # the flood starts FLOOD_FIRST_S before the daemon (a restart during an attack)
+    pre_flood: dict = field(default_factory=dict)  # a flood played before the scenario's own (not an attack)
+    pre_seconds: float = 0.0  # ... for this long (short run: half)
 
 
 SCENARIOS = [
@@ -122,6 +126,14 @@ SCENARIOS = [
     # lost the connection (the ACK met the TIME_WAIT socket: cookies_no_listener).
     Scenario("ramp 200->12k SYN/s, client ports reused", "flood", 20, 10, "spoofed",
              {"seed": 16, "pps": 200, "ramp_to": 12_000}, before_end=True, client_ports=(40000, 40063)),
+    # Issue 19 item 1: the flood is already running when the daemon starts (a restart, a reboot);
+    # before, the baseline started at the floor (gate 6,000 SYN/s) and 5,000 SYN/s were never reported.
+    Scenario("restart during a 5k SYN/s flood", "flood", 20, 12, "spoofed", {"seed": 17, "pps": 5000},
+             before_end=True, flood_first=True),
+    # Issue 19 item 2: a trickle under the alarm level (1,100 spoofed SYN/s) first; before, it was
+    # learnt as normal and the following 2,900 SYN/s flood was never reported.
+    Scenario("trickle 1.1k then 2.9k SYN/s", "flood", 16, 10, "spoofed", {"seed": 18, "pps": 2900},
+             before_end=True, pre_flood={"seed": 19, "pps": 1100}, pre_seconds=40),
     # Full run only: a long random-source flood, every source new. Checks that the class holds while the
     # detector's 10-minute source history (HyperLogLog) fills up.
     Scenario("long spoofed flood 50k SYN/s", "flood", 60, None, "spoofed", {"seed": 15, "pps": 50_000}),
@@ -262,6 +274,23 @@ def _flood_source(seed: int) -> str:
 # ---- one scenario ------------------------------------------------------------------------------
 
 
+def _flood_plan(flood: dict, seconds: float) -> tuple[int, dict]:
+    """(packet bound, Lab.flood_start keywords) of a flood of `seconds`."""
+    kw = dict(flood)
+    if "pps" in kw:
+        from synguard_lab.flood import schedule
+
+        count = int(schedule(kw["pps"], seconds, kw.get("ramp_to"), kw.get("ramp", "linear"))(seconds))
+        count += 256
+    elif kw.get("sources") is None:
+        count = int(FLOOD_MAX_PPS * seconds)
+    else:
+        count = int(FLOOD_MAX_PPS_REPEAT * seconds)
+    if kw.get("sources") is None:
+        kw["pool"] = count  # every frame its own source: never a repeat
+    return count, kw
+
+
 def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None = None) -> dict:
     """Play one scenario in a fresh lab; returns its measurements (see analyse())."""
     seconds = sc.short_seconds if short else sc.seconds
@@ -281,6 +310,11 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
                 f.write("%d %d" % sc.client_ports)
         addrs = lab.add_client_addresses(CROWD_ADDRESSES) if sc.traffic == "crowd" else []
         mark("lab")
+        early = None
+        if sc.flood_first:  # already running when the daemon starts
+            count, kw = _flood_plan(sc.flood, seconds)
+            early = lab.flood_start(count, seconds, dport=PORT, **kw)
+            time.sleep(FLOOD_FIRST_S)
         det = "".join(f"  {k}: {v}\n" for k, v in detection.items())
         d = LabDaemon(lab, f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: auto\n"
                            f"protect:\n  ports: [{PORT}]\n" + (f"detection:\n{det}" if det else ""),
@@ -291,9 +325,16 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
                 raise TimeoutError(f"daemon not ready within {DAEMON_START_TIMEOUT:.0f} s:\n{d.tail()}")
             mark("daemon start")
             legit = LegitClient(lab)
-            d.ticks_after(time.time(), WARMUP_TICKS)  # baseline ticks with the legit client only
+            if early is None:
+                d.ticks_after(time.time(), WARMUP_TICKS)  # baseline ticks with the legit client only
             mark("warm-up")
             mid_status = None
+            if sc.pre_flood:  # e.g. a trickle under the alarm level: must not alarm, must not blind
+                pre_s = sc.pre_seconds / 2 if short else sc.pre_seconds
+                count, kw = _flood_plan(sc.pre_flood, pre_s)
+                pre = lab.flood(count, pre_s, dport=PORT, **kw)
+                res["pre_traffic"] = {"params": kw, **{k: pre[k] for k in ("sent", "pps", "seconds")}}
+                mark("pre-flood")
             if sc.traffic == "quiet":
                 t0 = time.time()
                 time.sleep(seconds)
@@ -306,20 +347,9 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
                 t0, t1 = c["started_at"], c["ended_at"]
                 res["traffic"] = {"kind": f"{len(addrs)} real clients, {CROWD_PROCS} procs", **c}
             else:
-                kw = dict(sc.flood)
-                if "pps" in kw:
-                    from synguard_lab.flood import schedule
-
-                    count = int(schedule(kw["pps"], seconds, kw.get("ramp_to"), kw.get("ramp", "linear"))(seconds))
-                    count += 256
-                elif kw.get("sources") is None:
-                    count = int(FLOOD_MAX_PPS * seconds)
-                else:
-                    count = int(FLOOD_MAX_PPS_REPEAT * seconds)
-                if kw.get("sources") is None:
-                    kw["pool"] = count  # every frame its own source: never a repeat
-                p = lab.flood_start(count, seconds, dport=PORT, **kw)
-                t_launch = time.time()
+                count, kw = _flood_plan(sc.flood, seconds)
+                p = early or lab.flood_start(count, seconds, dport=PORT, **kw)
+                t_launch = time.time() if early is None else 0.0
                 # Status while the mitigation is in force, if the attack is seen before the flood ends.
                 while p.poll() is None:
                     if d.wait_event(lambda e: e.get("event") == "attack_start" and e["ts"] > t_launch, 0.5,
@@ -429,7 +459,7 @@ def analyse(sc: Scenario, res: dict) -> dict:
             targets.append((f"detected <= {sc.ttd_target:g} s", res["detected"]
                             and res["time_to_detect_s"] <= sc.ttd_target, f"{res['time_to_detect_s']}"))
         if sc.before_end:
-            targets.append(("detected before the ramp ends", bool(res.get("detected_before_stop")), ""))
+            targets.append(("detected before the flood ends", bool(res.get("detected_before_stop")), ""))
         if sc.expect == "single-source":
             src = res.get("flood_source")
             denied = []

@@ -411,11 +411,63 @@ def test_tick_validation():
         det.update(tk(4))
 
 
-def test_baseline_starts_at_the_floor_and_learns_quiet_traffic():
+def test_baseline_starts_from_the_first_quiet_tick_and_learns_quiet_traffic():
     det = Detector()
-    assert det.baseline == CFG.floor_pps and det.cusum == 0 and det.active is None
+    assert det.baseline == 0 and det.cusum == 0 and det.active is None  # gate: floor_pps
+    det.update(tk(1, 50, 48))
+    assert det.baseline == 48  # warm start: the first learnt tick sets it
     warm(det, 200)
     assert 45 < det.baseline < 60 and det.distinct_last == 50
+
+
+def test_restart_during_a_flood_is_reported():
+    """Issue 19 item 1: a 5,000 SYN/s spoofed flood already running when the daemon starts
+    (a restart during an attack). Before: baseline at the floor, gate 6,000 SYN/s, never
+    reported. The baseline counts completed handshakes only, so the gate is the floor."""
+    det = Detector()
+    ev = feed(det, [tk(t, 5020, 20, distinct=5000) for t in range(1, 21)])
+    starts = [e for e in ev if e["event"] == "attack_start"]
+    assert len(starts) == 1 and starts[0]["attack"]["detected_after_ticks"] <= 2, ev
+    assert det.active is not None and det.baseline == 0  # nothing learnt from the flood
+
+
+def test_trickle_does_not_train_the_gate():
+    """Issue 19 item 2: 1,100 spoofed SYN/s that never complete stay under the alarm level
+    (x < drift) for two minutes; before, they were learnt as normal (gate 3 x 1,100) and a
+    following 2,900 SYN/s flood, 145 x the real 20 connects/s, was never reported."""
+    det = Detector()
+    assert feed(det, [tk(t, 20, 20) for t in range(1, 61)]) == []
+    assert feed(det, [tk(t, 1120, 20, distinct=1100) for t in range(61, 181)]) == []
+    assert det.baseline < 25
+    ev = feed(det, [tk(t, 2920, 20, distinct=2900) for t in range(181, 201)])
+    starts = [e for e in ev if e["event"] == "attack_start"]
+    assert len(starts) == 1 and starts[0]["attack"]["kind"] == "spoofed", ev
+
+
+def test_saturated_evidence_opens_the_gate_on_a_busy_site():
+    """A busy site (5,000 handshakes/s) under an 8,000 SYN/s spoofed flood: 13,000 SYN/s stays
+    under the volume gate (3 x 5,000), but 8,000 unanswered SYN/s (x = 1.36 >= SATURATED_X) keep S at its cap:
+    after SATURATED_TICKS such ticks it is an attack, protected while it lasts, ended after."""
+    from synguard.detect import SATURATED_TICKS
+
+    det = Detector()
+    assert feed(det, [tk(t, 5000, 4950) for t in range(1, 121)]) == []
+    ev = feed(det, [tk(t, 13_000, 4950, distinct=8000) for t in range(121, 241)])
+    starts = [e for e in ev if e["event"] == "attack_start"]
+    assert len(starts) == 1 and [e for e in ev if e["event"] == "attack_end"] == [], ev
+    t0 = 120 + starts[0]["attack"]["detected_after_ticks"]
+    assert starts[0]["attack"]["detected_after_ticks"] <= 14 + SATURATED_TICKS
+    assert det.mitigation()["protect_ports"] == {80}  # still protected at the flood's last tick
+    ev = feed(det, [tk(t, 5000, 4950) for t in range(241, 261)])
+    assert [e["event"] for e in ev] == ["attack_end"] and t0 < 240
+
+
+def test_a_long_server_stall_is_not_an_attack():
+    """The server stops answering for two minutes (30 % of SYNs complete, clients keep their
+    normal rate): x stays under SATURATED_X, the gate stays closed."""
+    det = Detector()
+    assert feed(det, [tk(t, 20_000, 19_400) for t in range(1, 121)]) == []
+    assert feed(det, [tk(t, 20_000, 6000) for t in range(121, 241)]) == []
 
 
 def test_initial_gate_is_conservative_but_a_flood_is_still_caught_at_startup():

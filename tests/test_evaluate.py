@@ -128,7 +128,27 @@ def test_slow_ramp_detected_before_it_ends_as_spoofed(results):
 
 
 @evaluation
-@pytest.mark.parametrize("prefix", ["quiet", "spoofed", "single", "300", "flash", "slow ramp", "ramp 200"])
+def test_flood_running_before_the_daemon_starts_is_reported(results):
+    """Issue 19 item 1: on 2c83b26 a 5,000 SYN/s flood already running at start was never
+    reported (baseline at the floor, gate 6,000 SYN/s)."""
+    r = scenario(results, "restart during")
+    assert r["detected"] and r["detected_before_stop"], events(r)
+    assert r["kinds_seen"] == ["spoofed"] and r["false_alarms"] == 0, events(r)
+    assert r["detected_after_ticks"] <= 3, events(r)  # ticks since the daemon's first
+
+
+@evaluation
+def test_trickle_does_not_blind_the_detector(results):
+    """Issue 19 item 2: on 2c83b26 a 1,100 SYN/s trickle was learnt as normal and the
+    following 2,900 SYN/s flood never reported. The trickle itself is no attack."""
+    r = scenario(results, "trickle")
+    assert r["detected"] and r["detected_before_stop"], events(r)
+    assert r["kinds_seen"] == ["spoofed"] and r["false_alarms"] == 0, events(r)
+
+
+@evaluation
+@pytest.mark.parametrize("prefix", ["quiet", "spoofed", "single", "300", "flash", "slow ramp", "ramp 200",
+                                    "restart during", "trickle"])
 @needs_tc
 def test_legit_clients_all_connect(results, prefix):
     """Every legit client connects, sends its request and reads the echo."""
