@@ -64,12 +64,20 @@ Attack start: the attack "started" at the beginning of the CUSUM excursion that
   stretches seconds, not ticks).
 
 Classification (at the start, then on each active tick with gate open and
-  x > drift, or a fast port; a change needs 2 consecutive ticks agreeing):
-  - "spoofed": distinct / syns >= c.spoofed_distinct_ratio and
-    new_sources / distinct >= c.spoofed_new_ratio (random source addresses);
-  - "single-source": top source's estimated SYNs / syns >= c.single_source_share,
-    or distinct <= 2;
-  - otherwise "botnet": real, repeating sources that do not complete handshakes.
+  x > drift, or a fast port; a change needs 2 consecutive ticks agreeing), on the
+  tick's UNANSWERED SYNs, u = syns - completions (a busy neighbour port's real
+  clients must not change the kind), decided by what the mitigation can do:
+  - "single-source": the top source's estimated SYNs / u >= c.single_source_share,
+    or distinct <= 2: the source itself is denied (XDP drops its SYNs). The
+    daemon leaves sources that completed handshakes out of top_sources, and
+    re-reads the heavy hitters on the first tick over the floor, so this is
+    known at the alarm tick;
+  - "spoofed": too many sources to name: new_sources >= BLOCKABLE_SOURCES in the
+    tick (a random flood, or a pool of thousands of addresses), or
+    distinct / u >= c.spoofed_distinct_ratio and new_sources / distinct >=
+    c.spoofed_new_ratio. Blocking by address is pointless: cookies answer it;
+  - otherwise "botnet": fewer than BLOCKABLE_SOURCES repeating sources that do
+    not complete handshakes; sources_sample is worth blocking upstream.
 
 Ports attacked: each watched port has its own baseline (an EWMA of its SYN
   rate, updated on the same ticks as b, from 0). A port is attacked when its
@@ -91,7 +99,8 @@ Events (Detector.update's return value), JSON-ready:
      "id": int (1, 2, ...), "kind": str, "ports": [sorted ints],
      "started": t, "detected_after_s": s, "detected_after_ticks": n, "peak_pps": max SYN/s over the attack's ticks,
      "syns": SYNs of the excursion and of the attack's ticks,
-     "sources_sample": up to 5 heaviest sources of the last attack tick,
+     "sources_sample": up to 5 heaviest sources of the last attack tick (sources_sample():
+                       none for "spoofed"; those with >= 10 % of the heaviest one's SYNs),
      "ended": t or None, "duration_s": ended (or last tick) - started}}
   attack_update only when the kind or the ports change or the peak reaches
   1.5 x the peak last reported.
@@ -135,7 +144,9 @@ PORT_BASELINE_DROP = 0.01  # a port baseline under this (SYN/s) is forgotten
 KIND_CONFIRM_TICKS = 2  # consecutive ticks that must agree to change an attack's kind
 PEAK_UPDATE_GROWTH = 1.5  # attack_update when the peak reaches 1.5 x the last reported peak
 SOURCES_SAMPLE = 5
+SAMPLE_REL = 0.1  # sources_sample: a source with >= this share of the heaviest source's SYNs
 FEW_SOURCES = 2.5  # distinct < this: at most two sources (HLL estimates 2 sources as ~2.002)
+BLOCKABLE_SOURCES = 1000  # new sources in one tick from this many on: too many to name and block: "spoofed"
 
 
 @dataclass(frozen=True)
@@ -177,18 +188,30 @@ class Tick:
 
 
 def classify(tick: Tick, cfg: DetectionConfig) -> str:
-    """The kind of attack this tick's sources look like (see the module docstring)."""
-    syns = tick.syns
-    if syns <= 0:
+    """The kind of attack this tick's UNANSWERED SYNs look like (see the module docstring)."""
+    unanswered = tick.syns - min(tick.completions, tick.syns)
+    if unanswered <= 0:
         return "botnet"
     distinct = tick.distinct
-    if distinct / syns >= cfg.spoofed_distinct_ratio and distinct > 0 \
-            and tick.new_sources / distinct >= cfg.spoofed_new_ratio:
-        return "spoofed"
     top = tick.top_sources[0][1] if tick.top_sources else 0
-    if top / syns >= cfg.single_source_share or distinct < FEW_SOURCES:
+    if top / unanswered >= cfg.single_source_share or distinct < FEW_SOURCES:
         return "single-source"
+    if tick.new_sources >= BLOCKABLE_SOURCES or (
+            distinct / unanswered >= cfg.spoofed_distinct_ratio and distinct > 0
+            and tick.new_sources / distinct >= cfg.spoofed_new_ratio):
+        return "spoofed"
     return "botnet"
+
+
+def sources_sample(tick: Tick, kind: str) -> list[str]:
+    """The sources worth naming for an attack of `kind`: none for "spoofed" (forged or too
+    many to block: an address there would point the operator at a bystander), else up to
+    SOURCES_SAMPLE heaviest sources sending at least SAMPLE_REL of the heaviest one's SYNs
+    (a real client among a single source's SYNs is not named)."""
+    if kind == "spoofed" or not tick.top_sources:
+        return []
+    top = tick.top_sources[0][1]
+    return [a for a, n in tick.top_sources[:SOURCES_SAMPLE] if n >= SAMPLE_REL * top]
 
 
 def _round(x: float, nd: int) -> float:
@@ -295,7 +318,7 @@ class Detector:
             "detected_after_ticks": ticks,
             "peak_pps": _round(peak, 1),
             "syns": syns,
-            "sources_sample": [a for a, _ in tick.top_sources[:SOURCES_SAMPLE]],
+            "sources_sample": sources_sample(tick, kind),
             "ended": None,
             "duration_s": _round(tick.t - started, 3),
         }
@@ -331,8 +354,6 @@ class Detector:
             a["ports"] = sorted(ports)
             changed = True
         if x > c.cusum_drift or fast:
-            if tick.top_sources:
-                a["sources_sample"] = [s for s, _ in tick.top_sources[:SOURCES_SAMPLE]]
             kind = classify(tick, c)
             if kind == a["kind"]:
                 self._pending_kind, self._pending_n = None, 0
@@ -343,6 +364,8 @@ class Detector:
                     a["kind"] = kind
                     self._pending_kind, self._pending_n = None, 0
                     changed = True
+            if tick.top_sources:
+                a["sources_sample"] = sources_sample(tick, a["kind"])
             if a["kind"] == "single-source" and kind == "single-source":
                 self._deny(tick)
         if peak > self._reported_peak and peak >= PEAK_UPDATE_GROWTH * self._reported_peak:

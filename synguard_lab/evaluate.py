@@ -111,6 +111,7 @@ class Scenario:
     flood_first: bool = False  # the flood starts FLOOD_FIRST_S before the daemon (a restart during an attack)
     pre_flood: dict = field(default_factory=dict)  # a flood played before the scenario's own (not an attack)
     pre_seconds: float = 0.0  # ... for this long (short run: half)
+    busy_port: int | None = None  # a crowd of real clients on this port (a second listener) during the flood
 
 
 SCENARIOS = [
@@ -134,6 +135,15 @@ SCENARIOS = [
     # learnt as normal and the following 2,900 SYN/s flood was never reported.
     Scenario("trickle 1.1k then 2.9k SYN/s", "flood", 16, 10, "spoofed", {"seed": 18, "pps": 2900},
              before_end=True, pre_flood={"seed": 19, "pps": 1100}, pre_seconds=40),
+    # Issue 19 item 3: a random-source flood next to a busy port (a crowd of 200 real clients on
+    # PORT + 1); before, the real clients' SYNs made it a botnet and sources_sample named them.
+    Scenario("spoofed 10k SYN/s next to a busy port", "flood", 8, 6, "spoofed", {"seed": 20, "pps": 10_000},
+             busy_port=PORT + 1),
+    # Issue 19 item 3: a pool of 4,096 spoofed addresses (each repeats ~5 times a second).
+    Scenario("4k-address pool 20k SYN/s", "flood", 8, 6, "spoofed", {"seed": 21, "pps": 20_000, "pool": 4096}),
+    # Issue 19 item 4: one source while real clients (the crowd) use the same port.
+    Scenario("single source among real clients", "flood", 8, 6, "single-source",
+             {"seed": 22, "sources": 1, "pps": 30_000}, busy_port=PORT),
     # Full run only: a long random-source flood, every source new. Checks that the class holds while the
     # detector's 10-minute source history (HyperLogLog) fills up.
     Scenario("long spoofed flood 50k SYN/s", "flood", 60, None, "spoofed", {"seed": 15, "pps": 50_000}),
@@ -239,13 +249,20 @@ class LegitClient:
         return [tuple(r) for r in json.loads(out.strip().splitlines()[-1])]
 
 
-def crowd(lab, addrs: list[str], seconds: float, procs: int = CROWD_PROCS) -> dict:
+def crowd(lab, addrs: list[str], seconds: float, procs: int = CROWD_PROCS, port: int = PORT) -> dict:
     """Real clients from `addrs`, `procs` processes connecting back to back."""
+    return crowd_result(lab, crowd_start(lab, addrs, seconds, procs, port), seconds)
+
+
+def crowd_start(lab, addrs: list[str], seconds: float, procs: int = CROWD_PROCS, port: int = PORT) -> list:
     start_at = time.time() + 0.5
-    ps = [lab.popen(lab.client_ns, [sys.executable, "-c", _CROWD_CODE, labmod.SERVER_IP4, str(PORT), str(seconds),
-                                    "3", str(start_at), ",".join(addrs[k::procs])],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for k in range(procs)]
+    return [lab.popen(lab.client_ns, [sys.executable, "-c", _CROWD_CODE, labmod.SERVER_IP4, str(port), str(seconds),
+                                      "3", str(start_at), ",".join(addrs[k::procs])],
+                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for k in range(procs)]
+
+
+def crowd_result(lab, ps: list, seconds: float) -> dict:
     rs = []
     for p in ps:
         out, err = p.communicate(timeout=seconds + 30)
@@ -286,7 +303,7 @@ def _flood_plan(flood: dict, seconds: float) -> tuple[int, dict]:
         count = int(FLOOD_MAX_PPS * seconds)
     else:
         count = int(FLOOD_MAX_PPS_REPEAT * seconds)
-    if kw.get("sources") is None:
+    if kw.get("sources") is None and "pool" not in kw:
         kw["pool"] = count  # every frame its own source: never a repeat
     return count, kw
 
@@ -308,7 +325,10 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
         if sc.client_ports is not None:
             with lab.netns(lab.client_ns), open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
                 f.write("%d %d" % sc.client_ports)
-        addrs = lab.add_client_addresses(CROWD_ADDRESSES) if sc.traffic == "crowd" else []
+        addrs = lab.add_client_addresses(CROWD_ADDRESSES) if sc.traffic == "crowd" or sc.busy_port else []
+        res["crowd_addresses"] = addrs
+        if sc.busy_port is not None and sc.busy_port != PORT:
+            lab.tcp_server(sc.busy_port, backlog=LISTEN_BACKLOG, mode="reply")
         mark("lab")
         early = None
         if sc.flood_first:  # already running when the daemon starts
@@ -348,6 +368,10 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
                 res["traffic"] = {"kind": f"{len(addrs)} real clients, {CROWD_PROCS} procs", **c}
             else:
                 count, kw = _flood_plan(sc.flood, seconds)
+                busy = None
+                if sc.busy_port is not None:  # real clients on a busy port next to the flood
+                    busy = crowd_start(lab, addrs, seconds + 2, port=sc.busy_port)
+                    time.sleep(1.5)  # the crowd runs (and is learnt) before the flood
                 p = early or lab.flood_start(count, seconds, dport=PORT, **kw)
                 t_launch = time.time() if early is None else 0.0
                 # Status while the mitigation is in force, if the attack is seen before the flood ends.
@@ -357,6 +381,8 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
                         mid_status = d.status()
                         break
                 f = lab.flood_result(p, timeout=seconds + 60)
+                if busy is not None:
+                    res["busy"] = crowd_result(lab, busy, seconds + 2)
                 t0, t1 = f["started_at"], f["ended_at"]
                 res["traffic"] = {"kind": "spoofed SYN flood", "params": kw,
                                   **{k: f[k] for k in ("sent", "pps", "seconds", "errors", "build_seconds")}}
@@ -471,6 +497,16 @@ def analyse(sc: Scenario, res: dict) -> dict:
             res["syn_dropped_deny"] = dropped
             targets.append(("source denied", src in denied and dropped > 0, f"{src} in {sorted(set(denied))}, "
                                                                             f"{dropped} SYNs dropped"))
+    if res.get("busy") is not None:
+        b = res["busy"]
+        targets.append(("busy port's clients all connect", b["ok"] > 0 and b["fail"] == 0,
+                        f"{b['ok']} ok, {b['fail']} failed, {b['pps']} conn/s"))
+    if sc.expect is not None:
+        named = sorted({a for e in res["attack_events"] for a in (e.get("sources_sample") or [])})
+        real = set(res.get("crowd_addresses") or []) | {labmod.CLIENT_IP4}
+        res["real_clients_named"] = sorted(real & set(named))
+        targets.append(("sources_sample names no real client", not res["real_clients_named"],
+                        ", ".join(res["real_clients_named"][:5])))
     if res.get("daemon_exit") not in (0, None):
         targets.append(("daemon exits 0", False, f"exit {res['daemon_exit']}"))
     res["targets"] = [{"target": n, "met": bool(m), "detail": d} for n, m, d in targets]

@@ -147,8 +147,30 @@ def test_trickle_does_not_blind_the_detector(results):
 
 
 @evaluation
+@pytest.mark.parametrize("prefix", ["spoofed 10k SYN/s next to a busy port", "4k-address pool"])
+def test_random_and_pooled_floods_are_spoofed_and_name_no_real_client(results, prefix):
+    """Issue 19 item 3: on 2c83b26 both were "botnet" and sources_sample named real clients."""
+    r = scenario(results, prefix)
+    assert r["detected"] and r["kinds_seen"] == ["spoofed"] and r["false_alarms"] == 0, events(r)
+    assert r["real_clients_named"] == [], events(r)
+    if r.get("busy") is not None:
+        assert r["busy"]["fail"] == 0 and r["busy"]["ok"] > 0, r["busy"]
+
+
+@evaluation
+def test_single_source_among_real_clients_known_at_the_first_tick(results):
+    """Issue 19 item 4: on 2c83b26 it was "botnet" for its first ticks (the heavy hitters were
+    chosen from the crowd before the flood), nobody was denied, real clients were named."""
+    r = scenario(results, "single source among real clients")
+    assert r["detected"] and r["kinds_seen"] == ["single-source"], events(r)
+    assert r["syn_dropped_deny"] > 0 and r["real_clients_named"] == [], events(r)
+    assert r["busy"]["fail"] == 0, r["busy"]
+
+
+@evaluation
 @pytest.mark.parametrize("prefix", ["quiet", "spoofed", "single", "300", "flash", "slow ramp", "ramp 200",
-                                    "restart during", "trickle"])
+                                    "restart during", "trickle", "spoofed 10k", "4k-address",
+                                    "single source among"])
 @needs_tc
 def test_legit_clients_all_connect(results, prefix):
     """Every legit client connects, sends its request and reads the echo."""
