@@ -686,13 +686,15 @@ static __always_inline struct bpf_sock *syn_sk_lookup(struct xdp_md *ctx, const 
 	return bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 }
 
-/* 1 when the kernel already holds this SYN's 4-tuple: a TIME_WAIT socket (the
- * server closed first and the client's port came round again), a connection, or a
- * request socket the kernel made before the port was armed. Such a SYN is the
- * kernel's: it reuses a TIME_WAIT socket for a newer SYN, re-answers its own
- * request. Answered with our cookie instead, the client's ACK would meet the
- * TIME_WAIT socket (the tc program's bpf_sk_lookup_tcp() finds no listener for a
- * TIME_WAIT 4-tuple): the client believes it is connected and its data is lost. */
+/* 1 when the kernel already holds this SYN's 4-tuple in a TIME_WAIT socket (the
+ * server closed first and the client's port came round again) or a connection.
+ * Such a SYN is the kernel's: it reuses a TIME_WAIT socket for a newer SYN.
+ * Answered with our cookie instead, the client's ACK would meet the TIME_WAIT
+ * socket (the tc program's bpf_sk_lookup_tcp() finds no listener for a TIME_WAIT
+ * 4-tuple): the client believes it is connected and its data is lost.
+ * A request socket (a SYN the kernel took before the port was armed) is not
+ * "held": a cookie ACK for its 4-tuple still finds the listener, and a flood that
+ * repeats its 4-tuples would otherwise reach the kernel through its SYN queue. */
 static __always_inline int syn_tuple_held(struct xdp_md *ctx, const struct sg_syn *syn)
 {
 	struct bpf_sock *sk = syn_sk_lookup(ctx, syn);
@@ -700,7 +702,7 @@ static __always_inline int syn_tuple_held(struct xdp_md *ctx, const struct sg_sy
 
 	if (!sk)
 		return 0;
-	held = sk->state != BPF_TCP_LISTEN;
+	held = sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_NEW_SYN_RECV;
 	bpf_sk_release(sk);
 	return held;
 }
