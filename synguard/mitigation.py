@@ -47,7 +47,7 @@ class Mitigation:
         self._armed: dict[int, int] = {}  # port -> wall-clock second it stays armed until
         self._top_at = 0.0
         self._hh: dict[str, int] = {}  # heavy-hitter source -> its sampled SYN count last tick
-        self._snap: dict[str, int] = {}  # every source of the last full read -> its count then
+        self._snap: dict[str, int] = {}  # the sources of the last full read -> their counts then
         self._loud = False  # the previous tick was over the floor (top sources were read)
         self._gappy = False  # ... and had a gap between SYNs and handshakes
         self._peers: dict[str, float] = {}  # address that completed a handshake -> when last seen (mono)
@@ -104,12 +104,12 @@ class Mitigation:
         the last tick.
 
         A full read of the per-source map costs ~0.1 s when it is full, so the
-        heavy hitters are re-chosen from a full read at most every 5 s, and on the
-        first tick over the floor (the alarm tick: a source that began flooding in
-        it is a heavy hitter at once) and on the first tick with a gap between SYNs
-        and handshakes (`fresh`: a real crowd may have made the ticks loud before); every tick, only those few entries are looked
-        up and their growth since the previous tick is reported (so shares compare
-        with this tick's SYNs). A source chosen in a full read grows from its count
+        heavy hitters are re-chosen from a full read at most every 5 s, on the first
+        tick over the floor, and on the first tick with a gap between SYNs and
+        handshakes (`fresh`: a real crowd may have made the ticks loud before), so a
+        source that began flooding in the alarm tick is a heavy hitter at once;
+        every tick, only those few entries are looked up and their growth since the
+        previous tick is reported (so shares compare with this tick's SYNs). A source chosen in a full read grows from its count
         in the previous full read (0 if it was not there: all its SYNs are recent).
         Sources that completed handshakes (kernel.peers) are left out: the tick's
         kind and sources_sample speak of the unanswered SYNs only."""
