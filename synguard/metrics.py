@@ -112,7 +112,7 @@ class SynguardCollector(Collector):
         g = GaugeMetricFamily("synguard_detector_cusum", "NP-CUSUM statistic on the SYN-vs-handshake gap.")
         g.add_metric([], det.cusum if det else 0.0)
         yield g
-        g = GaugeMetricFamily("synguard_detector_baseline_syn_rate", "Learnt normal SYN rate (EWMA), SYN/s.")
+        g = GaugeMetricFamily("synguard_detector_baseline_syn_rate", "Learnt normal rate of completed handshakes (EWMA, frozen during attacks), per second.")
         g.add_metric([], det.baseline if det else 0.0)
         yield g
 
