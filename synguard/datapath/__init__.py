@@ -72,7 +72,7 @@ class DataPath:
         cookie_method is None (tests, benchmarks: set_cookie_method() picks the XDP path).
         BCC compiles and loads in a short-lived child (datapath/loader.py): this process
         keeps only fds, never BCC's compiler."""
-        from synguard.datapath import loader  # not at import: `python -m synguard.datapath.loader`
+        from synguard.datapath import loader  # not at import: the loader child imports this package
 
         check_privileges()
         check_kernel_headers()
