@@ -152,3 +152,102 @@ def test_loader_child_runs_no_code_from_the_working_directory(lab, world):  # no
     assert not marker.exists(), f"planted code ran as uid {marker.read_text()}"
     assert running is not None and running[1] == "xdp_synguard", d.text()
     assert code_ == 0, d.text()
+
+
+# ---- item 4: a daemon killed with SIGKILL leaves a program that still answers every SYN ----
+
+
+def keeper_pids(prog_id: int) -> list[int]:
+    """Processes holding a dead daemon's tail-call table for program prog_id."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (d / "cmdline").read_bytes().split(b"\0")
+                if b"synguard.datapath.keeper" in argv and str(prog_id).encode() in argv:
+                    out.append(int(d.name))
+    return out
+
+
+@needs_tc
+@hard_timeout(300)
+@pytest.mark.parametrize("pins", ["bpffs", "none"])
+@pytest.mark.parametrize("method", ["kfunc", "kernel-cookie"])
+def test_sigkill_never_fails_open_for_any_syn_layout(lab, world, bpffs0700, method, pins):  # noqa: F811
+    """SIGKILL, then spoofed SYNs of every option layout: none reaches the server's TCP stack
+    (each is answered in XDP), with the tail-call table pinned on a bpffs or, where there is
+    no bpffs (`ip netns exec` hides /sys/fs/bpf), held by the keeper; a restarted daemon
+    replaces the orphan and the keeper goes."""
+    from synguard.datapath import tc as tcmod
+
+    if method == "kfunc" and not tcmod.kernel_has_kfunc():
+        pytest.skip("the kfunc method needs bpf_sk_assign_tcp_reqsk()")
+    env = {"SYNGUARD_COOKIE_METHOD": method}
+    if method == "kernel-cookie":
+        # The kernel makes a cookie for XDP to send only once the listener's queue is full,
+        # or for every SYN with tcp_syncookies=2 (README "kernel-cookie method"): every SYN
+        # is then XDP's to answer, and one that reaches the stack is one the tail call missed.
+        lab._sysctls(lab.server_ns, {"net/ipv4/tcp_syncookies": 2})
+    if pins == "bpffs":
+        env["SYNGUARD_PIN_DIR"] = str(bpffs0700 / "synguard")
+    lab.tcp_server(8080)
+    args = ("-i", lab.server_client_if, "-i", lab.server_attacker_if, "--mode", "protect", "--ports", "8080")
+    a = Daemon(lab, world, *args, env=env)
+    try:
+        a.wait("mode protect")
+        assert layouts_reaching_kernel(lab, 8080) == dict.fromkeys(LAYOUTS, 0)
+        orphan = attached(lab, lab.server_attacker_if)[0]
+    finally:
+        a.stop(signal.SIGKILL)
+    try:
+        time.sleep(1)  # the kernel clears a prog array's entries from a work queue
+        assert attached(lab, lab.server_attacker_if)[0] == orphan
+        after = layouts_reaching_kernel(lab, 8080)
+        assert after == dict.fromkeys(LAYOUTS, 0), f"SYNs that reached the kernel after SIGKILL: {after}"
+        assert all(t is not None for t in lab.connect_times(2, 8080))
+        assert len(keeper_pids(orphan)) == (1 if pins == "none" else 0)
+
+        b = Daemon(lab, world, *args, env=env)
+        try:
+            b.wait("mode protect")
+            assert attached(lab, lab.server_attacker_if)[0] != orphan
+            end = time.monotonic() + 10
+            while keeper_pids(orphan) and time.monotonic() < end:
+                time.sleep(0.2)
+            assert keeper_pids(orphan) == []  # the orphan is replaced everywhere: its keeper ended
+            assert layouts_reaching_kernel(lab, 8080) == dict.fromkeys(LAYOUTS, 0)
+        finally:
+            assert b.stop() == 0, b.text()
+    finally:
+        for pid in keeper_pids(orphan):
+            os.kill(pid, signal.SIGKILL)  # only on failure: a keeper this test's daemon started
+
+
+@needs_tc
+@hard_timeout(300)
+@pytest.mark.parametrize("pins", ["bpffs", "none"])
+def test_restart_keeps_the_orphans_table_where_the_orphan_stays(lab, world, bpffs0700, pins):  # noqa: F811
+    """A restarted daemon that no longer takes one interface over replaces the crashed
+    run's pins; the orphan left on that interface must still answer every layout (its
+    table is held, not emptied when its pin goes)."""
+    env = {"SYNGUARD_PIN_DIR": str(bpffs0700 / "synguard")} if pins == "bpffs" else {}
+    lab.tcp_server(8080)
+    a = Daemon(lab, world, "-i", lab.server_client_if, "-i", lab.server_attacker_if, "--mode", "protect",
+               "--ports", "8080", env=env)
+    try:
+        a.wait("mode protect")
+        orphan = attached(lab, lab.server_attacker_if)[0]
+    finally:
+        a.stop(signal.SIGKILL)
+    b = Daemon(lab, world, "-i", lab.server_client_if, "--mode", "protect", "--ports", "8080", env=env)
+    try:
+        b.wait("mode protect")
+        assert attached(lab, lab.server_client_if)[0] != orphan
+        assert attached(lab, lab.server_attacker_if)[0] == orphan
+        time.sleep(1)  # the kernel clears a prog array's entries from a work queue
+        after = layouts_reaching_kernel(lab, 8080)
+        assert after == dict.fromkeys(LAYOUTS, 0), f"SYNs the orphan passed to the kernel: {after}"
+    finally:
+        assert b.stop() == 0, b.text()
+        for pid in keeper_pids(orphan):
+            os.kill(pid, signal.SIGKILL)  # a keeper this test's first daemon started

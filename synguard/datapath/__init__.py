@@ -29,7 +29,7 @@ from synguard.datapath.maps import (Map, MapLayoutError, addr_key, addr_of_key, 
                                     write_struct)
 from synguard.datapath.netns import current_netns_fd, in_netns
 from synguard.datapath.pins import (adopt_state, forget_state, kept_map_names, pin, pin_path, pinned_prog_id,
-                                    state_dir, unpin)
+                                    pinned_table_fd, state_dir, unpin)
 from synguard.datapath.xdp import (PROG_NAME, XDP_MODES, attach_fd, attached_prog, detach_fd, detach_orphan, fd_of,
                                    is_ours, mode_of)
 
@@ -126,6 +126,10 @@ class DataPath:
         self.pin_error: str | None = None  # why the program could not be pinned, if so
         self._pins: set[Path] = set()
         self._orphan_ids: set[int] = set()  # pinned ids of dead daemons' programs we replace
+        # fds of dead daemons' tail-call tables (their pins are replaced by ours): held while
+        # their programs may still sit on interfaces we have not reached yet.
+        self._orphan_tables: list[int] = []
+        self._keepers: dict[int, object] = {}  # netns inode -> keeper process (sg_progs not pinned)
         self._config = {name: 0 for name in abi.CONFIG_FIELDS}
         if self.state_dir is not None:
             self.adopted, note = adopt_state(self.state_dir, {n: self.map(n) for n in self.kept_maps()})
@@ -432,16 +436,31 @@ class DataPath:
         self._netns[ifname] = current_netns_fd()
         self._map_interface(ifname)
         if pinned_prog_id() != self.prog_id:
+            old_table = pinned_table_fd("sg_progs")
+            if old_table is not None:
+                self._orphan_tables.append(old_table)
             err = pin(self.prog_fd, self.map("sg_progs").map_fd)
             if err:
                 self.pin_error = err
             else:
                 self._pins.add(pin_path())
+        if self.pin_error:
+            self._keep_tail_calls()
         if self.tc is not None:
             self.tc_problem = self.tc.attach(ifname, strict=False)
         elif self.cookie_method == CookieMethod.KERNEL_COOKIE.label:
             self.tc_problem = kernel_cookie_problem()
         return mode
+
+    def _keep_tail_calls(self) -> None:
+        """sg_progs could not be pinned: a keeper process holds it while our program is
+        attached in this namespace, so that a SIGKILL never empties it (datapath/keeper.py)."""
+        from synguard.datapath import keeper
+
+        ns = os.stat("/proc/thread-self/ns/net").st_ino
+        proc = self._keepers.get(ns)
+        if proc is None or proc.poll() is not None:
+            self._keepers[ns] = keeper.start(self.map("sg_progs").map_fd, self.prog_id)
 
     def _kernel_message(self) -> str | None:
         """The kernel's last netlink error text (extack) libbpf logged during attach."""
@@ -504,6 +523,15 @@ class DataPath:
         """Idempotent: detach everywhere, unpin, then free the program and maps.
         keep_state (a failed start): the kept maps stay pinned for the next start."""
         self.detach_all()
+        for proc in getattr(self, "_keepers", {}).values():
+            with contextlib.suppress(OSError):
+                proc.kill()  # our own child, by its handle: our program is detached
+                proc.wait()
+        self._keepers = {}
+        for fd in getattr(self, "_orphan_tables", ()):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._orphan_tables = []
         tc, self.tc = getattr(self, "tc", None), None
         if tc is not None:
             tc.close()
