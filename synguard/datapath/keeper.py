@@ -47,6 +47,7 @@ def start(progs_fd: int, prog_id: int) -> subprocess.Popen:
 
     return subprocess.Popen(child_argv("synguard.datapath.keeper", str(progs_fd), str(prog_id)),
                             pass_fds=[progs_fd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,  # never the daemon's stderr: it outlives the daemon
                             env=dict(CHILD_ENV), cwd="/", start_new_session=True)
 
 
