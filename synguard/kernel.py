@@ -95,6 +95,7 @@ _OFF_FAMILY = 16
 _OFF_STATE = 17
 _SPORT_SRC = struct.Struct(">4xH2x16s")        # read at +16: (sport, src16)
 _QUEUES = struct.Struct("=II")                 # read at +72: (rqueue, wqueue)
+_UID = struct.Struct("=I")                     # read at +80: idiag_uid
 _MSG_MIN = 16 + 72
 
 _RECV_BUF = 1 << 16   # the kernel fills at most ~32 KiB per dump skb
@@ -120,6 +121,7 @@ class Listener:
     syn_recv: int       # half-open request sockets (SYN queue length)
     accept_queue: int   # established, not yet accept()ed
     backlog: int        # sk_max_ack_backlog = min(listen backlog, somaxconn)
+    uid: int = 0        # owner of the socket (of the lowest uid in a SO_REUSEPORT group)
 
     @property
     def synq_pct(self) -> float:
@@ -153,7 +155,7 @@ def _collect(sock: socket.socket, family: int, port: int | None,
              listen: dict, synq: Counter, seq: int) -> None:
     """Dump LISTEN + SYN_RECV TCP sockets of `family` into listen / synq.
 
-    listen[(family, src16, port)] = [rqueue, wqueue]  (merged per address)
+    listen[(family, src16, port)] = [rqueue, wqueue, uid]  (merged per address)
     synq[(family, port, src16)] += 1                  (per local address)
 
     Why not pyroute2's DiagSocket: decoding every message into an nlmsg object
@@ -198,13 +200,15 @@ def _collect(sock: socket.socket, family: int, port: int | None,
                 elif state == TCP_LISTEN:
                     p, src = sport_src(buf, off + 16)
                     rq, wq = queues(buf, off + 72)
+                    (uid,) = _UID.unpack_from(buf, off + 80)
                     k = (buf[off + _OFF_FAMILY], src, p)
                     cur = listen.get(k)
                     if cur is None:
-                        listen[k] = [rq, wq]
+                        listen[k] = [rq, wq, uid]
                     else:            # SO_REUSEPORT group: one row
                         cur[0] += rq
                         cur[1] += wq
+                        cur[2] = min(cur[2], uid)
             elif mtype == NLMSG_DONE:
                 # Count once at the end: Counter() over a list runs in C.
                 for (p, src), c in Counter(keys).items():
@@ -265,12 +269,12 @@ def listeners(port: int | None = None) -> list[Listener]:
         # else: its listener closed during the dump; nothing to show.
 
     rows = []
-    for k, (rq, wq) in listen.items():
+    for k, (rq, wq, uid) in listen.items():
         fam, src, p = k
         f = 4 if fam == socket.AF_INET else 6
         rows.append(Listener(address=_ntop(f, src), port=p, family=f,
                              syn_recv=counts.get(k, 0), accept_queue=rq,
-                             backlog=wq))
+                             backlog=wq, uid=uid))
     return rows
 
 

@@ -290,6 +290,15 @@ class DataPath:
         """Auto mode: challenge SYNs to port until the clock reaches until_s (0 disarms)."""
         self._set_port(port, auto_until_s=until_s)
 
+    def arm_all(self, until_s: int) -> None:
+        """Auto mode: challenge SYNs to every protected port until the clock reaches
+        until_s (sg_config.all_until_s, one switch; 0 disarms)."""
+        if self._config.get("all_until_s") != until_s:
+            self._write_config(all_until_s=until_s)
+
+    def all_until(self) -> int:
+        return self._config.get("all_until_s", 0)
+
     def port_auto_until(self, port: int) -> int:
         """The program's current deadline for port (the fast trigger writes it too)."""
         leaf = self.map("sg_ports")[ct.c_int(port)]
