@@ -325,6 +325,9 @@ def _ebpf_dir_default() -> Path:
 
 
 EBPF_DIR_DEFAULT = _ebpf_dir_default()
+# Running from a checkout (tests, the lab), not an installed package: test hooks
+# (SYNGUARD_TEST_FAULT) are honoured only then.
+FROM_CHECKOUT = EBPF_DIR_DEFAULT == Path(__file__).resolve().parent.parent / "ebpf"
 
 
 def _ebpf_obj_dir_default() -> Path:

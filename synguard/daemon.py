@@ -27,7 +27,7 @@ from collections import deque
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from synguard import config as configmod, ifwatch, kernel, status, view
+from synguard import abi, config as configmod, ifwatch, kernel, status, view
 from synguard.abi import Mode
 from synguard.control import ControlError, ControlServer
 from synguard.datapath import DataPath, DataPathError
@@ -240,7 +240,9 @@ class Daemon:
         last_log = last_dog = last_watch = last_tick = time.monotonic()
         logged = self.datapath.counters()
         try:
-            fault = os.environ.get("SYNGUARD_TEST_FAULT")  # tests only: an unexpected error in the loop
+            # Tests only (from a checkout): an unexpected error in the loop. An installed
+            # daemon ignores it (host.py: the environment knobs).
+            fault = os.environ.get("SYNGUARD_TEST_FAULT") if abi.FROM_CHECKOUT else None
             while not self._stop.wait(1.0):
                 if fault == "tick":
                     raise RuntimeError("SYNGUARD_TEST_FAULT=tick: injected fault")

@@ -390,3 +390,64 @@ def test_watched_ports_are_not_a_local_users_choice(lab, datapath):
         datapath.set_watched([])
     assert uids[8080] == 0 and uids[1024] == pwd.getpwnam("nobody").pw_uid
     assert len(watched) == 63 and 8080 in watched, sorted(watched)
+
+
+# ---- item 9: environment knobs of a root daemon ----------------------------------------
+
+
+def as_nobody(*argv: str) -> None:
+    subprocess.run([*NOBODY, *argv], check=True, capture_output=True, timeout=30)
+
+
+@hard_timeout(240)
+def test_knobs_naming_another_users_files_are_refused(lab, world):  # noqa: F811
+    """SYNGUARD_EBPF_DIR and SYNGUARD_CLANG are root-only knobs: naming C or a compiler that
+    nobody owns, the root daemon compiles and runs neither (one line, exit 1)."""
+    theirs = world / "theirs"
+    theirs.mkdir()
+    theirs.chmod(0o777)
+    as_nobody("mkdir", str(theirs / "ebpf"))
+    for src in (ROOT / "ebpf").glob("synguard*"):
+        as_nobody("cp", str(src), str(theirs / "ebpf" / src.name))
+    d = Daemon(lab, world, "-i", lab.server_client_if, env={"SYNGUARD_EBPF_DIR": str(theirs / "ebpf")})
+    try:
+        assert d.exit_code() == 1, d.text()
+    finally:
+        d.stop()
+    assert f"SYNGUARD_EBPF_DIR={theirs / 'ebpf'}: {theirs / 'ebpf'} is owned by uid 65534" in d.text(), d.text()
+    assert attached(lab, lab.server_client_if) is None
+
+    marker = theirs / "clang-ran"
+    clang = theirs / "clang"
+    as_nobody("sh", "-c", f"printf '#!/bin/sh\\nid -u > {marker}\\nexec clang \"$@\"\\n' > {clang} && chmod 755 {clang}")
+    d = Daemon(lab, world, "-i", lab.server_client_if, env={"SYNGUARD_CLANG": str(clang),
+                                                            "SYNGUARD_COOKIE_METHOD": "kfunc"})
+    try:
+        with contextlib.suppress(AssertionError):
+            d.wait("attached to", timeout=60)
+    finally:
+        d.stop()
+    assert not marker.exists(), f"nobody's compiler ran as uid {marker.read_text().strip()}"
+    assert f"SYNGUARD_CLANG={clang}: {clang} is owned by uid 65534" in d.text(), d.text()
+
+
+@hard_timeout(240)
+def test_installed_daemon_ignores_the_test_fault_hook(lab, world):  # noqa: F811
+    """SYNGUARD_TEST_FAULT is a test hook: a synguard installed apart from its checkout (no
+    ebpf/ beside the package) keeps running with it set."""
+    import shutil
+
+    site = world / "site"
+    shutil.copytree(ROOT / "synguard", site / "synguard", ignore=shutil.ignore_patterns("__pycache__"))
+    code = "import sys; sys.path.insert(0, sys.argv.pop(1)); from synguard.cli import main; sys.exit(main())"
+    d = Daemon(lab, world, "-i", lab.server_client_if, "--mode", "protect", "--ports", "8080",
+               command=[sys.executable, "-I", "-c", code, str(site)],
+               env={"SYNGUARD_TEST_FAULT": "tick", "SYNGUARD_EBPF_DIR": str(ROOT / "ebpf")})
+    try:
+        d.wait("mode protect")
+        time.sleep(3)  # the hook raises in the first tick (after 1 s)
+        assert d.proc.poll() is None, d.text()
+    finally:
+        code_ = d.stop()
+    assert "injected fault" not in d.text()
+    assert code_ == 0, d.text()
