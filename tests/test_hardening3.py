@@ -451,3 +451,66 @@ def test_installed_daemon_ignores_the_test_fault_hook(lab, world):  # noqa: F811
         code_ = d.stop()
     assert "injected fault" not in d.text()
     assert code_ == 0, d.text()
+
+
+# ---- item 10: postrm purge never follows a link ---------------------------------------------
+
+
+def _postrm(bpffs: Path, world: Path) -> Path:
+    """debian/synguard.postrm with its paths moved under the test's own directories (its
+    real targets, /etc/synguard and /sys/fs/bpf, are never touched)."""
+    text = (ROOT / "debian" / "synguard.postrm").read_text()
+    for path in ("/etc/synguard", "/var/lib/synguard", "/run/synguard"):
+        assert path in text
+        text = text.replace(path, str(world / "sys" / path.strip("/").replace("/", "-")))
+    assert "/sys/fs/bpf/synguard" in text
+    text = text.replace("/sys/fs/bpf/synguard", str(bpffs / "synguard"))
+    script = world / "postrm"
+    script.write_text(text)
+    return script
+
+
+@hard_timeout(60)
+def test_postrm_purge_never_follows_a_planted_link(world):  # noqa: F811
+    """nobody plants synguard -> a directory of root's on a 1777 bpffs; purge must not
+    delete through it. A real pin directory of root's is still cleaned."""
+    mnt = world / "bpffs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "-o", "mode=1777", "bpf", str(mnt)], check=True)
+    try:
+        ns = os.stat("/proc/self/ns/net").st_ino
+        victim = world / "victim"
+        (victim / f"netns-{ns}").mkdir(parents=True)
+        (victim / f"netns-{ns}" / "precious").write_text("keep\n")
+        as_nobody("ln", "-s", str(victim), str(mnt / "synguard"))
+        script = _postrm(mnt, world)
+        r = subprocess.run(["sh", str(script), "purge"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert (victim / f"netns-{ns}" / "precious").read_text() == "keep\n"
+        assert (mnt / "synguard").is_symlink()  # not ours: left alone
+
+        # nobody's own directory with a link inside: not entered either.
+        (mnt / "synguard").unlink()
+        as_nobody("mkdir", "-m", "0755", str(mnt / "synguard"))
+        as_nobody("ln", "-s", str(victim / f"netns-{ns}"), str(mnt / "synguard" / f"netns-{ns}"))
+        r = subprocess.run(["sh", str(script), "purge"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert (victim / f"netns-{ns}" / "precious").read_text() == "keep\n"
+        subprocess.run(["rm", "-rf", str(mnt / "synguard")], check=True)
+
+        # Ours (what the daemon makes: 0700 directories of root's, a pin): removed.
+        from synguard.datapath.libbpf import lib
+
+        (mnt / "synguard" / f"netns-{ns}").mkdir(parents=True, mode=0o700)
+        (mnt / "synguard").chmod(0o700)
+        fd = lib().bpf_map_create(2, b"sg_test", 4, 4, 1, None)
+        assert fd >= 0
+        try:
+            assert lib().bpf_obj_pin(fd, str(mnt / "synguard" / f"netns-{ns}" / "sg_test").encode()) == 0
+        finally:
+            os.close(fd)
+        r = subprocess.run(["sh", str(script), "purge"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert not (mnt / "synguard").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
