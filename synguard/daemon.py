@@ -31,6 +31,7 @@ from synguard import abi, config as configmod, ifwatch, kernel, status, view
 from synguard.abi import Mode
 from synguard.control import ControlError, ControlServer
 from synguard.datapath import DataPath, DataPathError
+from synguard.datapath.netns import NetnsLocked, netns_lock
 from synguard.log import event
 from synguard.metrics import SynguardCollector
 from synguard.mitigation import Mitigation
@@ -201,6 +202,11 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         problems = host_problems(self.config, starting=True)  # before compiling or touching a crashed run's pins
+        if not problems:
+            try:  # one daemon per network namespace: the pins there are its alone
+                self._netns_lock = netns_lock()
+            except (NetnsLocked, OSError) as e:
+                problems = [str(e)]
         if problems:
             for line in problems:
                 log.error("%s", line)
@@ -313,4 +319,7 @@ class Daemon:
                 server.shutdown()
         if self.datapath is not None and detach:
             self.datapath.close(keep_state=keep_state)
+        lock, self._netns_lock = getattr(self, "_netns_lock", None), None
+        if lock is not None:
+            os.close(lock)
 

@@ -514,3 +514,44 @@ def test_postrm_purge_never_follows_a_planted_link(world):  # noqa: F811
         assert not (mnt / "synguard").exists()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+# ---- item 6: one daemon per network namespace --------------------------------------------
+
+
+def _pinned_ids(ns_dir: Path) -> dict[str, int]:
+    from test_hardening import _pinned_map_id
+
+    return {name: _pinned_map_id(ns_dir / name) for name in ("sg_src_syns", "sg_counters")}
+
+
+@hard_timeout(240)
+def test_second_daemon_in_the_namespace_leaves_the_first_alone(lab, world, bpffs0700):  # noqa: F811
+    """A second `synguard run` in the same namespace with another control socket: refused
+    before compiling (the first one's lock), so it neither adopts nor removes the first
+    one's pins; the lock goes with the first daemon, even a SIGKILLed one."""
+    from synguard import view
+    from test_hardening import netns_dir
+
+    env = {"SYNGUARD_PIN_DIR": str(bpffs0700 / "synguard")}
+    a = Daemon(lab, world, "-i", lab.server_client_if, env=env, control=world / "a.sock")
+    try:
+        a.wait("attached to")
+        ns_dir = netns_dir(bpffs0700, lab)
+        ids = _pinned_ids(ns_dir)
+        b = Daemon(lab, world, "-i", lab.server_attacker_if, env=env, control=world / "b.sock")
+        try:
+            assert b.exit_code(timeout=30) == 1, b.text()
+        finally:
+            b.stop()
+        assert f"another synguard (pid {a.proc.pid}) runs in this network namespace" in b.text(), b.text()
+        assert "adopted" not in b.text()
+        assert _pinned_ids(ns_dir) == ids and (ns_dir / "xdp_synguard").exists()
+        assert view.request(a.socket, {"cmd": "ping"})["ok"]
+    finally:
+        a.stop(signal.SIGKILL)
+    c = Daemon(lab, world, "-i", lab.server_client_if, env=env, control=world / "c.sock")
+    try:
+        assert "adopted the state" in c.wait("attached to")  # the dead one's lock went with it
+    finally:
+        assert c.stop() == 0, c.text()
