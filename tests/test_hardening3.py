@@ -555,3 +555,54 @@ def test_second_daemon_in_the_namespace_leaves_the_first_alone(lab, world, bpffs
         assert "adopted the state" in c.wait("attached to")  # the dead one's lock went with it
     finally:
         assert c.stop() == 0, c.text()
+
+
+# ---- item 7: a deadline per request on the control socket --------------------------------
+
+
+@hard_timeout(120)
+def test_slow_clients_cannot_hold_the_control_socket(lab, world):  # noqa: F811
+    """MAX_CLIENTS clients each sending a byte every 0.3 s (a timeout per read never
+    fires): each is dropped at the request deadline, and `status` gets in meanwhile."""
+    import threading
+
+    from synguard import control, view
+
+    d = Daemon(lab, world, "-i", lab.server_client_if)
+    held: list[float] = []
+    start = threading.Event()
+
+    def slow():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(d.socket)
+            start.wait()
+            t0 = time.monotonic()
+            try:
+                while time.monotonic() - t0 < 12:
+                    s.send(b" ")
+                    time.sleep(0.3)
+            except OSError:
+                pass  # closed by the daemon
+            held.append(time.monotonic() - t0)
+
+    try:
+        d.wait("attached to")
+        view.request(d.socket, {"cmd": "ping"})
+        threads = [threading.Thread(target=slow) for _ in range(control.MAX_CLIENTS)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # every slot taken
+        start.set()
+        t0 = time.monotonic()
+        st = {}
+        while "pid" not in st and time.monotonic() - t0 < 10:
+            with contextlib.suppress(view.DaemonUnavailable, OSError):
+                st = view.request(d.socket, {"cmd": "status"}, timeout=5)
+            time.sleep(0.1)
+        waited = time.monotonic() - t0
+        for t in threads:
+            t.join(20)
+    finally:
+        assert d.stop() == 0, d.text()
+    assert st.get("pid") == d.proc.pid, f"status got no answer in {waited:.1f} s"
+    assert len(held) == control.MAX_CLIENTS and max(held) < control.READ_TIMEOUT_S + 3, held
