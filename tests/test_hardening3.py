@@ -606,3 +606,40 @@ def test_slow_clients_cannot_hold_the_control_socket(lab, world):  # noqa: F811
         assert d.stop() == 0, d.text()
     assert st.get("pid") == d.proc.pid, f"status got no answer in {waited:.1f} s"
     assert len(held) == control.MAX_CLIENTS and max(held) < control.READ_TIMEOUT_S + 3, held
+
+
+# ---- item 8: changing the deny set never opens a window without a rule that stays ----------
+
+
+def test_deny_set_changes_never_drop_a_rule_that_stays(dp, monkeypatch):
+    """After every single write to sg_deny_cidrs while the deny set changes (a reload, a
+    temporary deny added or expired), a SYN from a network denied before and after is
+    still dropped (before the fix: the trie was cleared, then refilled)."""
+    from frames import XDP_DROP, syn4
+    from synguard.datapath.maps import Map
+
+    trie = dp.map("sg_deny_cidrs")
+    syn = bytes(syn4(src="203.0.113.7", dport=80))
+    probes = []
+
+    def probe(name):
+        def wrapped(self, *a):
+            out = getattr(Map, f"_orig_{name}")(self, *a)
+            if self is trie:
+                probes.append((name, dp.test_run(syn).retval))
+            return out
+        return wrapped
+
+    dp.set_deny_cidrs(["203.0.113.0/24", "198.18.0.0/15"])
+    try:
+        for name in ("__setitem__", "__delitem__", "clear"):
+            monkeypatch.setattr(Map, f"_orig_{name}", getattr(Map, name), raising=False)
+            monkeypatch.setattr(Map, name, probe(name))
+        for nets in (["203.0.113.0/24", "2001:db8::/32"], ["203.0.113.0/24"],
+                     ["192.0.2.128/25", "203.0.113.0/24", "10.0.0.0/8"], ["203.0.113.0/24"]):
+            dp.set_deny_cidrs(nets)
+            assert dp.test_run(syn).retval == XDP_DROP
+    finally:
+        monkeypatch.undo()
+        dp.set_deny_cidrs([])
+    assert len(probes) >= 6 and all(v == XDP_DROP for _, v in probes), probes

@@ -352,14 +352,35 @@ class DataPath:
         self._write_config(synack_mss4=mss4, synack_mss6=mss6, synack_wscale=wscale, tcp_opts=tcp_opts)
 
     def _set_cidrs(self, trie_name: str, count_field: str, nets) -> None:
+        """Make the trie hold exactly nets, with no moment in which an entry that is in
+        both the old and the new set is missing: the new entries go in first, then the
+        old ones that are gone come out (a reload or a temporary deny never opens a
+        window without the static deny list). The first call clears what it finds."""
         table = self.map(trie_name)
-        table.clear()
         nets = {ipaddress.ip_network(net, strict=False) for net in nets}
-        for net in nets:
+        cidrs = getattr(self, "_cidrs", None)
+        if cidrs is None:
+            cidrs = self._cidrs = {}
+        if trie_name not in cidrs:
+            table.clear()
+            cidrs[trie_name] = set()
+        old = cidrs[trie_name]
+
+        def key_of(net):
             key = table.Key()
             key.prefixlen, addr = cidr_key(net)
             ct.memmove(key.addr, addr, 16)
-            table[key] = ct.c_uint8(1)
+            return key
+
+        for net in nets - old:
+            table[key_of(net)] = ct.c_uint8(1)
+            old.add(net)
+        if nets:
+            self._write_config(**{count_field: len(nets)})
+        for net in old - nets:
+            with contextlib.suppress(KeyError):
+                del table[key_of(net)]
+            old.discard(net)
         self._write_config(**{count_field: len(nets)})
 
     def set_allow_cidrs(self, nets) -> None:
