@@ -54,6 +54,7 @@ DiagSocket decoding, and ``python -m synguard_lab.kernel_bench`` for the figures
 from __future__ import annotations
 
 import errno
+import heapq
 import ipaddress
 import os
 import socket
@@ -244,6 +245,36 @@ def listeners(port: int | None = None) -> list[Listener]:
     Rows come in kernel order (use format_listeners to sort). See the module
     docstring for how half-open sockets are attributed.
     """
+    listen, counts = _dump(port)
+    return [_row(k, v, counts) for k, v in listen.items()]
+
+
+def worst_listeners(limit: int) -> tuple[int, list[Listener]]:
+    """(how many listeners there are, the `limit` worst of them, worst first): fullest
+    SYN queue, then most half-open, then fullest accept queue; among equals, those a
+    local user cannot open (below 1024, or root's) and the lower port first. Rows are
+    built for those only: a local user's tens of thousands of idle listeners cost one
+    netlink dump, not a Listener object, a status line or three metric series each."""
+    listen, counts = _dump(None)
+
+    def badness(item):
+        k, (rq, wq, uid) = item
+        n = counts.get(k, 0)
+        return (n / wq if wq else 0.0, n, rq / wq if wq else 0.0, -int(k[2] >= 1024 and uid != 0), -k[2])
+
+    return len(listen), [_row(k, v, counts) for k, v in heapq.nlargest(limit, listen.items(), key=badness)]
+
+
+def _row(k, v, counts) -> Listener:
+    fam, src, p = k
+    rq, wq, uid = v
+    f = 4 if fam == socket.AF_INET else 6
+    return Listener(address=_ntop(f, src), port=p, family=f, syn_recv=counts.get(k, 0), accept_queue=rq,
+                    backlog=wq, uid=uid)
+
+
+def _dump(port: int | None):
+    """One sock_diag dump: ({listener key: [rqueue, wqueue, uid]}, {listener key: half-open})."""
     if port is not None and not 0 < int(port) < 65536:
         raise ValueError(f"bad port {port!r}")
     listen: dict[tuple[int, bytes, int], list[int]] = {}
@@ -267,15 +298,7 @@ def listeners(port: int | None = None) -> list[Listener]:
         if k is not None:
             counts[k] = counts.get(k, 0) + n
         # else: its listener closed during the dump; nothing to show.
-
-    rows = []
-    for k, (rq, wq, uid) in listen.items():
-        fam, src, p = k
-        f = 4 if fam == socket.AF_INET else 6
-        rows.append(Listener(address=_ntop(f, src), port=p, family=f,
-                             syn_recv=counts.get(k, 0), accept_queue=rq,
-                             backlog=wq, uid=uid))
-    return rows
+    return listen, counts
 
 
 def _match(index: dict, fam: int, port: int, src: bytes):

@@ -643,3 +643,62 @@ def test_deny_set_changes_never_drop_a_rule_that_stays(dp, monkeypatch):
         monkeypatch.undo()
         dp.set_deny_cidrs([])
     assert len(probes) >= 6 and all(v == XDP_DROP for _, v in probes), probes
+
+
+# ---- item 5: bounded listener series, the worst kept; status does not build every row -----
+
+
+MANY_CODE = """
+import socket, sys, time
+socks = []
+for port in range(int(sys.argv[1]), int(sys.argv[2])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("0.0.0.0", port))
+    s.listen(8)
+    socks.append(s)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@hard_timeout(300)
+def test_many_listeners_of_a_user_keep_the_series_bounded_and_the_worst(lab, world):  # noqa: F811
+    """nobody opens up to 20,000 listeners (its fd limit); root's 8080 has half-open connections. /metrics has
+    at most MAX_LISTENER_SERIES series per listener family, 8080 among them, and the total
+    in synguard_listeners; status counts them all and names 8080 the worst."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from synguard import metrics, view
+
+    import resource
+
+    n = min(20000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 200)  # the user's fds (inherited limit)
+    assert n >= 5000
+    p = lab.popen(lab.server_ns, [*NOBODY, sys.executable, "-I", "-c", MANY_CODE, "20000", str(20000 + n)],
+                  stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    lab.tcp_server(8080, backlog=64)
+    d = Daemon(lab, world, "-i", lab.server_client_if, "-i", lab.server_attacker_if, "--mode", "observe",
+               "--metrics-listen", "127.0.0.1:9046")
+    try:
+        d.wait("metrics on")
+        lab.flood(200, 1, dport=8080, seed=9)  # observe mode: the kernel queues them (SYN_RECV)
+        t0 = time.monotonic()
+        st = view.request(d.socket, {"cmd": "status"}, timeout=30)
+        status_s = time.monotonic() - t0
+        with lab.netns(lab.server_ns):
+            t0 = time.monotonic()
+            body = urllib.request.urlopen("http://127.0.0.1:9046/metrics", timeout=30).read().decode()
+            scrape_s = time.monotonic() - t0
+    finally:
+        assert d.stop() == 0, d.text()
+    print(f"\n{n} listeners: status {status_s:.3f} s, scrape {scrape_s:.3f} s, {len(body)} bytes")
+    assert st["listeners"] >= n and st["worst_listener"]["port"] == 8080, (st["listeners"], st["worst_listener"])
+    fams = {f.name: f for f in text_string_to_metric_families(body)}
+    assert fams["synguard_listeners"].samples[0].value >= n
+    for name in ("synguard_listen_syn_recv", "synguard_listen_accept_queue", "synguard_listen_backlog"):
+        assert len(fams[name].samples) <= metrics.MAX_LISTENER_SERIES, (name, len(fams[name].samples))
+    worst = fams["synguard_listen_syn_recv"].samples[0]
+    assert worst.labels["port"] == "8080" and worst.value > 0, worst
