@@ -15,6 +15,7 @@ import ctypes as ct
 import ipaddress
 import logging
 import os
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -45,8 +46,10 @@ class Mitigation:
 
     @property
     def active(self) -> bool:
-        """A port is armed or an attack is on (what "protecting" means in mode auto)."""
-        return bool(self._armed) or bool(self.detector and self.detector.active)
+        """A port or every port ("protect all") is armed, or an attack is on (what
+        "protecting" means in mode auto)."""
+        return (bool(self._armed) or self.datapath.all_until() > time.time()
+                or bool(self.detector and self.detector.active))
 
     def configure(self, cfg: Config) -> None:
         """New detection knobs, watched ports and static denies (start and SIGHUP); the
