@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from helpers import hard_timeout, needs_lab, needs_tc
-from test_hardening import NOBODY, SYNGUARD, Daemon, attached, world  # noqa: F401 (fixture)
+from test_hardening import NOBODY, Daemon, attached, world  # noqa: F401 (world: a fixture)
 
 pytestmark = [pytest.mark.netns, needs_lab]
 
