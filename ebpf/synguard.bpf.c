@@ -586,14 +586,16 @@ static __always_inline struct sg_port *port_lookup(__be16 dport)
 	return sg_ports.lookup(&port);
 }
 
-/* Is this port protected now? protect: listed (or all); auto: also armed. */
+/* Is this port protected now? protect: listed (or all); auto: also armed, the port
+ * itself (detector or fast trigger) or every port at once (sg_config.all_until_s). */
 static __always_inline int port_protected(const struct sg_config *cfg, const struct sg_port *p)
 {
 	if (!p || !(cfg->all_ports || p->protect))
 		return 0;
 	if (cfg->mode == SG_MODE_PROTECT)
 		return 1;
-	return cfg->mode == SG_MODE_AUTO && (__s32)(p->auto_until_s - cfg->now_s) > 0;
+	return cfg->mode == SG_MODE_AUTO && ((__s32)(p->auto_until_s - cfg->now_s) > 0 ||
+					     (__s32)(cfg->all_until_s - cfg->now_s) > 0);
 }
 
 /* splitmix64 finaliser: HyperLogLog needs well-mixed bits. */
@@ -643,13 +645,15 @@ static __always_inline void hll_add(struct sg_counter_block *cnt, const struct s
 
 /* Per-port SYN count; in auto mode, the in-kernel fast trigger: a watched
  * port crossing fast_trigger_syns in one second on one CPU is armed for
- * fast_hold_s at once, before the control plane's next tick. */
+ * fast_hold_s at once, before the control plane's next tick. Unwatched ports
+ * count together in slot 0: the SYN that takes them across arms its own port
+ * (a flood to one unwatched port arms that port). */
 static __always_inline void port_count(const struct sg_config *cfg, struct sg_port *p,
 				       struct sg_counter_block *cnt)
 {
 	struct sg_port_syns *ps;
 
-	if (!p || !p->watch_slot)
+	if (!p)
 		return;
 	ps = &cnt->ports[p->watch_slot & (SG_PORT_SLOTS - 1)];
 	ps->syns += 1;

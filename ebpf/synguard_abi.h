@@ -33,7 +33,9 @@
 #define SG_SLOT_SHIFT 4 /* cookie slot = wall-clock seconds >> 4 (16 s); current + previous accepted */
 #endif
 #define SG_PORTS 65536
-#define SG_PORT_SLOTS 64 /* watched ports with their own SYN counters; slot 0 = unwatched */
+#define SG_PORT_SLOTS 64 /* watched ports with their own SYN counters; slot 0 = every unwatched port together */
+#define SG_ACK_GRACE_S (2 << SG_SLOT_SHIFT) /* auto mode: tc checks cookie ACKs this long after a port is disarmed
+					      * (a cookie's lifetime: the current and the previous slot) */
 #define SG_HLL_BITS 10 /* HyperLogLog: 1024 one-byte registers per bank */
 #define SG_HLL_REGS (1 << SG_HLL_BITS)
 #define SG_IFACE_SLOTS 16 /* counter blocks: slot 0 = unmapped ifindex, 1.. = attached interfaces */
@@ -119,6 +121,8 @@ struct sg_config {
 	__u8 tcp_opts;       /* SG_OPT_* */
 	__u8 method;         /* enum sg_method */
 	__u8 reserved;
+	__u32 all_until_s;   /* auto mode: every protected port (all_ports or listed) is challenged
+			      * while now_s < all_until_s: the detector's "protect all", one switch */
 };
 
 /* Value of sg_ports, indexed by the host-order port. */

@@ -412,6 +412,13 @@ static __always_inline __u32 sg_assign(struct __sk_buff *skb, const struct sg_ac
 	return ret == 0 ? SG_CNT_COOKIE_VALIDATED : SG_CNT_COOKIE_REFUSED;
 }
 
+/* Was a deadline (auto_until_s, all_until_s; 0: never armed) in force at most
+ * SG_ACK_GRACE_S ago? */
+static __always_inline int sg_armed_lately(__u32 until_s, __u32 now_s)
+{
+	return until_s && (__s32)(until_s + SG_ACK_GRACE_S - now_s) > 0;
+}
+
 /* ---- Entry: parse -> classify -> check -> assign -> count ---------------- */
 
 SEC("tc")
@@ -432,12 +439,16 @@ int tc_synguard(struct __sk_buff *skb)
 	cfg = bpf_map_lookup_elem(&sg_config, &zero);
 	if (!cfg || cfg->mode == SG_MODE_OBSERVE)
 		return SG_TC_PASS;
-	if (!cfg->all_ports) {
-		dport = bpf_ntohs(a.dport);
-		port = bpf_map_lookup_elem(&sg_ports, &dport);
-		if (!port || !port->protect)
-			return SG_TC_PASS;
-	}
+	dport = bpf_ntohs(a.dport);
+	port = bpf_map_lookup_elem(&sg_ports, &dport);
+	if (!port || !(cfg->all_ports || port->protect))
+		return SG_TC_PASS;
+	/* Auto mode: check only while XDP issues cookies for the port (armed, itself or
+	 * all ports), and SG_ACK_GRACE_S after (the cookies it sent stay valid that long).
+	 * Otherwise every ACK to a configured port would be a blind guess at a cookie. */
+	if (cfg->mode == SG_MODE_AUTO && !sg_armed_lately(port->auto_until_s, cfg->now_s) &&
+	    !sg_armed_lately(cfg->all_until_s, cfg->now_s))
+		return SG_TC_PASS;
 	blk = counters_for(skb);
 	count(blk, SG_CNT_ACK_CHECKED);
 	a.ts = parse_ts_fast(tcp, (void *)(long)skb->data_end, &a);

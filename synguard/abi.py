@@ -17,6 +17,7 @@ ABI_VERSION = 3
 # Compile-time limits (the header's defaults; the loader may override with -D).
 CIDR_SIZE = 4096
 SLOT_SHIFT = 4
+ACK_GRACE_S = 2 << SLOT_SHIFT  # auto mode: tc checks cookie ACKs this long after a port is disarmed
 SRC_SIZE = 65536
 SRC_SAMPLE = 16
 PORTS = 65536
@@ -213,6 +214,7 @@ class Config(ct.Structure):
         ("tcp_opts", ct.c_uint8),
         ("method", ct.c_uint8),
         ("reserved", ct.c_uint8),
+        ("all_until_s", ct.c_uint32),
     ]
 
 
@@ -324,6 +326,9 @@ def _ebpf_dir_default() -> Path:
 
 
 EBPF_DIR_DEFAULT = _ebpf_dir_default()
+# Running from a checkout (tests, the lab), not an installed package: test hooks
+# (SYNGUARD_TEST_FAULT) are honoured only then.
+FROM_CHECKOUT = EBPF_DIR_DEFAULT == Path(__file__).resolve().parent.parent / "ebpf"
 
 
 def _ebpf_obj_dir_default() -> Path:

@@ -29,10 +29,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from synguard import config as configmod, ifwatch, kernel, status, view
+from synguard import abi, config as configmod, ifwatch, kernel, status, view
 from synguard.abi import Mode
 from synguard.control import ControlError, ControlServer
 from synguard.datapath import DataPath, DataPathError
+from synguard.datapath.netns import NetnsLocked, netns_lock
 from synguard.log import event
 from synguard.metrics import SynguardCollector
 from synguard.mitigation import Mitigation
@@ -216,6 +217,11 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         problems = host_problems(self.config, starting=True)  # before compiling or touching a crashed run's pins
+        if not problems:
+            try:  # one daemon per network namespace: the pins there are its alone
+                self._netns_lock = netns_lock()
+            except (NetnsLocked, OSError) as e:
+                problems = [str(e)]
         if problems:
             for line in problems:
                 log.error("%s", line)
@@ -258,7 +264,9 @@ class Daemon:
         last_log = last_dog = last_watch = last_tick = time.monotonic()
         logged = self.datapath.counters()
         try:
-            fault = os.environ.get("SYNGUARD_TEST_FAULT")  # tests only: an unexpected error in the loop
+            # Tests only (from a checkout): an unexpected error in the loop. An installed
+            # daemon ignores it (host.py: the environment knobs).
+            fault = os.environ.get("SYNGUARD_TEST_FAULT") if abi.FROM_CHECKOUT else None
             while not self._stop.wait(1.0):
                 if fault == "tick":
                     raise RuntimeError("SYNGUARD_TEST_FAULT=tick: injected fault")
@@ -335,4 +343,7 @@ class Daemon:
                     change = self.syncookies.set(False)
                     if change:
                         event("syncookies", change, tcp_syncookies_held=False)
+        lock, self._netns_lock = getattr(self, "_netns_lock", None), None
+        if lock is not None:
+            os.close(lock)
 

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import ipaddress
 import os
 import socket
@@ -99,6 +100,7 @@ _OFF_FAMILY = 16
 _OFF_STATE = 17
 _SPORT_SRC = struct.Struct(">4xH2x16s")        # read at +16: (sport, src16)
 _QUEUES = struct.Struct("=II")                 # read at +72: (rqueue, wqueue)
+_UID = struct.Struct("=I")                     # read at +80: idiag_uid
 _MSG_MIN = 16 + 72
 
 _RECV_BUF = 1 << 16   # the kernel fills at most ~32 KiB per dump skb
@@ -124,6 +126,7 @@ class Listener:
     syn_recv: int       # half-open request sockets (SYN queue length)
     accept_queue: int   # established, not yet accept()ed
     backlog: int        # sk_max_ack_backlog = min(listen backlog, somaxconn)
+    uid: int = 0        # owner of the socket (of the lowest uid in a SO_REUSEPORT group)
 
     @property
     def synq_pct(self) -> float:
@@ -157,7 +160,7 @@ def _collect(sock: socket.socket, family: int, port: int | None,
              listen: dict, synq: Counter, seq: int) -> None:
     """Dump LISTEN + SYN_RECV TCP sockets of `family` into listen / synq.
 
-    listen[(family, src16, port)] = [rqueue, wqueue]  (merged per address)
+    listen[(family, src16, port)] = [rqueue, wqueue, uid]  (merged per address)
     synq[(family, port, src16)] += 1                  (per local address)
 
     Why not pyroute2's DiagSocket: decoding every message into an nlmsg object
@@ -202,13 +205,15 @@ def _collect(sock: socket.socket, family: int, port: int | None,
                 elif state == TCP_LISTEN:
                     p, src = sport_src(buf, off + 16)
                     rq, wq = queues(buf, off + 72)
+                    (uid,) = _UID.unpack_from(buf, off + 80)
                     k = (buf[off + _OFF_FAMILY], src, p)
                     cur = listen.get(k)
                     if cur is None:
-                        listen[k] = [rq, wq]
+                        listen[k] = [rq, wq, uid]
                     else:            # SO_REUSEPORT group: one row
                         cur[0] += rq
                         cur[1] += wq
+                        cur[2] = min(cur[2], uid)
             elif mtype == NLMSG_DONE:
                 # Count once at the end: Counter() over a list runs in C.
                 for (p, src), c in Counter(keys).items():
@@ -299,6 +304,36 @@ def listeners(port: int | None = None) -> list[Listener]:
     Rows come in kernel order (use format_listeners to sort). See the module
     docstring for how half-open sockets are attributed.
     """
+    listen, counts = _dump(port)
+    return [_row(k, v, counts) for k, v in listen.items()]
+
+
+def worst_listeners(limit: int) -> tuple[int, list[Listener]]:
+    """(how many listeners there are, the `limit` worst of them, worst first): fullest
+    SYN queue, then most half-open, then fullest accept queue; among equals, those a
+    local user cannot open (below 1024, or root's) and the lower port first. Rows are
+    built for those only: a local user's tens of thousands of idle listeners cost one
+    netlink dump, not a Listener object, a status line or three metric series each."""
+    listen, counts = _dump(None)
+
+    def badness(item):
+        k, (rq, wq, uid) = item
+        n = counts.get(k, 0)
+        return (n / wq if wq else 0.0, n, rq / wq if wq else 0.0, -int(k[2] >= 1024 and uid != 0), -k[2])
+
+    return len(listen), [_row(k, v, counts) for k, v in heapq.nlargest(limit, listen.items(), key=badness)]
+
+
+def _row(k, v, counts) -> Listener:
+    fam, src, p = k
+    rq, wq, uid = v
+    f = 4 if fam == socket.AF_INET else 6
+    return Listener(address=_ntop(f, src), port=p, family=f, syn_recv=counts.get(k, 0), accept_queue=rq,
+                    backlog=wq, uid=uid)
+
+
+def _dump(port: int | None):
+    """One sock_diag dump: ({listener key: [rqueue, wqueue, uid]}, {listener key: half-open})."""
     if port is not None and not 0 < int(port) < 65536:
         raise ValueError(f"bad port {port!r}")
     listen: dict[tuple[int, bytes, int], list[int]] = {}
@@ -322,15 +357,7 @@ def listeners(port: int | None = None) -> list[Listener]:
         if k is not None:
             counts[k] = counts.get(k, 0) + n
         # else: its listener closed during the dump; nothing to show.
-
-    rows = []
-    for k, (rq, wq) in listen.items():
-        fam, src, p = k
-        f = 4 if fam == socket.AF_INET else 6
-        rows.append(Listener(address=_ntop(f, src), port=p, family=f,
-                             syn_recv=counts.get(k, 0), accept_queue=rq,
-                             backlog=wq))
-    return rows
+    return listen, counts
 
 
 def _match(index: dict, fam: int, port: int, src: bytes):

@@ -18,6 +18,8 @@ from synguard import __version__, kernel
 from synguard.abi import COUNTER_NAMES, CookieMethod, Counter, Mode
 from synguard.detect import KINDS
 
+MAX_LISTENER_SERIES = 100  # listeners with their own synguard_listen_* series: the worst ones
+
 if TYPE_CHECKING:
     from synguard.daemon import Daemon
 
@@ -126,7 +128,13 @@ class SynguardCollector(Collector):
             g.add_metric([], syncookies)
             yield g
 
-        rows = kernel.listeners()
+        # Bounded: a local user can open tens of thousands of listeners; the series show the
+        # MAX_LISTENER_SERIES worst (kernel.worst_listeners), synguard_listeners counts them all.
+        total, rows = kernel.worst_listeners(MAX_LISTENER_SERIES)
+        g = GaugeMetricFamily("synguard_listeners", "TCP listeners in the daemon's network namespace (the "
+                              f"per-listener series show the {MAX_LISTENER_SERIES} worst).")
+        g.add_metric([], total)
+        yield g
         g_recv = GaugeMetricFamily("synguard_listen_syn_recv", "Half-open (SYN_RECV) requests per listener.",
                                    labels=["address", "port"])
         g_acc = GaugeMetricFamily("synguard_listen_accept_queue", "Accept queue length per listener.",

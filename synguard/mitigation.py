@@ -15,6 +15,7 @@ import ctypes as ct
 import ipaddress
 import logging
 import os
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -54,8 +55,10 @@ class Mitigation:
 
     @property
     def active(self) -> bool:
-        """A port is armed or an attack is on (what "protecting" means in mode auto)."""
-        return bool(self._armed) or bool(self.detector and self.detector.active)
+        """A port or every port ("protect all") is armed, or an attack is on (what
+        "protecting" means in mode auto)."""
+        return (bool(self._armed) or self.datapath.all_until() > time.time()
+                or bool(self.detector and self.detector.active))
 
     def configure(self, cfg: Config) -> None:
         """New detection knobs, watched ports and static denies (start and SIGHUP); the
@@ -72,11 +75,20 @@ class Mitigation:
         self._apply_deny()
 
     def watch_ports(self) -> None:
-        """Ports with their own SYN counters: the protected ones, else the listening ones."""
+        """Ports with their own SYN counters: the protected ones, else the listening ones,
+        those a local user cannot open first (below 1024, or a socket of root), then by
+        port: a user's listeners never push a service's port out of the PORT_SLOTS - 1
+        slots. An unwatched port is still protected by "protect all" and armed by the
+        fast trigger (the program counts unwatched ports together)."""
         ports = set(self.cfg.protect.ports)
-        if not ports:
-            ports = {r.port for r in kernel.listeners()}
-        self.datapath.set_watched(sorted(ports)[: abi.PORT_SLOTS - 1])
+        if ports:
+            chosen = sorted(ports)
+        else:
+            rank: dict[int, int] = {}
+            for r in kernel.listeners():
+                rank[r.port] = min(rank.get(r.port, 1), 0 if r.port < 1024 or r.uid == 0 else 1)
+            chosen = sorted(rank, key=lambda p: (rank[p], p))
+        self.datapath.set_watched(chosen[: abi.PORT_SLOTS - 1])
 
     def _apply_deny(self) -> None:
         temp = [f"{a}/{32 if ':' not in a else 128}" for a in self._temp_deny]
@@ -186,9 +198,9 @@ class Mitigation:
         dp = self.datapath
         wall_of = lambda t: wall + int(round(t - mono))  # noqa: E731
         wanted = {p: wall_of(u) for p, u in m["until_by_port"].items()}
-        if m["protect_all"] and m["protect_until"] is not None:
-            for p in dp.set_watched(sorted(dp._watch)):  # every watched port
-                wanted[p] = max(wanted.get(p, 0), wall_of(m["protect_until"]))
+        # "Protect all": one switch the program checks for every protected port, watched
+        # or not (arming the watched ports one by one left the others unprotected).
+        dp.arm_all(wall_of(m["protect_until"]) if m["protect_all"] and m["protect_until"] is not None else 0)
         for port, until in wanted.items():
             if self._armed.get(port) != until:
                 dp.arm_port(port, max(until, dp.port_auto_until(port)))

@@ -71,7 +71,7 @@ def test_struct_fields_match_header(struct, fields):
 
 
 @pytest.mark.parametrize("map_name, kind, fields, size", [
-    ("sg_config", "Leaf", abi.CONFIG_FIELDS, 40),
+    ("sg_config", "Leaf", abi.CONFIG_FIELDS, 44),
     ("sg_ports", "Leaf", abi.PORT_FIELDS, 8),
     ("sg_secrets", "Leaf", abi.SECRET_FIELDS, 16),
     ("sg_src_syns", "Key", abi.ADDR_FIELDS, 16),

@@ -50,7 +50,7 @@ class Config(ct.Structure):
 
     _fields_ = [(n, ct.c_uint32) for n in abi.CONFIG_FIELDS[:8]] + [
         ("synack_mss4", ct.c_uint16), ("synack_mss6", ct.c_uint16), ("synack_wscale", ct.c_uint8),
-        ("tcp_opts", ct.c_uint8), ("reserved", ct.c_uint16)]
+        ("tcp_opts", ct.c_uint8), ("reserved", ct.c_uint16), ("all_until_s", ct.c_uint32)]
 
 
 class Port(ct.Structure):
@@ -87,12 +87,13 @@ class Maps:
         k = ct.c_int(key)
         assert _bpf().bpf_map_update_elem(self.fd[name], ct.byref(k), ct.byref(value), 0) == 0
 
-    def config(self, mode=Mode.PROTECT, all_ports=0, slot=SLOT):
+    def config(self, mode=Mode.PROTECT, all_ports=0, slot=SLOT, now_s=0, all_until_s=0):
         self._put("sg_config", 0, Config(mode=int(mode), all_ports=all_ports, slot=slot, synack_mss4=1460,
-                                         synack_mss6=1440, synack_wscale=SYNACK_WSCALE, tcp_opts=ALL_OPTS))
+                                         synack_mss6=1440, synack_wscale=SYNACK_WSCALE, tcp_opts=ALL_OPTS,
+                                         now_s=now_s, all_until_s=all_until_s))
 
-    def port(self, port, protect):
-        self._put("sg_ports", port, Port(protect=protect))
+    def port(self, port, protect, auto_until_s=0):
+        self._put("sg_ports", port, Port(protect=protect, auto_until_s=auto_until_s))
 
     def secrets(self, by_parity):
         for i, key in enumerate(by_parity):
@@ -253,7 +254,7 @@ def run(tc, maps, fd, frame):
 
 def test_map_shapes_match_abi(tc):
     """The libbpf declarations hold the ABI structs (the XDP maps they reuse have these sizes)."""
-    assert map_value_size(tc.map_fd("sg_config")) == ct.sizeof(Config) == 40
+    assert map_value_size(tc.map_fd("sg_config")) == ct.sizeof(Config) == 44
     assert map_value_size(tc.map_fd("sg_ports")) == ct.sizeof(Port)
     assert map_value_size(tc.map_fd("sg_secrets")) == ct.sizeof(Secret)
     assert map_value_size(tc.map_fd("sg_counters")) == COUNTER_BLOCK_SIZE
@@ -363,8 +364,42 @@ def test_unlisted_port_and_observe_untouched(tc, maps, listen_ns):
     assert run(tc, maps, listen_ns, frame) == {}
     frame, _ = cookie_ack()
     assert run(tc, maps, listen_ns, frame) == {}
-    maps.config(mode=Mode.AUTO)  # auto: ACKs are checked on every listed port
-    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}
+    maps.config(mode=Mode.AUTO)  # auto, never armed: XDP issued no cookie, none is checked
+    assert run(tc, maps, listen_ns, frame) == {}
+
+
+# Issue 20 item 3: in auto mode a cookie ACK is a blind guess unless XDP issued cookies
+# for its port lately: checked only while the port (or "protect all") is armed, and for
+# SG_ACK_GRACE_S after (a cookie's lifetime: the current and the previous slot).
+@pytest.mark.parametrize("switch", ["port", "all"])
+def test_auto_mode_checks_only_while_armed_and_a_grace_after(tc, maps, listen_ns, switch):
+    frame, _ = cookie_ack()
+    checked = {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}
+    now = 100000
+    grace = abi.ACK_GRACE_S
+
+    def arm(until):
+        if switch == "port":
+            maps.config(mode=Mode.AUTO, now_s=now)
+            maps.port(PORT, 1, auto_until_s=until)
+        else:
+            maps.config(mode=Mode.AUTO, now_s=now, all_until_s=until)
+            maps.port(PORT, 1)
+
+    try:
+        arm(0)
+        assert run(tc, maps, listen_ns, frame) == {}  # never armed
+        arm(now + 5)
+        assert run(tc, maps, listen_ns, frame) == checked  # armed
+        arm(now - grace + 1)
+        assert run(tc, maps, listen_ns, frame) == checked  # disarmed, within the grace
+        arm(now - grace)
+        assert run(tc, maps, listen_ns, frame) == {}  # past it
+        maps.config(mode=Mode.PROTECT, now_s=now)
+        assert run(tc, maps, listen_ns, frame) == checked  # protect mode: always
+    finally:
+        maps.config()
+        maps.port(PORT, 1)
 
 
 def _others():

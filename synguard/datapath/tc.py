@@ -58,7 +58,10 @@ def _errno_of(ret: int) -> int:
 
 
 def find_clang() -> str:
-    for name in (os.environ.get("SYNGUARD_CLANG"), "clang", "clang-14"):
+    from synguard.datapath.host import env_path
+
+    forced = env_path("SYNGUARD_CLANG")  # a trusted path, or DataPathError
+    for name in (str(forced) if forced else None, "clang", "clang-14"):
         if name and shutil.which(name):
             return shutil.which(name)
     raise DataPathError("clang not found: the tc program is compiled with clang (apt-get install clang-14 libbpf-dev)")
