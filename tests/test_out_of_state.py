@@ -419,3 +419,60 @@ def test_kernel_cookie_ack_in_flight_across_the_switch(guarded):
         lab._sysctls(lab.server_ns, {"net/ipv4/tcp_syncookies": 1})
     assert d.get(Counter.KERNEL_COOKIE_ACK) == 1 and not d.get(Counter.OOS_DROPPED), d
     assert ns1["TcpExt"]["SyncookiesRecv"] - ns0["TcpExt"]["SyncookiesRecv"] == 1
+
+
+# ---- the daemon: auto mode detects the flood and drops it ----------------------------------
+
+
+@hard_timeout(300)
+def test_auto_mode_detects_ack_flood_and_drops_it(tmp_path):
+    """`synguard run --mode auto`: a forged ACK flood above detection.ack_flood_pps is
+    named ack-flood within 2 s of its first frame (the log's attack_start), out-of-state
+    drops come on (the kernel stops answering), status says so; the flood ends, so does the attack."""
+    from synguard_lab.common import repo_env
+    from synguard_lab.lab import Lab
+
+    ctl = tmp_path / "control.sock"
+    with Lab("sgof") as lab:
+        lab.tcp_server(PORT, mode="echo")
+        log = open(tmp_path / "daemon.log", "w")
+        d = lab.popen(lab.server_ns, [sys.executable, "-m", "synguard.cli", "run", "-i", lab.server_client_if,
+                                      "-i", lab.server_attacker_if, "--mode", "auto", "--ports", str(PORT),
+                                      "--metrics-listen", "", "--control-socket", str(ctl), "--json"],
+                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=repo_env())
+        try:
+            deadline = time.monotonic() + 120
+            while '"event": "config"' not in (tmp_path / "daemon.log").read_text():
+                assert d.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+                time.sleep(0.2)
+            time.sleep(2.5)  # two ticks: the detector has its previous reading
+            assert all(t is not None for t in lab.connect_times(3, PORT))
+            ns0 = lab.netstat(lab.server_ns)
+            res = _flood(lab, 40_000, 8, 5000, "ack")
+            ns1 = lab.netstat(lab.server_ns)
+            status = json.loads(subprocess.run([sys.executable, "-m", "synguard.cli", "status", "--json",
+                                                "--socket", str(ctl)], capture_output=True, text=True,
+                                               timeout=30, env=repo_env()).stdout)
+            text_status = subprocess.run([sys.executable, "-m", "synguard.cli", "status", "--socket",
+                                          str(ctl)], capture_output=True, text=True, timeout=30,
+                                         env=repo_env()).stdout
+        finally:
+            d.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                d.wait(30)
+            lab.stop(d)
+            log.close()
+    events = [json.loads(line) for line in (tmp_path / "daemon.log").read_text().splitlines()
+              if line.startswith("{")]
+    starts = [e for e in events if e["event"] == "attack_start" and e["attack"]["kind"] == "ack-flood"]
+    assert starts, [e for e in events if e["event"].startswith("attack")]
+    detected_after = starts[0]["ts"] - res["started_at"]
+    rsts = ns1["Tcp"]["OutRsts"] - ns0["Tcp"]["OutRsts"]
+    print(f"\nack-flood: sent {res['sent']} at {res['pps']:.0f} pps, detected after {detected_after:.2f} s, "
+          f"kernel RSTs {rsts}\n{text_status}")
+    assert detected_after <= 2.0, detected_after
+    # Before the drops came on the kernel answered; after, nothing: at most ~2.5 s of the flood.
+    assert rsts <= res["pps"] * 2.5 and rsts < res["sent"] * 0.4, (rsts, res)
+    det = status["detection"]
+    assert det["ack_flood"]["kind"] == "ack-flood" and det["oos_dropping"], det
+    assert "out of state: ATTACK ack-flood" in text_status, text_status
