@@ -258,16 +258,44 @@ def _flood(lab, count, seconds, pps, kind):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@contextlib.contextmanager
+def cookie_method(lab, dp, tc, method: str):
+    """kfunc: as the fixture set it up (XDP + tc). kernel-cookie: as the daemon runs it on a
+    kernel without the kfunc: no tc program, tcp_syncookies=2, XDP checks out-of-state segments."""
+    if method == "kfunc":
+        yield
+        return
+    for ifname in (lab.server_client_if, lab.server_attacker_if):
+        tc.detach(ifname)
+    lab._sysctls(lab.server_ns, {"net/ipv4/tcp_syncookies": 2})
+    dp.set_cookie_method(CookieMethod.KERNEL_COOKIE)
+    try:
+        yield
+    finally:
+        dp.set_cookie_method(CookieMethod.KFUNC_COOKIE)
+        lab._sysctls(lab.server_ns, {"net/ipv4/tcp_syncookies": 1})
+        with lab.netns(lab.server_ns):
+            for ifname in (lab.server_client_if, lab.server_attacker_if):
+                tc.attach(ifname)
+
+
 @hard_timeout(300)
+@pytest.mark.parametrize("method", ["kfunc", "kernel-cookie"])
 @pytest.mark.parametrize("kind", ["ack", "rst"])
-def test_flood_stopped_before_the_stack(guarded, kind, record_property):
+def test_flood_stopped_before_the_stack(guarded, programs, kind, method, record_property):
     lab, dp, _ = guarded
     count, pps = 60_000, 20_000
+    with cookie_method(lab, dp, programs[1], method):
+        _flood_through_stream(lab, dp, kind, count, pps, method, record_property)
+
+
+def _flood_through_stream(lab, dp, kind, count, pps, method, record_property):
     stream = lab.popen(lab.client_ns, [sys.executable, "-c", _STREAM_CODE, labmod.SERVER_IP4, str(PORT), "5"],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert stream.stdout.readline().strip() == "connected"
         ns0 = lab.netstat(lab.server_ns)
+        cl0 = lab.netstat(lab.client_ns)
         before = dp.counters()
         stream.stdin.write("go\n")
         stream.stdin.flush()
@@ -280,19 +308,28 @@ def test_flood_stopped_before_the_stack(guarded, kind, record_property):
         got = json.loads(stream.communicate(timeout=60)[0].strip().splitlines()[-1])
         time.sleep(0.3)
         ns1 = lab.netstat(lab.server_ns)
+        cl1 = lab.netstat(lab.client_ns)
         d = delta(dp, before)
     finally:
         lab.stop(stream)
+    retrans = (ns1["Tcp"]["RetransSegs"] - ns0["Tcp"]["RetransSegs"]
+               + cl1["Tcp"]["RetransSegs"] - cl0["Tcp"]["RetransSegs"])
     rsts = ns1["Tcp"]["OutRsts"] - ns0["Tcp"]["OutRsts"]
     oos = Counter.OOS_ACK if kind == "ack" else Counter.OOS_RST
-    line = (f"{kind} flood: sent {res['sent']} at {res['pps']:.0f} pps; dropped {d.get(Counter.OOS_DROPPED, 0)}, "
-            f"kernel RSTs {rsts}; stream {got}; new clients {contacts}")
+    line = (f"{kind} flood ({method}): sent {res['sent']} at {res['pps']:.0f} pps; dropped {d.get(Counter.OOS_DROPPED, 0)}, "
+            f"kernel RSTs {rsts}; stream {got}, retransmissions {retrans}; new clients {contacts}")
     print("\n" + line)
     record_property("flood", line)
     assert res["sent"] >= count * 0.9, res
     assert d.get(oos, 0) >= res["sent"] * 0.99 and d.get(Counter.OOS_DROPPED, 0) >= res["sent"] * 0.99, d
     assert rsts <= res["sent"] * 0.01, rsts
-    assert got["intact"] and got["echoed"] == got["sent"] and got["max_gap_ms"] < 200, got
+    # The stream loses nothing: no segment of it was dropped (a loss would show as a
+    # retransmission, and its RTO as a stall >= 200 ms). The gap between echoes is printed,
+    # not asserted: on a shared 2-core box the Python client itself is descheduled while
+    # the flood's softirq work runs (measured 32-175 ms, twice 340 and 746 ms without a
+    # single retransmission).
+    assert got["intact"] and got["echoed"] == got["sent"], got
+    assert retrans == 0, retrans
     assert all(t is not None and t < 0.9 for t in contacts), contacts  # first contact: no SYN retransmit
 
 
