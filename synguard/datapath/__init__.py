@@ -389,6 +389,10 @@ class DataPath:
         self._write_config(local_only=1)
         return left_out
 
+    def set_local_only(self, on: bool) -> None:
+        """Scope on (act only for sg_local_addrs) or off (any destination: tests, benchmarks)."""
+        self._write_config(local_only=int(bool(on)))
+
     def local_addrs(self) -> set:
         """The addresses the program acts for (sg_local_addrs)."""
         return {addr_of_key(bytes(k)) for k in self.map("sg_local_addrs").keys()}
