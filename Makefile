@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 #   PYTEST_ADDOPTS="-m slow" make test    or    make test PYTEST_ADDOPTS="-k cookie"
 export PYTEST_ADDOPTS
 
-.PHONY: all setup test demo bench deb ebpf clean
+.PHONY: all setup test test-kernels demo bench deb ebpf clean
 
 all: test
 
@@ -17,6 +17,13 @@ setup:
 
 test: setup
 	$(PY) -m pytest -q -ra tests
+
+# The kernel matrix: tests/test_kernel_matrix.py (marker `kernel`) on each kernel, Debian's
+# booted in QEMU guests from their own packages (scripts/kernels.sh: fetched and extracted into
+# a cache, never installed); "host" = the running kernel, no guest. Results: build/kernels/.
+KERNELS ?= 6.1.0-50-amd64 6.12.118+deb12-amd64 host
+test-kernels: setup
+	@bash scripts/kernels.sh matrix $(KERNELS)
 
 demo: setup
 	$(PY) -m synguard_lab.demo $(ARGS)
@@ -43,5 +50,5 @@ ebpf/%.bpf.o: ebpf/%.bpf.c ebpf/synguard_abi.h ebpf/synguard_siphash.h ebpf/syng
 	$(CLANG) $(EBPF_CFLAGS) -c $< -o $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info synguard_*.deb ebpf/*.bpf.o
+	rm -rf $(VENV) build/kernels .pytest_cache .hypothesis build dist *.egg-info synguard_*.deb ebpf/*.bpf.o
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -670,6 +670,48 @@ static __always_inline void port_count(const struct sg_config *cfg, struct sg_po
 	}
 }
 
+/* The socket the kernel would give this SYN (a listener, or a TIME_WAIT/request
+ * socket of the same 4-tuple), looked up in the ingress device's namespace.
+ * NULL: none. The caller releases it. */
+static __always_inline struct bpf_sock *syn_sk_lookup(struct xdp_md *ctx, const struct sg_syn *syn)
+{
+	struct bpf_sock_tuple t = {};
+
+	if (syn->ipv6) {
+		__builtin_memcpy(t.ipv6.saddr, syn->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, syn->daddr, 16);
+		t.ipv6.sport = syn->sport;
+		t.ipv6.dport = syn->dport;
+		return bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	}
+	t.ipv4.saddr = (__u32)syn->saddr[0];
+	t.ipv4.daddr = (__u32)syn->daddr[0];
+	t.ipv4.sport = syn->sport;
+	t.ipv4.dport = syn->dport;
+	return bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+}
+
+/* 1 when the kernel already holds this SYN's 4-tuple in a TIME_WAIT socket (the
+ * server closed first and the client's port came round again) or a connection.
+ * Such a SYN is the kernel's: it reuses a TIME_WAIT socket for a newer SYN.
+ * Answered with our cookie instead, the client's ACK would meet the TIME_WAIT
+ * socket (the tc program's bpf_sk_lookup_tcp() finds no listener for a TIME_WAIT
+ * 4-tuple): the client believes it is connected and its data is lost.
+ * A request socket (a SYN the kernel took before the port was armed) is not
+ * "held": a cookie ACK for its 4-tuple still finds the listener, and a flood that
+ * repeats its 4-tuples would otherwise reach the kernel through its SYN queue. */
+static __always_inline int syn_tuple_held(struct xdp_md *ctx, const struct sg_syn *syn)
+{
+	struct bpf_sock *sk = syn_sk_lookup(ctx, syn);
+	int held;
+
+	if (!sk)
+		return 0;
+	held = sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_NEW_SYN_RECV;
+	bpf_sk_release(sk);
+	return held;
+}
+
 /* The answer to a SYN whose options are read: negotiate, hash, rewrite, count. */
 static __always_inline int synack_reply(struct xdp_md *ctx, const struct sg_config *cfg,
 					struct sg_counter_block *cnt, __u32 l3_off, struct sg_syn *syn)
@@ -681,6 +723,10 @@ static __always_inline int synack_reply(struct xdp_md *ctx, const struct sg_conf
 	__u64 h;
 	int verdict;
 
+	if (syn_tuple_held(ctx, syn)) {
+		count(cnt, SG_CNT_SYN_PASSED);
+		return XDP_PASS;
+	}
 	negotiate(syn, cfg->tcp_opts, &neg);
 	key = sg_secrets.lookup(&parity);
 	if (!key)
@@ -713,27 +759,6 @@ static __always_inline int synack_reply(struct xdp_md *ctx, const struct sg_conf
  * exactly as the kernel encodes them (kcookie_ts()); with tcp_timestamps=1 the
  * kernel would subtract a per-connection secret from the echo, so we send MSS
  * only: no window scaling, SACK, timestamps or ECN on those connections. */
-
-/* The socket the kernel would give this SYN (a listener, or a TIME_WAIT/request
- * socket of the same 4-tuple), looked up in the ingress device's namespace.
- * NULL: none. The caller releases it. */
-static __always_inline struct bpf_sock *kcookie_lookup(struct xdp_md *ctx, const struct sg_syn *syn)
-{
-	struct bpf_sock_tuple t = {};
-
-	if (syn->ipv6) {
-		__builtin_memcpy(t.ipv6.saddr, syn->saddr, 16);
-		__builtin_memcpy(t.ipv6.daddr, syn->daddr, 16);
-		t.ipv6.sport = syn->sport;
-		t.ipv6.dport = syn->dport;
-		return bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
-	}
-	t.ipv4.saddr = (__u32)syn->saddr[0];
-	t.ipv4.daddr = (__u32)syn->daddr[0];
-	t.ipv4.sport = syn->sport;
-	t.ipv4.dport = syn->dport;
-	return bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-}
 
 /* bpf_tcp_gen_syncookie() wants th_len == doff * 4 as a size the verifier can
  * bound against the packet: one constant-size check and call per doff value. */
@@ -809,7 +834,7 @@ static __always_inline int kcookie_reply(struct xdp_md *ctx, const struct sg_con
 	syn->ts = 0;
 	if ((cfg->tcp_opts & SG_OPT_TS_NO_OFFSET) && synopts_fast(ctx, pkt, syn) && syn->ts)
 		negotiate(syn, cfg->tcp_opts, &neg);
-	sk = kcookie_lookup(ctx, syn);
+	sk = syn_sk_lookup(ctx, syn);
 	if (!sk) {
 		count(pkt->cnt, SG_CNT_SYN_NO_LISTENER);
 		goto pass;

@@ -69,7 +69,7 @@ from typing import Iterable
 
 from synguard import abi
 
-__all__ = ["Listener", "listeners", "tcp_counters", "sysctls", "synack_settings", "min_mtu",
+__all__ = ["Listener", "listeners", "peers", "tcp_counters", "sysctls", "synack_settings", "min_mtu",
            "format_listeners", "to_json", "SYSCTLS"]
 
 # linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h, net/tcp_states.h
@@ -230,6 +230,61 @@ def _sock() -> socket.socket:
         s.close()
         raise
     return s
+
+
+# Sockets past the handshake: ESTABLISHED, FIN_WAIT1/2, TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING.
+_PEER_STATES = sum(1 << s for s in (1, 4, 5, 6, 8, 9, 11))
+_OFF_DST = 16 + 4 + 4 + 16  # inet_diag_msg: family, state, timer, retrans, sport, dport, src[16], dst[16]
+
+
+def _collect_peers(sock: socket.socket, family: int, out: set, seq: int) -> None:
+    """Add the remote address (16 raw bytes) of every socket past the handshake to `out`."""
+    sock.send(_request(family, _PEER_STATES, None, seq))
+    buf = bytearray(_RECV_BUF)
+    view = memoryview(buf)
+    while True:
+        n = sock.recv_into(view)
+        if n <= 0:
+            raise OSError("sock_diag: empty read")
+        off = 0
+        while off + 16 <= n:
+            mlen, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
+            if mlen < 16 or off + mlen > n:
+                raise OSError(f"sock_diag: malformed message (len {mlen})")
+            if mseq == seq:
+                if mtype == SOCK_DIAG_BY_FAMILY and mlen >= _MSG_MIN:
+                    dst = bytes(buf[off + _OFF_DST:off + _OFF_DST + 16])
+                    out.add(dst[:4] if family == socket.AF_INET else dst)
+                elif mtype == NLMSG_DONE:
+                    return
+                elif mtype == NLMSG_ERROR:
+                    (err,) = _NLMSGERR.unpack_from(buf, off + 16)
+                    if err:
+                        raise OSError(-err, f"sock_diag: {os.strerror(-err)}")
+            off += (mlen + 3) & ~3
+
+
+def peers() -> set[str]:
+    """Remote addresses of the caller's netns' TCP sockets past the handshake (established,
+    closing or in TIME_WAIT): clients that completed a handshake. IPv4-mapped IPv6 peers
+    (a dual-stack listener's IPv4 clients) are given as IPv4."""
+    raw: set[bytes] = set()
+    with _sock() as s:
+        _collect_peers(s, socket.AF_INET, raw, 1)
+        try:
+            _collect_peers(s, socket.AF_INET6, raw, 2)
+        except OSError as e:   # no inet6 diag handler
+            if e.errno != errno.ENOENT:
+                raise
+    out = set()
+    for a in raw:
+        if len(a) == 4:
+            out.add(_ntop(4, a))
+        elif a.startswith(_V4_MAPPED):
+            out.add(_ntop(4, a[12:]))
+        else:
+            out.add(_ntop(6, a))
+    return out
 
 
 def _ntop(family: int, src: bytes) -> str:

@@ -64,9 +64,13 @@ class SynguardCollector(Collector):
         yield mode
         method = GaugeMetricFamily("synguard_cookie_method", "1 for the SYN-cookie method in use: kfunc (XDP "
                                    "SYN-ACK + tc bpf_sk_assign_tcp_reqsk), kernel-cookie (XDP SYN-ACK with "
-                                   "bpf_tcp_gen_syncookie, completed by the kernel) or none.", labels=["method"])
+                                   "bpf_tcp_gen_syncookie, completed by the kernel) or none; reason, on the one "
+                                   "in use: kfunc-available, no-kfunc, tc-refused (the tc program's load failed) or "
+                                   "forced (SYNGUARD_COOKIE_METHOD).", labels=["method", "reason"])
+        in_use = d.datapath.cookie_method or "none"
         for m in (*CookieMethod.labels(), "none"):
-            method.add_metric([m], 1.0 if (d.datapath.cookie_method or "none") == m else 0.0)
+            method.add_metric([m, (getattr(d.datapath, "cookie_method_why", None) or "") if m == in_use else ""],
+                              1.0 if in_use == m else 0.0)
         yield method
         active = GaugeMetricFamily("synguard_protecting", "1 while XDP answers SYNs to protected ports with cookies (protect, or "
                                    "auto with a port armed), else 0.")
@@ -113,7 +117,7 @@ class SynguardCollector(Collector):
         g = GaugeMetricFamily("synguard_detector_cusum", "NP-CUSUM statistic on the SYN-vs-handshake gap.")
         g.add_metric([], det.cusum if det else 0.0)
         yield g
-        g = GaugeMetricFamily("synguard_detector_baseline_syn_rate", "Learnt normal SYN rate (EWMA), SYN/s.")
+        g = GaugeMetricFamily("synguard_detector_baseline_syn_rate", "Learnt normal rate of completed handshakes (EWMA, frozen during attacks), per second.")
         g.add_metric([], det.baseline if det else 0.0)
         yield g
 

@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from synguard.datapath import DataPath
 
 
+TOP_SPARE = 22  # sources read beyond the top 10, in case real clients are among the heaviest
+PEER_MEMORY_S = 600.0  # a source that completed a handshake is a real client for this long
+PEER_MEMORY_MAX = 65536
+
+
 class Mitigation:
     def __init__(self, datapath: DataPath):
         self.datapath = datapath
@@ -45,6 +50,10 @@ class Mitigation:
         self._armed: dict[int, int] = {}  # port -> wall-clock second it stays armed until
         self._top_at = 0.0
         self._hh: dict[str, int] = {}  # heavy-hitter source -> its sampled SYN count last tick
+        self._snap: dict[str, int] = {}  # the sources of the last full read -> their counts then
+        self._loud = False  # the previous tick was over the floor (top sources were read)
+        self._gappy = False  # ... and had a gap between SYNs and handshakes
+        self._peers: dict[str, float] = {}  # address that completed a handshake -> when last seen (mono)
 
     @property
     def active(self) -> bool:
@@ -82,18 +91,44 @@ class Mitigation:
         temp = [f"{a}/{32 if ':' not in a else 128}" for a in self._temp_deny]
         self.datapath.set_deny_cidrs([*self.cfg.deny, *temp])
 
-    def _top_sources(self, now: float) -> list[tuple[str, int]]:
-        """SYNs of the heaviest sampled sources during the last tick.
+    def _completed(self, now: float) -> set[str]:
+        """Addresses that completed a handshake with this host (a socket past the handshake,
+        TIME_WAIT included) in the last PEER_MEMORY_S seconds: real clients, never named
+        as attackers (sources_sample) nor denied."""
+        try:
+            fresh = kernel.peers()
+        except OSError:
+            fresh = set()
+        for a in fresh:
+            self._peers[a] = now
+        if len(self._peers) > PEER_MEMORY_MAX or fresh:
+            self._peers = {a: t for a, t in self._peers.items() if now - t < PEER_MEMORY_S}
+            if len(self._peers) > PEER_MEMORY_MAX:  # keep the most recently seen
+                keep = sorted(self._peers.items(), key=lambda at: at[1])[-PEER_MEMORY_MAX:]
+                self._peers = dict(keep)
+        return set(self._peers)
+
+    def _top_sources(self, now: float, fresh: bool = False) -> list[tuple[str, int]]:
+        """SYNs of the heaviest sampled sources that never completed a handshake, during
+        the last tick.
 
         A full read of the per-source map costs ~0.1 s when it is full, so the
-        heavy hitters are re-chosen from a full read at most every 5 s; every
-        tick, only those few entries are looked up and their growth since the
-        previous tick is reported (so shares compare with this tick's SYNs)."""
+        heavy hitters are re-chosen from a full read at most every 5 s, on the first
+        tick over the floor, and on the first tick with a gap between SYNs and
+        handshakes (`fresh`: a real crowd may have made the ticks loud before), so a
+        source that began flooding in the alarm tick is a heavy hitter at once;
+        every tick, only those few entries are looked up and their growth since the
+        previous tick is reported (so shares compare with this tick's SYNs). A source chosen in a full read grows from its count
+        in the previous full read (0 if it was not there: all its SYNs are recent).
+        Sources that completed handshakes (kernel.peers) are left out: the tick's
+        kind and sources_sample speak of the unanswered SYNs only."""
         table = self.datapath.map("sg_src_syns")
-        if now - self._top_at >= 5 or not self._hh:
+        if now - self._top_at >= 5 or not self._hh or not self._loud or fresh:
             self._top_at = now
-            rows = status.top_sources(self.datapath, 10)
-            self._hh = {r["source"]: self._hh.get(r["source"], r["syns"]) for r in rows}
+            done = self._completed(now)
+            rows = [r for r in status.top_sources(self.datapath, 10 + TOP_SPARE) if r["source"] not in done][:10]
+            self._hh = {r["source"]: self._hh.get(r["source"], self._snap.get(r["source"], 0)) for r in rows}
+            self._snap = {r["source"]: r["syns"] for r in rows}
         out = []
         for addr, before in list(self._hh.items()):
             key = table.Key()
@@ -118,10 +153,6 @@ class Mitigation:
         window_s = wall - 1 if window_s is None else window_s
         regs = dp.hll_registers(window_s, blocks)
         distinct, new = self.hll_history.novelty(regs)
-        if self.detector.active is None:
-            # The history is what normal looks like: an attack's sources stay out
-            # of it, or a long random flood would soon look "already seen".
-            self.hll_history.add(regs, window_s)
         self.sources_distinct = distinct
         prev, self._prev = self._prev, (counters, opens, port_syns)
         if prev is None:
@@ -132,12 +163,22 @@ class Mitigation:
         fast = set()
         if counters[Counter.FAST_TRIGGER] != c0[Counter.FAST_TRIGGER] or self._armed:
             fast = {p for p in port_syns if (dp.port_auto_until(p) - wall) > 0 and p not in self._armed}
-        gate_hint = syns / max(dt, 1e-3) >= self.cfg.detection.floor_pps
-        top = self._top_sources(mono) if gate_hint else []
+        dc = self.cfg.detection
+        gate_hint = syns / max(dt, 1e-3) >= dc.floor_pps
+        # A gap between SYNs and handshakes (about x > drift): the heavy hitters are re-read
+        # on the first such tick, so a source that began flooding in it is known at once.
+        gap_hint = gate_hint and (0.9 * syns - completions) / max(dt, 1e-3) > dc.cusum_drift * dc.floor_pps
+        top = self._top_sources(mono, fresh=gap_hint and not self._gappy) if gate_hint else []
+        self._loud, self._gappy = gate_hint, gap_hint
         tick = Tick(t=mono, dt=dt, syns=max(0, syns), completions=completions, distinct=distinct,
                     new_sources=new, port_syns={p: max(0, n - ports0.get(p, 0)) for p, n in port_syns.items()},
                     top_sources=top, fast_trigger_ports=frozenset(fast))
         events = self.detector.update(tick)
+        if self.detector.active is None and self.detector.x_last <= dc.cusum_drift:
+            # The history is what normal looks like: an attack's sources (from its alarm tick
+            # on, and the suspicious ticks before it) stay out of it, or a flood from a pool of
+            # addresses would look "already seen" from its second tick.
+            self.hll_history.add(regs, window_s)
         for ev in events:
             a = ev["attack"]
             self.events.append(ev)

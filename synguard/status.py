@@ -56,6 +56,7 @@ def document(d) -> dict:
         "mode": d.config.mode.label,
         "cookie_method": dp.cookie_method,
         "cookie_method_reason": getattr(dp, "cookie_method_reason", None),
+        "cookie_method_why": getattr(dp, "cookie_method_why", None),
         "cookie_options": kernel.cookie_options(dp.cookie_method, dp.config()["tcp_opts"]),
         "tcp_syncookies_held": bool(d.syncookies and d.syncookies.held),
         "protecting": d.protecting,

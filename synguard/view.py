@@ -112,7 +112,7 @@ def format_status(st: dict, numeric: bool = False) -> str:
         else:
             out.append("|- attack:      none detected")
         prot = ",".join(map(str, det["protected_ports"])) or "-"
-        out.append(f"|  |- detector:  baseline {n(det['baseline_pps'])} SYN/s, distinct sources "
+        out.append(f"|  |- detector:  baseline {n(det['baseline_pps'])} handshakes/s, distinct sources "
                    f"{n(det['sources_distinct'])}/s, cusum {det['cusum']:.2f}")
         so_far = ", ".join(f"{k} {v}" for k, v in det["attacks_total"].items()) or "0"
         if st["mode"] == "auto":

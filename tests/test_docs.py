@@ -115,3 +115,48 @@ def test_every_command_and_option_is_completed(completion):
     assert "lo" in complete(completion, "run", "-i", "")
     assert complete(completion, "check-config", str(ROOT / "config" / "synguard.y")) == [
         str(ROOT / "config" / "synguard.yaml")]
+
+
+# --- the README's "Supported kernels" table and the kernel matrix ------------------------------
+
+def _matrix_kernels() -> list[str]:
+    """KERNELS ?= ... of the Makefile: what `make test-kernels` (and so .ci/run) runs."""
+    m = re.search(r"^KERNELS \?= (.+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert m, "Makefile has no KERNELS ?= line"
+    return m.group(1).split()
+
+
+def test_supported_kernels_table_is_the_matrix():
+    """Every kernel the matrix runs has a row and every row is run by the matrix; methods
+    are the daemon's labels; a method keeps the same options on every kernel (the options
+    are the method's, the matrix measures them per kernel against this table); the kfunc
+    method keeps every option; .ci/run runs the matrix."""
+    from synguard.abi import CookieMethod
+    from synguard_lab import kernelmatrix as km
+
+    rows = km.supported_kernels((ROOT / "README.md").read_text())
+    assert [km.kernel_of(r) for r in rows] == _matrix_kernels()
+    by_method: dict[str, set[int]] = {}
+    for r in rows:
+        kver = km.kernel_of(r)
+        assert kver == "host" or re.fullmatch(r"\d+\.\d+\.\d+(-\d+|\+deb\d+)-amd64", kver), kver
+        assert km.method_of(r) in CookieMethod.labels(), r
+        by_method.setdefault(km.method_of(r), set()).add(km.options_bits(r["options a client keeps"]))
+        assert "make test-kernels" in r["tested by"], r
+        assert ("no guest" in r["tested by"]) == (kver == "host"), r
+    assert all(len(v) == 1 for v in by_method.values()), by_method
+    assert by_method.get("kfunc", {sum(km.OPTION_BITS.values())}) == {sum(km.OPTION_BITS.values())}
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test-kernels" in ci and ci.index("make test-kernels") > ci.index("make test")
+
+
+def test_options_cell_parser_refuses_unknown_words():
+    """The table check above cannot pass on a typo: an unknown option word is an error."""
+    from synguard_lab import kernelmatrix as km
+
+    assert km.options_bits("MSS") == 0
+    assert km.options_bits("MSS, timestamps, SACK, window scaling") == 7
+    assert km.options_bits_ts2("MSS; with `tcp_timestamps=2`: MSS, SACK (clients that send timestamps)") == 2
+    assert km.options_bits_ts2("MSS, SACK") == 2
+    with pytest.raises(ValueError):
+        km.options_bits("MSS, timestamp")

@@ -478,6 +478,7 @@ def test_datapath_falls_back_when_the_tc_program_is_refused(monkeypatch, tmp_pat
     try:
         assert (dp.cookie_method, dp.config()["method"], dp.tc) == ("kernel-cookie", 1, None)
         assert "refused the tc program" in dp.cookie_method_reason, dp.cookie_method_reason
+        assert dp.cookie_method_why == "tc-refused"
     finally:
         dp.close()
     monkeypatch.setenv(COOKIE_METHOD_ENV, "kfunc")
@@ -497,6 +498,7 @@ def test_datapath_without_the_kfunc_falls_back(monkeypatch):
     try:
         assert (dp.cookie_method, dp.config()["method"], dp.tc) == ("kernel-cookie", 1, None)
         assert "no bpf_sk_assign_tcp_reqsk() kfunc" in dp.cookie_method_reason
+        assert dp.cookie_method_why == "no-kfunc"
     finally:
         dp.close()
     monkeypatch.setenv(COOKIE_METHOD_ENV, "kfunc")

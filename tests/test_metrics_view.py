@@ -91,15 +91,17 @@ def test_format_status_names_the_cookie_method():
 def test_cookie_method_metric_has_every_label(registry, dp):
     from synguard.abi import CookieMethod
 
-    get = lambda m: registry.get_sample_value("synguard_cookie_method", {"method": m})  # noqa: E731
+    get = lambda m, why="": registry.get_sample_value("synguard_cookie_method",  # noqa: E731
+                                                      {"method": m, "reason": why})
     assert [get(m) for m in ("kfunc", "kernel-cookie", "none")] == [0.0, 0.0, 1.0]  # tc=False: none
     dp.set_cookie_method(CookieMethod.KERNEL_COOKIE)
+    dp.cookie_method_why = "forced"
     try:
-        assert [get(m) for m in ("kfunc", "kernel-cookie", "none")] == [0.0, 1.0, 0.0]
+        assert [get("kfunc"), get("kernel-cookie", "forced"), get("none")] == [0.0, 1.0, 0.0]
         assert dp.config()["method"] == CookieMethod.KERNEL_COOKIE
     finally:
         dp.set_cookie_method(CookieMethod.KFUNC_COOKIE)
-        dp.cookie_method = None  # the session's program stays as the other tests expect it
+        dp.cookie_method = dp.cookie_method_why = None  # the session's program stays as the other tests expect it
 
 
 def test_format_top():

@@ -136,6 +136,8 @@ class DataPath:
         self.tc = None
         self.cookie_method: str | None = None  # CookieMethod label: "kfunc" | "kernel-cookie"
         self.cookie_method_reason: str | None = None  # why that one (the daemon logs it)
+        # ... as a label value: kfunc-available | no-kfunc | tc-refused | forced (None: not chosen)
+        self.cookie_method_why: str | None = None
         self.tc_unavailable: str | None = None  # why the kfunc method is not used
         self.tc_problem: str | None = None  # last attach's warning (tcp_syncookies=0), for the daemon
         if tc:
@@ -152,10 +154,12 @@ class DataPath:
         if forced not in ("auto", *CookieMethod.labels()):
             raise DataPathError(f"{COOKIE_METHOD_ENV}={forced!r}: use auto, {', '.join(CookieMethod.labels())}")
         if not tcmod.kernel_has_kfunc():
+            self.cookie_method_why = "no-kfunc"
             self.tc_unavailable = f"this kernel has no {tcmod.KFUNC}() kfunc (Linux >= 6.9 with BTF)"
             if forced == "kfunc":
                 raise DataPathError(f"{COOKIE_METHOD_ENV}=kfunc, but {self.tc_unavailable}")
         elif forced == "kernel-cookie":
+            self.cookie_method_why = "forced"
             self.tc_unavailable = f"{COOKIE_METHOD_ENV}=kernel-cookie (the kernel has {tcmod.KFUNC}())"
         else:
             # The BTF says the kfunc exists; the load itself is the probe that it can be
@@ -166,9 +170,11 @@ class DataPath:
             except DataPathError as e:
                 if forced == "kfunc":
                     raise
+                self.cookie_method_why = "tc-refused"
                 self.tc_unavailable = f"the kernel has {tcmod.KFUNC}() but refused the tc program ({e})"
             else:
                 self.set_cookie_method(CookieMethod.KFUNC_COOKIE)
+                self.cookie_method_why = "forced" if forced == "kfunc" else "kfunc-available"
                 self.cookie_method_reason = f"the kernel has {tcmod.KFUNC}()" + (
                     f" ({COOKIE_METHOD_ENV}=kfunc)" if forced == "kfunc" else "")
                 return
