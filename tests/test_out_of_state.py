@@ -513,3 +513,71 @@ def test_auto_mode_detects_ack_flood_and_drops_it(tmp_path):
     det = status["detection"]
     assert det["ack_flood"]["kind"] == "ack-flood" and det["oos_dropping"], det
     assert "out of state: ATTACK ack-flood" in text_status, text_status
+
+
+@hard_timeout(400)
+def test_connection_survives_a_daemon_restart(tmp_path):
+    """`synguard run --mode protect`: a connection made under the first daemon keeps
+    streaming across a stop and a new start (a new program replaces the old one; the
+    kernel's socket is the only state the rule needs): intact, nothing dropped as out of
+    state by the new daemon, no retransmission."""
+    from synguard_lab.common import repo_env
+    from synguard_lab.lab import Lab
+
+    def start(n):
+        ctl = tmp_path / f"control{n}.sock"
+        path = tmp_path / f"daemon{n}.log"
+        log = open(path, "w")
+        p = lab.popen(lab.server_ns, [sys.executable, "-m", "synguard.cli", "run", "-i", lab.server_client_if,
+                                      "--mode", "protect", "--ports", str(PORT), "--metrics-listen", "",
+                                      "--control-socket", str(ctl), "--json"],
+                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=repo_env())
+        deadline = time.monotonic() + 120
+        while '"event": "config"' not in path.read_text():
+            assert p.poll() is None and time.monotonic() < deadline, path.read_text()
+            time.sleep(0.2)
+        return p, log, ctl
+
+    def stop(p, log):
+        p.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(30)
+        lab.stop(p)
+        log.close()
+
+    def counters(ctl):
+        r = subprocess.run([sys.executable, "-m", "synguard.cli", "status", "--json", "--socket", str(ctl)],
+                           capture_output=True, text=True, timeout=30, env=repo_env())
+        return json.loads(r.stdout)["counters"]
+
+    with Lab("sgrs") as lab:
+        lab.tcp_server(PORT, mode="echo")
+        d1 = start(1)
+        stream = lab.popen(lab.client_ns, [sys.executable, "-c", _STREAM_CODE, labmod.SERVER_IP4, str(PORT), "40"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert stream.stdout.readline().strip() == "connected"
+            c0, s0 = lab.netstat(lab.client_ns), lab.netstat(lab.server_ns)
+            stream.stdin.write("go\n")
+            stream.stdin.flush()
+            time.sleep(2)
+            stop(*d1[:2])
+            d2 = start(2)
+            try:
+                time.sleep(3)
+                before = counters(d2[2])
+                time.sleep(3)
+                after = counters(d2[2])
+            finally:
+                stop(*d2[:2])
+            got = json.loads(stream.communicate(timeout=120)[0].strip().splitlines()[-1])
+            c1, s1 = lab.netstat(lab.client_ns), lab.netstat(lab.server_ns)
+        finally:
+            lab.stop(stream)
+    retrans = (c1["Tcp"]["RetransSegs"] - c0["Tcp"]["RetransSegs"] + s1["Tcp"]["RetransSegs"]
+               - s0["Tcp"]["RetransSegs"])
+    print(f"\nacross a restart: stream {got}, retransmissions {retrans}, second daemon counters "
+          f"oos_dropped {after['oos_dropped']}, tcp segments {after['tcp'] - before['tcp']}")
+    assert got["intact"] and got["echoed"] == got["sent"] and got["messages"] > 100, got
+    assert after["tcp"] > before["tcp"]  # the stream went through the second daemon's program
+    assert after["oos_dropped"] == 0 and retrans == 0, (after, retrans)
