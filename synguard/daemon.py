@@ -34,6 +34,7 @@ from synguard.abi import Mode
 from synguard.control import ControlError, ControlServer
 from synguard.datapath import DataPath, DataPathError
 from synguard.datapath.netns import NetnsLocked, netns_lock
+from synguard.localaddrs import LocalAddrs
 from synguard.log import event
 from synguard.metrics import SynguardCollector
 from synguard.mitigation import Mitigation
@@ -73,6 +74,7 @@ class Daemon:
         self.keys: SlotKeys | None = None  # the parts that drive the data path: see use()
         self.mitigation: Mitigation | None = None
         self.syncookies: kernel.SyncookiesHold | None = None  # method kernel-cookie only
+        self.local: LocalAddrs | None = None  # this netns's addresses, the data path's scope
         self.started = time.time()
         self.reloads = {"success": 0, "failure": 0}
         self.last_reload_ok = True
@@ -116,6 +118,9 @@ class Daemon:
         self._apply_synack()
         dp.set_ports(cfg.protect.ports)
         dp.set_allow_cidrs(cfg.allow)
+        if self.local is None:  # scope: our own addresses only, known before the first attach
+            self.local = LocalAddrs(dp)
+            self.local.sync()
         ifwatch.attach_interfaces(dp, cfg.interfaces, cfg.xdp_mode)
         self.mitigation.configure(cfg)  # detection knobs, watched ports, deny CIDRs
         self._hold_syncookies()  # before protect mode answers its first SYN
@@ -282,6 +287,7 @@ class Daemon:
                 self.datapath.tick(wall)
                 self.keys.advance(wall)
                 self.mitigation.tick(now, wall, now - last_tick, blocks, window_s)
+                self.local.poll()
                 self._hold_syncookies()
                 counters = self.datapath.counters(blocks=blocks)
                 last_tick = now
@@ -336,6 +342,8 @@ class Daemon:
             server = self._http[0] if isinstance(self._http, tuple) else None
             if server is not None:
                 server.shutdown()
+        if self.local is not None:
+            self.local.close()
         if self.datapath is not None and detach:
             self.datapath.close(keep_state=keep_state)
             if self.syncookies is not None:  # detached: nothing answers with cookies now

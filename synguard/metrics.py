@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from synguard import __version__, kernel
 from synguard.abi import COUNTER_NAMES, CookieMethod, Counter, Mode
+from synguard.ackflood import KINDS as OOS_KINDS
 from synguard.detect import KINDS
 
 MAX_LISTENER_SERIES = 100  # listeners with their own synguard_listen_* series: the worst ones
@@ -106,6 +107,10 @@ class SynguardCollector(Collector):
         for kind in KINDS:
             active.add_metric([kind], 1.0 if det and det.active and det.active["kind"] == kind else 0.0)
             total.add_metric([kind], det.attacks_total.get(kind, 0) if det else 0)
+        oos = d.mitigation.ackflood  # out-of-state floods: their own detector (synguard/ackflood.py)
+        for kind in OOS_KINDS:
+            active.add_metric([kind], 1.0 if oos and oos.active and oos.active["kind"] == kind else 0.0)
+            total.add_metric([kind], oos.attacks_total.get(kind, 0) if oos else 0)
         yield active
         yield total
         g = GaugeMetricFamily("synguard_sources_distinct", "Distinct SYN sources in the last second (HyperLogLog).")

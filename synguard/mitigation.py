@@ -20,6 +20,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from synguard import abi, hll, kernel, status
+from synguard.ackflood import OOS_COUNTERS, AckFloodDetector
 from synguard.abi import Counter, Mode
 from synguard.datapath import addr_key
 from synguard.detect import Detector, Tick
@@ -40,6 +41,8 @@ class Mitigation:
         self.datapath = datapath
         self.cfg: Config | None = None
         self.detector: Detector | None = None  # made by the first configure()
+        self.ackflood: AckFloodDetector | None = None  # out-of-state floods (synguard/ackflood.py)
+        self._oos_until = 0  # auto mode: wall-clock second out-of-state drops stay on until (0: off)
         self.hll_history = hll.History()
         self.events: deque[dict] = deque(maxlen=20)  # the detector's last events, for status
         self.sources_distinct = 0.0
@@ -56,9 +59,10 @@ class Mitigation:
     @property
     def active(self) -> bool:
         """A port or every port ("protect all") is armed, or an attack is on (what
-        "protecting" means in mode auto)."""
+        "protecting" means in mode auto), out-of-state floods included."""
         return (bool(self._armed) or self.datapath.all_until() > time.time()
-                or bool(self.detector and self.detector.active))
+                or bool(self.detector and self.detector.active)
+                or bool(self.ackflood and self.ackflood.active) or bool(self._oos_until))
 
     def configure(self, cfg: Config) -> None:
         """New detection knobs, watched ports and static denies (start and SIGHUP); the
@@ -66,8 +70,13 @@ class Mitigation:
         self.cfg = cfg
         if self.detector is None:
             self.detector = Detector(cfg.detection)
+            self.ackflood = AckFloodDetector(cfg.detection)
         else:
             self.detector.reconfigure(cfg.detection)
+            self.ackflood.reconfigure(cfg.detection)
+        if cfg.mode != Mode.AUTO and self._oos_until:
+            self._oos_until = 0
+            self.datapath.set_oos_until(0)
         ncpu = os.cpu_count() or 1
         self.datapath.set_fast_trigger(
             -(-cfg.detection.fast_trigger_pps // ncpu) if cfg.detection.fast_trigger_pps else 0, cfg.detection.hold)
@@ -189,8 +198,29 @@ class Mitigation:
                   f"{','.join(map(str, a['ports'])) or 'all'}, peak {a['peak_pps']:.0f} SYN/s, "
                   f"sources e.g. {', '.join(a['sources_sample'][:3]) or '-'}",
                   level=logging.WARNING if ev["event"] == "attack_start" else logging.INFO, attack=a)
+        events += self._ackflood_tick(mono, wall, dt, {k: max(0, counters[k] - c0[k]) for k in OOS_COUNTERS})
         if self.cfg.mode == Mode.AUTO:
             self._enforce(self.detector.mitigation(mono), mono, wall)
+        return events
+
+    def _ackflood_tick(self, mono: float, wall: int, dt: float, oos: dict) -> list[dict]:
+        """Out-of-state floods: detect (every mode), and in auto mode drop them in the
+        programs (sg_config.oos_until_s) while the detector says so."""
+        events = self.ackflood.update(mono, dt, oos)
+        for ev in events:
+            a = ev["attack"]
+            self.events.append(ev)
+            event(ev["event"], f"{ev['event'].replace('_', ' ')}: {a['kind']} at the protected ports, "
+                  f"peak {a['peak_pps']:.0f} out-of-state segments/s"
+                  + (" (auto mode: dropped before the TCP stack)" if self.cfg.mode == Mode.AUTO
+                     and ev["event"] != "attack_end" else ""),
+                  level=logging.WARNING if ev["event"] == "attack_start" else logging.INFO, attack=a)
+        if self.cfg.mode == Mode.AUTO:
+            until = self.ackflood.drop_until()
+            until_wall = wall + int(round(until - mono)) if until is not None and until > mono else 0
+            if until_wall != self._oos_until:
+                self._oos_until = until_wall
+                self.datapath.set_oos_until(until_wall)
         return events
 
     def _enforce(self, m: dict, mono: float, wall: int) -> None:

@@ -8,7 +8,7 @@ import os
 import time
 
 from synguard import __version__, kernel
-from synguard.abi import Counter
+from synguard.abi import Counter, Mode
 from synguard.datapath import addr_of_key
 
 
@@ -89,6 +89,8 @@ def detection(d) -> dict:
         "protected_ports": sorted(m["protect_ports"]),
         "denied_sources": [a for a, _ in m["deny_sources"]],
         "events": list(d.mitigation.events),
+        "ack_flood": d.mitigation.ackflood.active if d.mitigation.ackflood else None,
+        "oos_dropping": d.config.mode == Mode.PROTECT or bool(d.mitigation._oos_until),
     }
 
 

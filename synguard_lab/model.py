@@ -281,8 +281,8 @@ class Model:
             "allow_cidrs": self.allow.count, "deny_cidrs": self.deny.count,
             "fast_trigger_syns": self.fast_trigger_syns, "fast_hold_s": self.fast_hold_s,
             "synack_mss4": self.synack_mss4, "synack_mss6": self.synack_mss6,
-            "synack_wscale": self.synack_wscale, "tcp_opts": self.tcp_opts, "method": 0, "reserved": 0,
-            "all_until_s": self.all_until_s,
+            "synack_wscale": self.synack_wscale, "tcp_opts": self.tcp_opts, "method": 0, "local_only": 0,
+            "all_until_s": self.all_until_s, "oos_until_s": 0,
         }
 
     def port_table(self) -> dict[int, tuple[int, int, int]]:

@@ -31,7 +31,9 @@ from synguard.abi import Counter, Mode
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, network namespaces)")
 
-TC_ACT_UNSPEC = 0xFFFFFFFF  # -1: "not decided here", the program's only verdict
+TC_ACT_UNSPEC = 0xFFFFFFFF  # -1: "not decided here", the program's verdict for all it does not drop
+TC_ACT_SHOT = 2  # an out-of-state segment while they are dropped (synguard_scope.h)
+OOS_ACK_DROPPED = {Counter.OOS_ACK: 1, Counter.OOS_DROPPED: 1}
 CLIENT4, SERVER4 = "192.0.2.10", "198.51.100.1"
 CLIENT6, SERVER6 = "2001:db8::10", "2001:db8:1::1"
 PORT = 80
@@ -46,11 +48,12 @@ ALL_OPTS = abi.OPT_TS | abi.OPT_SACK | abi.OPT_WSCALE | abi.OPT_ECN
 
 
 class Config(ct.Structure):
-    """struct sg_config (ABI 2); its size is checked against the map."""
+    """struct sg_config; its size is checked against the map."""
 
     _fields_ = [(n, ct.c_uint32) for n in abi.CONFIG_FIELDS[:8]] + [
         ("synack_mss4", ct.c_uint16), ("synack_mss6", ct.c_uint16), ("synack_wscale", ct.c_uint8),
-        ("tcp_opts", ct.c_uint8), ("reserved", ct.c_uint16), ("all_until_s", ct.c_uint32)]
+        ("tcp_opts", ct.c_uint8), ("method", ct.c_uint8), ("local_only", ct.c_uint8), ("all_until_s", ct.c_uint32),
+        ("oos_until_s", ct.c_uint32)]
 
 
 class Port(ct.Structure):
@@ -242,11 +245,13 @@ def delta(maps, before):
 
 
 def run(tc, maps, fd, frame):
+    """Counters the frame moved; the verdict is SHOT exactly when OOS_DROPPED counted one."""
     before = maps.counters()
     res = run_in(fd, tc, frame)
-    assert res.retval == TC_ACT_UNSPEC
+    got = delta(maps, before)
+    assert res.retval == (TC_ACT_SHOT if got.get(Counter.OOS_DROPPED) else TC_ACT_UNSPEC), (res.retval, got)
     assert res.data == bytes(frame), "the program never changes a packet"
-    return delta(maps, before)
+    return got
 
 
 # ---- layer 1: BPF_PROG_TEST_RUN ----------------------------------------------------
@@ -254,7 +259,7 @@ def run(tc, maps, fd, frame):
 
 def test_map_shapes_match_abi(tc):
     """The libbpf declarations hold the ABI structs (the XDP maps they reuse have these sizes)."""
-    assert map_value_size(tc.map_fd("sg_config")) == ct.sizeof(Config) == 44
+    assert map_value_size(tc.map_fd("sg_config")) == ct.sizeof(Config) == 48
     assert map_value_size(tc.map_fd("sg_ports")) == ct.sizeof(Port)
     assert map_value_size(tc.map_fd("sg_secrets")) == ct.sizeof(Secret)
     assert map_value_size(tc.map_fd("sg_counters")) == COUNTER_BLOCK_SIZE
@@ -299,8 +304,9 @@ def test_valid_cookie_without_listener(tc, maps, empty_ns, ipv6):
 ])
 @pytest.mark.parametrize("ipv6", [False, True], ids=["v4", "v6"])
 def test_forged_cookie_no_lookup(tc, maps, listen_ns, ipv6, variant):
-    """Every field the cookie authenticates: change it and the ACK is checked, then
-    passed without a socket lookup (a lookup would count REFUSED: listeners exist)."""
+    """Every field the cookie authenticates: change it and the ACK is checked, never
+    handed to the kfunc (that would count REFUSED: listeners exist), and dropped as out
+    of state (protect mode: no socket owns it, no kernel cookie either)."""
     ts = variant != "ts-on-no-ts-cookie"
     frame, neg = cookie_ack(ipv6=ipv6, ts=ts, key=KEY_OTHER if variant == "other-key" else KEY)
     t = frame[TCP]
@@ -329,7 +335,7 @@ def test_forged_cookie_no_lookup(tc, maps, listen_ns, ipv6, variant):
     elif variant == "slot-bit":
         t.ack = ((((t.ack - 1) ^ 4) + 1) & 0xFFFFFFFF)
     frame = Ether(bytes(frame))
-    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1}
+    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1, **OOS_ACK_DROPPED}
 
 
 def test_previous_slot_accepted_older_refused(tc, maps, listen_ns):
@@ -337,12 +343,12 @@ def test_previous_slot_accepted_older_refused(tc, maps, listen_ns):
     assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}
     # SLOT - 2 had its own key (secret.slot_key), no longer installed: same parity as SLOT, refused.
     frame, _ = cookie_ack(key=bytes(range(200, 216)), slot=SLOT - 2)
-    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1}
+    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1, **OOS_ACK_DROPPED}
     # Two slots later the same ACK is stale: the daemon has replaced both keys.
     frame, _ = cookie_ack()
     maps.config(slot=SLOT + 2)
     maps.secrets([bytes(range(50, 66)), bytes(range(70, 86))])
-    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1}
+    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1, **OOS_ACK_DROPPED}
 
 
 def test_decoded_options_all_combinations(tc, maps, listen_ns):
@@ -407,9 +413,6 @@ def _others():
     ip = good[IP]
     yield "syn", eth() / IP(src=CLIENT4, dst=SERVER4) / TCP(dport=PORT, flags="S")
     yield "synack", eth() / IP(src=CLIENT4, dst=SERVER4) / TCP(dport=PORT, flags="SA", ack=good[TCP].ack)
-    yield "rst-ack", eth() / IP(src=CLIENT4, dst=SERVER4) / TCP(dport=PORT, flags="RA", seq=good[TCP].seq,
-                                                                 ack=good[TCP].ack)
-    yield "rst", eth() / IP(src=CLIENT4, dst=SERVER4) / TCP(dport=PORT, flags="R")
     yield "udp", eth() / IP(src=CLIENT4, dst=SERVER4) / UDP(dport=PORT)
     yield "arp", eth() / ARP()
     yield "fragment", eth() / IP(src=CLIENT4, dst=SERVER4, flags="MF", proto=6) / bytes(ip[TCP])
@@ -477,12 +480,12 @@ def test_garbage_options_never_crash(tc, maps, listen_ns):
         frame = bytes(raw[:tcp_off]) + bytes(hdr) + opts
         frame = frame[:16] + (len(frame) - 14).to_bytes(2, "big") + frame[18:]  # IPv4 total length
         got = run(tc, maps, listen_ns, frame)
-        assert got.get(Counter.ACK_CHECKED) == 1 and set(got) <= {Counter.ACK_CHECKED}, got
+        assert got == {Counter.ACK_CHECKED: 1, **OOS_ACK_DROPPED}, got
 
 
 def test_established_socket_not_counted(tc, maps):
     """A valid-looking cookie on a 4-tuple that has a connection: the lookup finds an
-    established socket, the program releases it and counts nothing else."""
+    established socket, the program releases it and counts nothing (no cookie check)."""
     from synguard.datapath import in_netns
 
     with new_netns("est") as (name, fd):
@@ -500,7 +503,7 @@ def test_established_socket_not_counted(tc, maps):
             seq, tsval = cookie.synack_fields(KEY, src, dst, sport, PORT, 5, SLOT, neg)
             frame = eth() / IP(src=src, dst=dst) / TCP(sport=sport, dport=PORT, seq=6, ack=seq + 1, flags="A",
                                                          options=ts_option(1, tsval))
-            assert run(tc, maps, fd, frame) == {Counter.ACK_CHECKED: 1}
+            assert run(tc, maps, fd, frame) == {}
         finally:
             for s in (cli, conn, srv):
                 s.close()
@@ -517,10 +520,10 @@ def test_shares_the_xdp_programs_maps(dp, listen_ns):
     with TcProgram({name: dp.map(name).map_fd for name in SHARED_MAPS}) as shared:
         frame, _ = cookie_ack(key=conftest.SECRET, slot=conftest.SLOT, dport=80)
         forged, _ = cookie_ack(key=KEY_OTHER, slot=conftest.SLOT, dport=80)
-        for f, want in ((frame, {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}),
-                        (forged, {Counter.ACK_CHECKED: 1})):
+        for f, want, verdict in ((frame, {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}, TC_ACT_UNSPEC),
+                                 (forged, {Counter.ACK_CHECKED: 1, **OOS_ACK_DROPPED}, TC_ACT_SHOT)):
             before = dp.counters()
-            assert run_in(listen_ns, shared, f).retval == TC_ACT_UNSPEC
+            assert run_in(listen_ns, shared, f).retval == verdict
             after = dp.counters()
             assert {c: after[c] - before[c] for c in Counter if after[c] != before[c]} == want
         dp.set_mode(Mode.OBSERVE)

@@ -88,7 +88,7 @@ class DataPath:
         self.adopted: list[str] = []  # kept maps found pinned by an earlier run
         self.state_note: str | None = None
         self._maps: dict[str, Map] = {}
-        self.prog_fd = self.optscan_fd = self.kcookie_fd = -1
+        self.prog_fd = self.optscan_fd = self.kcookie_fd = self.oos_fd = -1
         loaded = loader.load(self.src_file, self.cflags, self.log_path)
         try:
             self.prog_fd = loaded.progs.pop(PROG_NAME)
@@ -97,6 +97,8 @@ class DataPath:
             self.optscan_fd = loaded.progs.pop("xdp_synguard_optscan")
             # Tail-called too (sg_progs[1]): a SYN to answer with the kernel-cookie method.
             self.kcookie_fd = loaded.progs.pop("xdp_synguard_kcookie")
+            # And (sg_progs[2]): the out-of-state check of method kernel-cookie (no tc program).
+            self.oos_fd = loaded.progs.pop("xdp_synguard_oos")
             missing = sorted(set(abi.MAPS) - set(loaded.maps))
             unknown = sorted(set(loaded.maps) - set(abi.MAPS))
             if missing or unknown:
@@ -404,6 +406,42 @@ class DataPath:
     def set_deny_cidrs(self, nets) -> None:
         self._set_cidrs("sg_deny_cidrs", "deny_cidrs", nets)
 
+    def set_local_addrs(self, addrs) -> list:
+        """Scope (synguard_scope.h): from now on act only on segments to these addresses,
+        this netns's own (the daemon keeps them current, synguard/localaddrs.py). New ones
+        are added before gone ones are removed, so an address present in both sets never
+        drops out. Returns the addresses that did not fit (SG_LOCAL_ADDRS): those pass
+        unprotected."""
+        table = self.map("sg_local_addrs")
+        wanted = sorted({ipaddress.ip_address(a) for a in addrs}, key=lambda a: (a.version, a))
+        kept, left_out = wanted[: abi.LOCAL_ADDRS], wanted[abi.LOCAL_ADDRS:]
+        keys = {addr_key(a) for a in kept}
+        have = {bytes(k) for k in table.keys()}
+        for raw in keys - have:
+            key = table.Key()
+            ct.memmove(key.addr, raw, 16)
+            table[key] = ct.c_uint8(1)
+        for raw in have - keys:
+            key = table.Key()
+            ct.memmove(key.addr, raw, 16)
+            with contextlib.suppress(KeyError):
+                del table[key]
+        self._write_config(local_only=1)
+        return left_out
+
+    def set_local_only(self, on: bool) -> None:
+        """Scope on (act only for sg_local_addrs) or off (any destination: tests, benchmarks)."""
+        self._write_config(local_only=int(bool(on)))
+
+    def local_addrs(self) -> set:
+        """The addresses the program acts for (sg_local_addrs)."""
+        return {addr_of_key(bytes(k)) for k in self.map("sg_local_addrs").keys()}
+
+    def set_oos_until(self, until_s: int) -> None:
+        """Auto mode: drop out-of-state segments at protected ports until the clock
+        (sg_config.now_s) reaches until_s (0: count them only). Protect mode always drops."""
+        self._write_config(oos_until_s=int(until_s))
+
     def entries(self, name: str):
         """(key, leaf) of every entry of a hash map, copied out by the caller at once.
 
@@ -589,7 +627,7 @@ class DataPath:
         maps, self._maps = getattr(self, "_maps", {}), {}
         for table in maps.values():
             table.close()
-        for attr in ("prog_fd", "optscan_fd", "kcookie_fd"):
+        for attr in ("prog_fd", "optscan_fd", "kcookie_fd", "oos_fd"):
             fd = getattr(self, attr, -1)
             setattr(self, attr, -1)
             if fd >= 0:

@@ -65,7 +65,7 @@ def ebpf_dir() -> Path:
 
 
 # The C the XDP program is compiled from (BCC), headers first, and the tc program's own file.
-XDP_SOURCES = ("synguard_abi.h", "synguard_siphash.h", "synguard_parse.h", "synguard.bpf.c")
+XDP_SOURCES = ("synguard_abi.h", "synguard_siphash.h", "synguard_parse.h", "synguard_scope.h", "synguard.bpf.c")
 TC_SOURCE = "synguard_tc.bpf.c"
 
 

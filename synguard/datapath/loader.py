@@ -35,8 +35,9 @@ from pathlib import Path
 from synguard.datapath.host import DataPathError
 
 # What to load, in order; the tail calls to wire: (prog array, index, program).
-PROGRAMS = ("xdp_synguard", "xdp_synguard_optscan", "xdp_synguard_kcookie")
-TAIL_CALLS = (("sg_progs", 0, "xdp_synguard_optscan"), ("sg_progs", 1, "xdp_synguard_kcookie"))
+PROGRAMS = ("xdp_synguard", "xdp_synguard_optscan", "xdp_synguard_kcookie", "xdp_synguard_oos")
+TAIL_CALLS = (("sg_progs", 0, "xdp_synguard_optscan"), ("sg_progs", 1, "xdp_synguard_kcookie"),
+              ("sg_progs", 2, "xdp_synguard_oos"))
 LOAD_TIMEOUT = 180.0  # seconds for compile + verifier (a few seconds on an idle 2-vCPU box)
 MAX_FDS = 64
 _MSG_MAX = 1 << 16
