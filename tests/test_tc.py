@@ -370,8 +370,8 @@ def test_unlisted_port_and_observe_untouched(tc, maps, listen_ns):
     assert run(tc, maps, listen_ns, frame) == {}
     frame, _ = cookie_ack()
     assert run(tc, maps, listen_ns, frame) == {}
-    maps.config(mode=Mode.AUTO)  # auto, never armed: XDP issued no cookie, none is checked
-    assert run(tc, maps, listen_ns, frame) == {}
+    maps.config(mode=Mode.AUTO)  # auto, never armed: XDP issued no cookie, none is checked;
+    assert run(tc, maps, listen_ns, frame) == {Counter.OOS_ACK: 1}  # out of state, counted, not dropped
 
 
 # Issue 20 item 3: in auto mode a cookie ACK is a blind guess unless XDP issued cookies
@@ -381,6 +381,7 @@ def test_unlisted_port_and_observe_untouched(tc, maps, listen_ns):
 def test_auto_mode_checks_only_while_armed_and_a_grace_after(tc, maps, listen_ns, switch):
     frame, _ = cookie_ack()
     checked = {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}
+    unchecked = {Counter.OOS_ACK: 1}  # no cookie check: an out-of-state ACK (counted, auto mode: passed)
     now = 100000
     grace = abi.ACK_GRACE_S
 
@@ -394,13 +395,13 @@ def test_auto_mode_checks_only_while_armed_and_a_grace_after(tc, maps, listen_ns
 
     try:
         arm(0)
-        assert run(tc, maps, listen_ns, frame) == {}  # never armed
+        assert run(tc, maps, listen_ns, frame) == unchecked  # never armed
         arm(now + 5)
         assert run(tc, maps, listen_ns, frame) == checked  # armed
         arm(now - grace + 1)
         assert run(tc, maps, listen_ns, frame) == checked  # disarmed, within the grace
         arm(now - grace)
-        assert run(tc, maps, listen_ns, frame) == {}  # past it
+        assert run(tc, maps, listen_ns, frame) == unchecked  # past it
         maps.config(mode=Mode.PROTECT, now_s=now)
         assert run(tc, maps, listen_ns, frame) == checked  # protect mode: always
     finally:
