@@ -46,7 +46,7 @@ EBPF_OBJS := $(patsubst %.c,%.o,$(wildcard ebpf/synguard_tc.bpf.c))
 
 ebpf: $(EBPF_OBJS)
 
-ebpf/%.bpf.o: ebpf/%.bpf.c ebpf/synguard_abi.h ebpf/synguard_siphash.h ebpf/synguard_parse.h
+ebpf/%.bpf.o: ebpf/%.bpf.c ebpf/synguard_abi.h ebpf/synguard_siphash.h ebpf/synguard_parse.h ebpf/synguard_scope.h
 	$(CLANG) $(EBPF_CFLAGS) -c $< -o $@
 
 clean:

@@ -45,6 +45,7 @@
 #include "synguard_abi.h"
 #include "synguard_siphash.h"
 #include "synguard_parse.h"
+#include "synguard_scope.h"
 
 /* TCP flags: byte 13 of the header (CWR ECE URG ACK PSH RST SYN FIN). */
 #define SG_TCP_FIN 0x01
@@ -82,13 +83,17 @@ SG_KEPT("lru_hash", struct sg_addr, struct sg_src_stat, sg_src_syns, SG_SRC_SIZE
 /* Programs xdp_synguard tail-calls, filled by the loader: [SG_PROG_OPTSCAN] answers
  * a SYN whose options need the bounded scan, [SG_PROG_KCOOKIE] a SYN to answer
  * with the kernel-cookie method. */
-BPF_PROG_ARRAY(sg_progs, 2);
+BPF_PROG_ARRAY(sg_progs, 3);
 #define SG_PROG_OPTSCAN 0
 #define SG_PROG_KCOOKIE 1 /* answers a SYN with the kernel's cookie (method kernel-cookie) */
+#define SG_PROG_OOS 2     /* out-of-state check of a non-SYN segment (method kernel-cookie) */
 /* Static allow list: SYNs pass unchallenged. */
 BPF_LPM_TRIE(sg_allow_cidrs, struct sg_cidr_key, __u8, SG_CIDR_SIZE);
 /* Static deny list: SYNs dropped (protect mode). */
 BPF_LPM_TRIE(sg_deny_cidrs, struct sg_cidr_key, __u8, SG_CIDR_SIZE);
+/* This netns's own unicast addresses (synguard_scope.h), kept by the daemon from
+ * netlink; shared with the tc program. */
+BPF_TABLE("hash", struct sg_addr, __u8, sg_local_addrs, SG_LOCAL_ADDRS);
 
 /* ---- Counting ------------------------------------------------------------ */
 
@@ -586,14 +591,16 @@ static __always_inline struct sg_port *port_lookup(__be16 dport)
 	return sg_ports.lookup(&port);
 }
 
-/* Is this port protected now? protect: listed (or all); auto: also armed. */
+/* Is this port protected now? protect: listed (or all); auto: also armed, the port
+ * itself (detector or fast trigger) or every port at once (sg_config.all_until_s). */
 static __always_inline int port_protected(const struct sg_config *cfg, const struct sg_port *p)
 {
 	if (!p || !(cfg->all_ports || p->protect))
 		return 0;
 	if (cfg->mode == SG_MODE_PROTECT)
 		return 1;
-	return cfg->mode == SG_MODE_AUTO && (__s32)(p->auto_until_s - cfg->now_s) > 0;
+	return cfg->mode == SG_MODE_AUTO && ((__s32)(p->auto_until_s - cfg->now_s) > 0 ||
+					     (__s32)(cfg->all_until_s - cfg->now_s) > 0);
 }
 
 /* splitmix64 finaliser: HyperLogLog needs well-mixed bits. */
@@ -643,13 +650,15 @@ static __always_inline void hll_add(struct sg_counter_block *cnt, const struct s
 
 /* Per-port SYN count; in auto mode, the in-kernel fast trigger: a watched
  * port crossing fast_trigger_syns in one second on one CPU is armed for
- * fast_hold_s at once, before the control plane's next tick. */
+ * fast_hold_s at once, before the control plane's next tick. Unwatched ports
+ * count together in slot 0: the SYN that takes them across arms its own port
+ * (a flood to one unwatched port arms that port). */
 static __always_inline void port_count(const struct sg_config *cfg, struct sg_port *p,
 				       struct sg_counter_block *cnt)
 {
 	struct sg_port_syns *ps;
 
-	if (!p || !p->watch_slot)
+	if (!p)
 		return;
 	ps = &cnt->ports[p->watch_slot & (SG_PORT_SLOTS - 1)];
 	ps->syns += 1;
@@ -665,6 +674,48 @@ static __always_inline void port_count(const struct sg_config *cfg, struct sg_po
 	}
 }
 
+/* The socket the kernel would give this SYN (a listener, or a TIME_WAIT/request
+ * socket of the same 4-tuple), looked up in the ingress device's namespace.
+ * NULL: none. The caller releases it. */
+static __always_inline struct bpf_sock *syn_sk_lookup(struct xdp_md *ctx, const struct sg_syn *syn)
+{
+	struct bpf_sock_tuple t = {};
+
+	if (syn->ipv6) {
+		__builtin_memcpy(t.ipv6.saddr, syn->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, syn->daddr, 16);
+		t.ipv6.sport = syn->sport;
+		t.ipv6.dport = syn->dport;
+		return bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	}
+	t.ipv4.saddr = (__u32)syn->saddr[0];
+	t.ipv4.daddr = (__u32)syn->daddr[0];
+	t.ipv4.sport = syn->sport;
+	t.ipv4.dport = syn->dport;
+	return bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+}
+
+/* 1 when the kernel already holds this SYN's 4-tuple in a TIME_WAIT socket (the
+ * server closed first and the client's port came round again) or a connection.
+ * Such a SYN is the kernel's: it reuses a TIME_WAIT socket for a newer SYN.
+ * Answered with our cookie instead, the client's ACK would meet the TIME_WAIT
+ * socket (the tc program's bpf_sk_lookup_tcp() finds no listener for a TIME_WAIT
+ * 4-tuple): the client believes it is connected and its data is lost.
+ * A request socket (a SYN the kernel took before the port was armed) is not
+ * "held": a cookie ACK for its 4-tuple still finds the listener, and a flood that
+ * repeats its 4-tuples would otherwise reach the kernel through its SYN queue. */
+static __always_inline int syn_tuple_held(struct xdp_md *ctx, const struct sg_syn *syn)
+{
+	struct bpf_sock *sk = syn_sk_lookup(ctx, syn);
+	int held;
+
+	if (!sk)
+		return 0;
+	held = sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_NEW_SYN_RECV;
+	bpf_sk_release(sk);
+	return held;
+}
+
 /* The answer to a SYN whose options are read: negotiate, hash, rewrite, count. */
 static __always_inline int synack_reply(struct xdp_md *ctx, const struct sg_config *cfg,
 					struct sg_counter_block *cnt, __u32 l3_off, struct sg_syn *syn)
@@ -676,6 +727,10 @@ static __always_inline int synack_reply(struct xdp_md *ctx, const struct sg_conf
 	__u64 h;
 	int verdict;
 
+	if (syn_tuple_held(ctx, syn)) {
+		count(cnt, SG_CNT_SYN_PASSED);
+		return XDP_PASS;
+	}
 	negotiate(syn, cfg->tcp_opts, &neg);
 	key = sg_secrets.lookup(&parity);
 	if (!key)
@@ -708,27 +763,6 @@ static __always_inline int synack_reply(struct xdp_md *ctx, const struct sg_conf
  * exactly as the kernel encodes them (kcookie_ts()); with tcp_timestamps=1 the
  * kernel would subtract a per-connection secret from the echo, so we send MSS
  * only: no window scaling, SACK, timestamps or ECN on those connections. */
-
-/* The socket the kernel would give this SYN (a listener, or a TIME_WAIT/request
- * socket of the same 4-tuple), looked up in the ingress device's namespace.
- * NULL: none. The caller releases it. */
-static __always_inline struct bpf_sock *kcookie_lookup(struct xdp_md *ctx, const struct sg_syn *syn)
-{
-	struct bpf_sock_tuple t = {};
-
-	if (syn->ipv6) {
-		__builtin_memcpy(t.ipv6.saddr, syn->saddr, 16);
-		__builtin_memcpy(t.ipv6.daddr, syn->daddr, 16);
-		t.ipv6.sport = syn->sport;
-		t.ipv6.dport = syn->dport;
-		return bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
-	}
-	t.ipv4.saddr = (__u32)syn->saddr[0];
-	t.ipv4.daddr = (__u32)syn->daddr[0];
-	t.ipv4.sport = syn->sport;
-	t.ipv4.dport = syn->dport;
-	return bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-}
 
 /* bpf_tcp_gen_syncookie() wants th_len == doff * 4 as a size the verifier can
  * bound against the packet: one constant-size check and call per doff value. */
@@ -804,7 +838,7 @@ static __always_inline int kcookie_reply(struct xdp_md *ctx, const struct sg_con
 	syn->ts = 0;
 	if ((cfg->tcp_opts & SG_OPT_TS_NO_OFFSET) && synopts_fast(ctx, pkt, syn) && syn->ts)
 		negotiate(syn, cfg->tcp_opts, &neg);
-	sk = kcookie_lookup(ctx, syn);
+	sk = syn_sk_lookup(ctx, syn);
 	if (!sk) {
 		count(pkt->cnt, SG_CNT_SYN_NO_LISTENER);
 		goto pass;
@@ -840,6 +874,85 @@ static __always_inline int kcookie_reply(struct xdp_md *ctx, const struct sg_con
 pass:
 	count(pkt->cnt, SG_CNT_SYN_PASSED);
 	return XDP_PASS;
+}
+
+/* ---- Scope and out-of-state segments (synguard_scope.h) -------------------- */
+
+/* Is this segment for this host (sg_config.local_only: a unicast frame to one of our
+ * addresses)? Counts SG_CNT_NOT_LOCAL when not. */
+static __always_inline int for_this_host(struct xdp_md *ctx, const struct sg_config *cfg, struct sg_pkt *pkt)
+{
+	struct sg_addr a;
+
+	if (!cfg->local_only)
+		return 1;
+	if (sg_dest_key((void *)(long)ctx->data, (void *)(long)ctx->data_end, pkt, &a) && sg_local_addrs.lookup(&a))
+		return 1;
+	count(pkt->cnt, SG_CNT_NOT_LOCAL);
+	return 0;
+}
+
+/* Is the port's traffic ours to check (protect.ports, or every port)? Auto mode
+ * checks listed ports whether armed or not: cookie ACKs and out-of-state counts. */
+static __always_inline int port_listed(const struct sg_config *cfg, const struct sg_port *p)
+{
+	return cfg->all_ports || (p && p->protect);
+}
+
+/* The out-of-state rule for a non-SYN segment (method kernel-cookie): the socket of
+ * its 4-tuple, else a valid kernel cookie, else out of state. */
+static __always_inline int oos_check(struct xdp_md *ctx, const struct sg_config *cfg, struct sg_pkt *pkt)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct tcphdr *th = pkt->tcp;
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 kind, doff;
+	__u8 flags;
+
+	if ((void *)(th + 1) > data_end)
+		return XDP_ABORTED; /* impossible: parsed */
+	flags = ((__u8 *)th)[13];
+	doff = th->doff;
+	if (pkt->ipv6) {
+		struct ipv6hdr *ip6 = pkt->l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return XDP_ABORTED;
+		__builtin_memcpy(t.ipv6.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, &ip6->daddr, 16);
+		t.ipv6.sport = th->source;
+		t.ipv6.dport = th->dest;
+		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		struct iphdr *ip = pkt->l3;
+
+		if ((void *)(ip + 1) > data_end)
+			return XDP_ABORTED;
+		t.ipv4.saddr = ip->saddr;
+		t.ipv4.daddr = ip->daddr;
+		t.ipv4.sport = th->source;
+		t.ipv4.dport = th->dest;
+		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (sk) {
+		if (sk->state != BPF_TCP_LISTEN) { /* established, closing, TIME_WAIT, request */
+			bpf_sk_release(sk);
+			return XDP_PASS;
+		}
+		if ((flags & SG_TCP_ACK) && sg_kernel_cookie_check(sk, pkt->l3, pkt->ipv6, th, data_end) == 0) {
+			bpf_sk_release(sk);
+			count(pkt->cnt, SG_CNT_KERNEL_COOKIE_ACK);
+			return XDP_PASS;
+		}
+		bpf_sk_release(sk);
+	}
+	kind = sg_oos_kind(flags, doff, pkt->l4_len);
+	count(pkt->cnt, kind);
+	if (!sg_oos_drop(cfg))
+		return XDP_PASS;
+	count(pkt->cnt, SG_CNT_OOS_DROPPED);
+	return XDP_DROP;
 }
 
 static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config *cfg,
@@ -894,6 +1007,7 @@ int xdp_synguard(struct xdp_md *ctx)
 	struct sg_pkt pkt = {};
 	struct sg_config *cfg;
 	__u32 zero = 0;
+	__u8 flags;
 
 	pkt.cnt = counters_for(ctx);
 	if (!pkt.cnt)
@@ -916,14 +1030,21 @@ int xdp_synguard(struct xdp_md *ctx)
 	}
 	count(pkt.cnt, SG_CNT_TCP);
 
-	/* Only a SYN (no ACK, no RST) is ours; the tc program sees the ACKs. */
-	if ((((__u8 *)pkt.tcp)[13] & (SG_TCP_SYN | SG_TCP_ACK | SG_TCP_RST)) != SG_TCP_SYN)
-		return XDP_PASS;
-
 	cfg = sg_config.lookup(&zero);
 	if (!cfg)
 		return XDP_ABORTED;
-	return handle_syn(ctx, cfg, &pkt);
+	flags = ((__u8 *)pkt.tcp)[13];
+	/* A SYN (no ACK, no RST) is ours; the tc program sees the ACKs (method kfunc). */
+	if ((flags & (SG_TCP_SYN | SG_TCP_ACK | SG_TCP_RST)) == SG_TCP_SYN) {
+		if (!for_this_host(ctx, cfg, &pkt))
+			return XDP_PASS;
+		return handle_syn(ctx, cfg, &pkt);
+	}
+	/* Method kernel-cookie has no tc program: the out-of-state check is here. */
+	if (cfg->method == SG_METHOD_KERNEL_COOKIE && !(flags & SG_TCP_SYN) && cfg->mode != SG_MODE_OBSERVE &&
+	    port_listed(cfg, port_lookup(pkt.tcp->dest)) && for_this_host(ctx, cfg, &pkt))
+		sg_progs.call(ctx, SG_PROG_OOS);
+	return XDP_PASS;
 }
 
 /* Tail-called by xdp_synguard (sg_progs[SG_PROG_OPTSCAN]) for a SYN it parsed,
@@ -966,4 +1087,21 @@ int xdp_synguard_kcookie(struct xdp_md *ctx)
 		return XDP_ABORTED; /* impossible: xdp_synguard parsed this frame */
 	syn_load(&pkt, &syn);
 	return kcookie_reply(ctx, cfg, &pkt, &syn);
+}
+
+/* Tail-called by xdp_synguard (sg_progs[SG_PROG_OOS]) for a non-SYN segment to a
+ * listed port of this host when sg_config.method is SG_METHOD_KERNEL_COOKIE (no tc
+ * program on such kernels): the out-of-state rule (synguard_scope.h), in a program
+ * of its own so the SYN path's code and verification stay as they were. */
+int xdp_synguard_oos(struct xdp_md *ctx)
+{
+	struct sg_pkt pkt = {};
+	struct sg_config *cfg;
+	__u32 zero = 0;
+
+	pkt.cnt = counters_for(ctx);
+	cfg = sg_config.lookup(&zero);
+	if (!pkt.cnt || !cfg || sg_parse(ctx, &pkt) != SG_PARSE_TCP)
+		return XDP_ABORTED; /* impossible: xdp_synguard parsed this frame */
+	return oos_check(ctx, cfg, &pkt);
 }

@@ -33,7 +33,9 @@
 #define SG_SLOT_SHIFT 4 /* cookie slot = wall-clock seconds >> 4 (16 s); current + previous accepted */
 #endif
 #define SG_PORTS 65536
-#define SG_PORT_SLOTS 64 /* watched ports with their own SYN counters; slot 0 = unwatched */
+#define SG_PORT_SLOTS 64 /* watched ports with their own SYN counters; slot 0 = every unwatched port together */
+#define SG_ACK_GRACE_S (2 << SG_SLOT_SHIFT) /* auto mode: tc checks cookie ACKs this long after a port is disarmed
+					      * (a cookie's lifetime: the current and the previous slot) */
 #define SG_HLL_BITS 10 /* HyperLogLog: 1024 one-byte registers per bank */
 #define SG_HLL_REGS (1 << SG_HLL_BITS)
 #define SG_IFACE_SLOTS 16 /* counter blocks: slot 0 = unmapped ifindex, 1.. = attached interfaces */
@@ -41,6 +43,9 @@
 #define SG_IPV6_EXT_MAX 4 /* IPv6 extension headers skipped before giving up */
 #define SG_VLAN_MAX 2 /* 802.1Q / 802.1ad tags parsed */
 #define SG_SIP_CACHE 16 /* sg_sip_cache entries per CPU (a power of 2): a server has few addresses */
+#ifndef SG_LOCAL_ADDRS
+#define SG_LOCAL_ADDRS 1024 /* sg_local_addrs: this netns's own addresses (the daemon keeps it from netlink) */
+#endif
 
 /* Per-CPU counters, bumped by the XDP program (SYN side) and the tc program
  * (ACK side) in the same blocks. Names are the metric names' stems (see
@@ -68,7 +73,21 @@ enum sg_counter {
 				      * accept queue is full: passed, the kernel handles the SYN */
 	SG_CNT_SYN_COOKIE_ERROR = 17, /* bpf_tcp_gen_syncookie() refused otherwise (the socket found is no
 				       * listener, e.g. TIME_WAIT; SYN+FIN; IPv4 to a v6-only listener): passed */
-	SG_CNT_MAX = 18,
+	/* Scope (XDP and tc), when sg_config.local_only: */
+	SG_CNT_NOT_LOCAL = 18,       /* TCP segment the program would act on, but not for this host (a
+				      * destination address not in sg_local_addrs, or a multicast/broadcast
+				      * frame: forwarded, macvlan, bridge, another netns): passed untouched */
+	/* Out-of-state segments: to a protected port of this host, owned by no socket
+	 * (established, TIME_WAIT, request) and carrying no valid cookie (ours or the
+	 * kernel's). Counted by kind, whether dropped or not (auto mode before an
+	 * ack-flood); tc (method kfunc) or XDP (method kernel-cookie): */
+	SG_CNT_OOS_ACK = 19,         /* pure ACK (no payload, no FIN, no RST) */
+	SG_CNT_OOS_RST = 20,         /* RST set */
+	SG_CNT_OOS_FIN = 21,         /* FIN set (no RST) */
+	SG_CNT_OOS_DATA = 22,        /* payload, no FIN or RST */
+	SG_CNT_OOS_DROPPED = 23,     /* of those, dropped before the TCP stack (never answered) */
+	SG_CNT_KERNEL_COOKIE_ACK = 24, /* ACK to a listener carrying a valid kernel cookie: passed */
+	SG_CNT_MAX = 25,
 };
 
 enum sg_mode {
@@ -118,7 +137,12 @@ struct sg_config {
 			      * ilog2(max(tcp_rmem[2], rmem_max)) - 15, clamped to 0..14 */
 	__u8 tcp_opts;       /* SG_OPT_* */
 	__u8 method;         /* enum sg_method */
-	__u8 reserved;
+	__u8 local_only;     /* 1: act only on segments to an address in sg_local_addrs (the daemon
+			      * fills it before it attaches); 0: on any destination (tests, benchmarks) */
+	__u32 all_until_s;   /* auto mode: every protected port (all_ports or listed) is challenged
+			      * while now_s < all_until_s: the detector's "protect all", one switch */
+	__u32 oos_until_s;   /* auto mode: drop out-of-state segments while now_s < oos_until_s
+			      * (protect mode: always) */
 };
 
 /* Value of sg_ports, indexed by the host-order port. */

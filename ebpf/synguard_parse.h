@@ -32,6 +32,7 @@ struct sg_pkt {
 	struct tcphdr *tcp;
 	__u32 l3_off;         /* bytes from data to l3 (Ethernet + VLAN tags) */
 	__u32 ipv6;           /* 1: IPv6 */
+	__u32 l4_len;         /* TCP header + payload bytes, from the IP length (host order) */
 };
 
 enum sg_parse_result {
@@ -183,6 +184,7 @@ static __always_inline enum sg_parse_result sg_parse_frame(void *data, void *dat
 	l3_room = data_end - pkt->l3;
 	if (l3_len < l3_hdr || l3_len > l3_room)
 		return SG_PARSE_MALFORMED;
+	pkt->l4_len = l3_len - l3_hdr;
 	return parse_tcphdr(&pos, data_end, l3_len - l3_hdr, &pkt->tcp);
 }
 

@@ -13,12 +13,18 @@
  *  - Its maps ARE the XDP program's: the loader passes their fds with
  *    bpf_map__reuse_fd() before load. The declarations below must keep the
  *    type, key, value and max_entries of the BCC declarations.
- *  - Verdict: never drop, never change the packet. Every packet leaves with
- *    TC_ACT_UNSPEC ("not decided here"): the next tc filter on the hook, if
+ *  - Verdict: never change the packet. Every packet leaves with
+ *    TC_ACT_UNSPEC ("not decided here": the next tc filter on the hook, if
  *    any, still runs, and without one the packet goes up the stack as with
- *    TC_ACT_OK. The kernel decides what a cookie ACK becomes (the kfunc only
- *    attaches a request socket to the skb).
- *  - One SipHash per checked ACK; no lookup unless the cookie matches.
+ *    TC_ACT_OK), except an out-of-state segment (synguard_scope.h) to a
+ *    protected port of this host while they are dropped (protect mode; auto
+ *    mode after an ack-flood): TC_ACT_SHOT, counted by kind, never answered.
+ *    The kernel decides what a cookie ACK becomes (the kfunc only attaches a
+ *    request socket to the skb).
+ *  - Scope: only segments for this host (sg_config.local_only, sg_local_addrs).
+ *  - One socket lookup per segment to a protected port (bpf_skc_lookup_tcp):
+ *    a socket of the 4-tuple other than a listener owns it and nothing more is
+ *    done; else one SipHash per ACK (our cookie), then the kernel's cookie.
  *  - Assumes a little-endian host: the hash words are read as SipHash reads
  *    the message bytes (little-endian u64), which on x86/arm64 is a plain load.
  */
@@ -36,10 +42,12 @@
 #include "synguard_abi.h"
 #include "synguard_siphash.h"
 #include "synguard_parse.h"
+#include "synguard_scope.h"
 
 char LICENSE[] SEC("license") = "GPL"; /* kfuncs are GPL-only */
 
 #define SG_TC_PASS TC_ACT_UNSPEC
+#define SG_TC_DROP TC_ACT_SHOT
 
 #define SG_TCP_SYN 0x02
 #define SG_TCP_RST 0x04
@@ -120,6 +128,14 @@ struct {
 	__uint(max_entries, SG_PORTS);
 } sg_ports SEC(".maps");
 
+/* This netns's own unicast addresses (synguard_scope.h), the XDP program's map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct sg_addr);
+	__type(value, __u8);
+	__uint(max_entries, SG_LOCAL_ADDRS);
+} sg_local_addrs SEC(".maps");
+
 /* ---- Counting ------------------------------------------------------------ */
 
 static __always_inline struct sg_counter_block *counters_for(struct __sk_buff *skb)
@@ -154,9 +170,13 @@ struct sg_ack {
 	__u8 ipv6;
 	__u8 ts;        /* the ACK carries a Timestamps option */
 	__u32 tcp_off;  /* bytes from data to the TCP header, kept as a number (see sg_parse_ts) */
+	__u32 l4_len;   /* TCP header + payload (from the IP length) */
+	__u8 flags;     /* byte 13 of the TCP header */
+	__u8 unicast;   /* the destination MAC's group bit is clear */
+	__u8 doff;      /* TCP header length in 4-byte words */
 };
 
-/* The pure ACK / data segment we check: ACK set, SYN and RST clear, parsed by
+/* The segment we check: SYN clear (ACKs, RSTs, FINs, data), parsed by
  * synguard_parse.h like the XDP program's SYNs (IPv6 extension headers skipped).
  * Returns the TCP header (its doff * 4 bytes in bounds) or NULL for anything else. */
 static __always_inline struct tcphdr *parse_ack(struct __sk_buff *skb, struct sg_ack *a)
@@ -173,8 +193,12 @@ static __always_inline struct tcphdr *parse_ack(struct __sk_buff *skb, struct sg
 	if ((void *)(tcp + 1) > data_end) /* re-checked: clang may re-derive the pointer */
 		return NULL;
 	flags = ((__u8 *)tcp)[13];
-	if ((flags & (SG_TCP_ACK | SG_TCP_SYN | SG_TCP_RST)) != SG_TCP_ACK)
+	if (flags & SG_TCP_SYN)
 		return NULL;
+	a->flags = flags;
+	a->l4_len = pkt.l4_len;
+	a->doff = tcp->doff;
+	a->unicast = !(((__u8 *)data)[0] & 1); /* data + 14 <= data_end: parsed */
 	__builtin_memset(a->saddr, 0, sizeof(a->saddr)); /* defined, never read for IPv4 */
 	__builtin_memset(a->daddr, 0, sizeof(a->daddr));
 	if (pkt.ipv6) {
@@ -412,6 +436,68 @@ static __always_inline __u32 sg_assign(struct __sk_buff *skb, const struct sg_ac
 	return ret == 0 ? SG_CNT_COOKIE_VALIDATED : SG_CNT_COOKIE_REFUSED;
 }
 
+/* Was a deadline (auto_until_s, all_until_s; 0: never armed) in force at most
+ * SG_ACK_GRACE_S ago? */
+static __always_inline int sg_armed_lately(__u32 until_s, __u32 now_s)
+{
+	return until_s && (__s32)(until_s + SG_ACK_GRACE_S - now_s) > 0;
+}
+
+/* ---- Scope and out-of-state segments (synguard_scope.h) ------------------ */
+
+/* Is the segment for this host (a unicast frame to an address in sg_local_addrs)? */
+static __always_inline int seg_for_this_host(const struct sg_config *cfg, const struct sg_ack *a)
+{
+	struct sg_addr key;
+
+	if (!cfg->local_only)
+		return 1;
+	if (!a->unicast)
+		return 0;
+	if (a->ipv6) {
+		__builtin_memcpy(key.addr, a->daddr, 16);
+	} else {
+		key.addr[0] = 0;
+		key.addr[1] = 0;
+		key.addr[2] = bpf_htonl(0xffff);
+		key.addr[3] = a->daddr[0];
+	}
+	return bpf_map_lookup_elem(&sg_local_addrs, &key) != NULL;
+}
+
+/* The socket of the segment's 4-tuple in the device's netns: established, closing,
+ * TIME_WAIT, a request socket or a listener; NULL: none. The caller releases it. */
+static __always_inline struct bpf_sock *seg_lookup(struct __sk_buff *skb, const struct sg_ack *a)
+{
+	struct bpf_sock_tuple t = {};
+
+	if (a->ipv6) {
+		__builtin_memcpy(t.ipv6.saddr, a->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, a->daddr, 16);
+		t.ipv6.sport = a->sport;
+		t.ipv6.dport = a->dport;
+		return bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	}
+	t.ipv4.saddr = a->saddr[0];
+	t.ipv4.daddr = a->daddr[0];
+	t.ipv4.sport = a->sport;
+	t.ipv4.dport = a->dport;
+	return bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+}
+
+/* 0 when the ACK carries a valid kernel cookie for listener sk (the frame parsed
+ * again: no packet pointer survives the caller's v4/v6 branch). */
+static __always_inline long seg_kernel_cookie(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct sg_pkt pkt = {};
+
+	if (sg_parse_frame(data, data_end, &pkt) != SG_PARSE_TCP)
+		return -1;
+	return sg_kernel_cookie_check(sk, pkt.l3, pkt.ipv6, pkt.tcp, data_end);
+}
+
 /* ---- Entry: parse -> classify -> check -> assign -> count ---------------- */
 
 SEC("tc")
@@ -424,7 +510,8 @@ int tc_synguard(struct __sk_buff *skb)
 	struct sg_ack a;
 	struct tcphdr *tcp;
 	struct sg_ts ts;
-	__u32 zero = 0, dport;
+	struct bpf_sock *sk;
+	__u32 zero = 0, dport, cookies;
 
 	tcp = parse_ack(skb, &a);
 	if (!tcp)
@@ -432,23 +519,54 @@ int tc_synguard(struct __sk_buff *skb)
 	cfg = bpf_map_lookup_elem(&sg_config, &zero);
 	if (!cfg || cfg->mode == SG_MODE_OBSERVE)
 		return SG_TC_PASS;
-	if (!cfg->all_ports) {
-		dport = bpf_ntohs(a.dport);
-		port = bpf_map_lookup_elem(&sg_ports, &dport);
-		if (!port || !port->protect)
-			return SG_TC_PASS;
-	}
-	blk = counters_for(skb);
-	count(blk, SG_CNT_ACK_CHECKED);
-	a.ts = parse_ts_fast(tcp, (void *)(long)skb->data_end, &a);
-	if (!a.ts && tcp->doff > 5) {
-		ts.tsval = ts.tsecr = 0;
-		a.ts = sg_parse_ts(skb, a.tcp_off, &ts);
-		a.tsval = ts.tsval;
-		a.tsecr = ts.tsecr;
-	}
-	if (!sg_cookie_check(cfg, &a, &attrs))
+	dport = bpf_ntohs(a.dport);
+	port = bpf_map_lookup_elem(&sg_ports, &dport);
+	if (!port || !(cfg->all_ports || port->protect))
 		return SG_TC_PASS;
-	count(blk, sg_assign(skb, &a, &attrs));
-	return SG_TC_PASS;
+	/* Auto mode: cookies are checked only while XDP issues them for the port (armed,
+	 * itself or all ports), and SG_ACK_GRACE_S after (the cookies it sent stay valid
+	 * that long). Otherwise every ACK to a configured port would be a blind guess at a
+	 * cookie. Out-of-state segments are still counted (the detector's ack-flood signal). */
+	cookies = cfg->mode != SG_MODE_AUTO || sg_armed_lately(port->auto_until_s, cfg->now_s) ||
+		  sg_armed_lately(cfg->all_until_s, cfg->now_s);
+	blk = counters_for(skb);
+	if (!seg_for_this_host(cfg, &a)) {
+		count(blk, SG_CNT_NOT_LOCAL);
+		return SG_TC_PASS;
+	}
+	sk = seg_lookup(skb, &a);
+	if (sk && sk->state != BPF_TCP_LISTEN) { /* established, closing, TIME_WAIT, request */
+		bpf_sk_release(sk);
+		return SG_TC_PASS;
+	}
+	if (a.flags & SG_TCP_ACK) {
+		if (cookies) {
+			count(blk, SG_CNT_ACK_CHECKED);
+			a.ts = parse_ts_fast(tcp, (void *)(long)skb->data_end, &a);
+			if (!a.ts && tcp->doff > 5) {
+				ts.tsval = ts.tsecr = 0;
+				a.ts = sg_parse_ts(skb, a.tcp_off, &ts);
+				a.tsval = ts.tsval;
+				a.tsecr = ts.tsecr;
+			}
+			if (sg_cookie_check(cfg, &a, &attrs)) {
+				if (sk)
+					bpf_sk_release(sk);
+				count(blk, sg_assign(skb, &a, &attrs));
+				return SG_TC_PASS;
+			}
+		}
+		if (sk && seg_kernel_cookie(skb, sk) == 0) {
+			bpf_sk_release(sk);
+			count(blk, SG_CNT_KERNEL_COOKIE_ACK);
+			return SG_TC_PASS;
+		}
+	}
+	if (sk)
+		bpf_sk_release(sk);
+	count(blk, sg_oos_kind(a.flags, a.doff, a.l4_len));
+	if (!sg_oos_drop(cfg))
+		return SG_TC_PASS;
+	count(blk, SG_CNT_OOS_DROPPED);
+	return SG_TC_DROP;
 }

@@ -86,8 +86,11 @@ FILES = [
 ]
 
 ENVIRONMENT = [
-    ("SYNGUARD_EBPF_DIR", "Directory of the eBPF sources (default: /usr/share/synguard/ebpf)."),
-    ("SYNGUARD_PIN_DIR", "bpffs directory of the pins (default: /sys/fs/bpf/synguard)."),
+    ("SYNGUARD_EBPF_DIR", "Directory of the eBPF sources (default: /usr/share/synguard/ebpf). A root-only "
+     "knob: refused unless it and every directory above it are root's and closed to group/other writes."),
+    ("SYNGUARD_CLANG", "The compiler of the tc program (default: clang from PATH); refused on the same terms."),
+    ("SYNGUARD_PIN_DIR", "bpffs directory of the pins (default: /sys/fs/bpf/synguard); trusted only if it is "
+     "synguard's own (see Security in the README)."),
     ("SYNGUARD_COOKIE_METHOD", "How SYN cookies are made: auto (default: kfunc when the kernel has "
      "bpf_sk_assign_tcp_reqsk(), Linux >= 6.9, else kernel-cookie), kfunc (refuse to start without it) or "
      "kernel-cookie (the kernel's own cookie from bpf_tcp_gen_syncookie(), MSS only; no tc program)."),

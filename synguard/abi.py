@@ -17,6 +17,7 @@ ABI_VERSION = 3
 # Compile-time limits (the header's defaults; the loader may override with -D).
 CIDR_SIZE = 4096
 SLOT_SHIFT = 4
+ACK_GRACE_S = 2 << SLOT_SHIFT  # auto mode: tc checks cookie ACKs this long after a port is disarmed
 SRC_SIZE = 65536
 SRC_SAMPLE = 16
 PORTS = 65536
@@ -27,6 +28,7 @@ IFACE_SLOTS = 16
 IFINDEX_MAX = 4096
 IPV6_EXT_MAX = 4
 VLAN_MAX = 2
+LOCAL_ADDRS = 1024
 
 
 class Counter(enum.IntEnum):
@@ -50,6 +52,13 @@ class Counter(enum.IntEnum):
     SYN_NO_LISTENER = 15
     SYN_QUEUE_ROOM = 16
     SYN_COOKIE_ERROR = 17
+    NOT_LOCAL = 18
+    OOS_ACK = 19
+    OOS_RST = 20
+    OOS_FIN = 21
+    OOS_DATA = 22
+    OOS_DROPPED = 23
+    KERNEL_COOKIE_ACK = 24
 
     @property
     def key(self) -> str:
@@ -67,7 +76,7 @@ class Counter(enum.IntEnum):
         return COUNTER_NAMES[self].metric + "_total"
 
 
-COUNTER_MAX = 18
+COUNTER_MAX = 25
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,21 @@ COUNTER_NAMES: dict[Counter, CounterName] = {
     Counter.SYN_COOKIE_ERROR: CounterName("synguard_syn_cookie_errors", "SYN cookie errors",
                                           "Kernel-cookie method: SYNs bpf_tcp_gen_syncookie() refused otherwise "
                                           "(TIME_WAIT socket, SYN+FIN, IPv4 to a v6-only listener): passed."),
+    Counter.NOT_LOCAL: CounterName("synguard_not_local", "segments not for this host",
+                                   "TCP segments to an address that is not this host's, or in a multicast or "
+                                   "broadcast frame (forwarded, macvlan, bridge): passed untouched."),
+    Counter.OOS_ACK: CounterName("synguard_oos_acks", "out-of-state ACKs",
+                                 "ACKs to a protected port that no socket or cookie owns."),
+    Counter.OOS_RST: CounterName("synguard_oos_rsts", "out-of-state RSTs",
+                                 "RSTs to a protected port that no socket owns."),
+    Counter.OOS_FIN: CounterName("synguard_oos_fins", "out-of-state FINs",
+                                 "FINs to a protected port that no socket owns."),
+    Counter.OOS_DATA: CounterName("synguard_oos_data", "out-of-state data segments",
+                                  "Data segments to a protected port that no socket or cookie owns."),
+    Counter.OOS_DROPPED: CounterName("synguard_oos_dropped", "out-of-state segments dropped",
+                                     "Out-of-state segments dropped before the TCP stack (never answered)."),
+    Counter.KERNEL_COOKIE_ACK: CounterName("synguard_kernel_cookie_acks", "kernel cookie ACKs",
+                                           "ACKs carrying a valid kernel SYN cookie (passed to the kernel)."),
 }
 
 # TCP options the server's stack accepts (sg_config.tcp_opts).
@@ -212,7 +236,9 @@ class Config(ct.Structure):
         ("synack_wscale", ct.c_uint8),
         ("tcp_opts", ct.c_uint8),
         ("method", ct.c_uint8),
-        ("reserved", ct.c_uint8),
+        ("local_only", ct.c_uint8),
+        ("all_until_s", ct.c_uint32),
+        ("oos_until_s", ct.c_uint32),
     ]
 
 
@@ -293,6 +319,7 @@ MAPS: dict[str, tuple[type, type]] = {
     "sg_progs": (ct.c_int, ct.c_int),
     "sg_allow_cidrs": (CidrKey, ct.c_uint8),
     "sg_deny_cidrs": (CidrKey, ct.c_uint8),
+    "sg_local_addrs": (Addr, ct.c_uint8),
 }
 
 
@@ -324,6 +351,9 @@ def _ebpf_dir_default() -> Path:
 
 
 EBPF_DIR_DEFAULT = _ebpf_dir_default()
+# Running from a checkout (tests, the lab), not an installed package: test hooks
+# (SYNGUARD_TEST_FAULT) are honoured only then.
+FROM_CHECKOUT = EBPF_DIR_DEFAULT == Path(__file__).resolve().parent.parent / "ebpf"
 
 
 def _ebpf_obj_dir_default() -> Path:

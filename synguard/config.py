@@ -621,6 +621,9 @@ class DetectionConfig:
     single_source_share: float = _key(0.5, _number(0.0, 1.0, lo_open=True))  # top source's share >= this: single
     fast_trigger_pps: int = _key(100000, _int_range(0, U32_MAX, " SYN/s (0: off)"))  # in-kernel per-port ceiling
     source_deny: int = _key(600, _duration())  # how long a single-source attacker is denied
+    # out-of-state segments (ACK/RST/FIN/data no socket owns) per second at protected ports that make an
+    # ack-flood (synguard/ackflood.py); auto mode then drops them (protect mode always does)
+    ack_flood_pps: int = _key(1000, _int_range(0, U32_MAX, " segments/s (0: off)"))
 
     def _cross_check(self, raw: dict[str, _Value], path: str, errs: _Errors) -> None:
         """A per-port kernel ceiling under the volume floor would fire on traffic the detector calls normal."""

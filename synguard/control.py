@@ -2,9 +2,11 @@
 
 The CLI (`synguard status`, `top`) is the client (synguard.view). The socket is
 0660 root; requests are answered by a callable the daemon gives, so this module
-knows nothing of the daemon. A client gets READ_TIMEOUT_S to send its line and at
-most MAX_CLIENTS are served at once (more are closed at once): half-sent requests
-cannot pile up threads. A path that holds anything but a stale socket of ours is
+knows nothing of the daemon. A client gets READ_TIMEOUT_S in all to send its line
+(a deadline for the whole request, not a timeout per read: a client sending a byte
+a second is dropped too), as long again to take the reply, and at most MAX_CLIENTS
+are served at once (more are closed at once): half-sent requests cannot pile up
+threads or hold the socket. A path that holds anything but a stale socket of ours is
 never removed.
 """
 
@@ -16,6 +18,7 @@ import socket
 import socketserver
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -28,12 +31,27 @@ class ControlError(RuntimeError):
     """One line for the operator."""
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    timeout = READ_TIMEOUT_S  # applied to the connection by StreamRequestHandler.setup()
+def _read_line(sock: socket.socket, deadline: float) -> bytes:
+    """The request line (up to MAX_REQUEST bytes), read before the monotonic deadline;
+    TimeoutError past it."""
+    buf = bytearray()
+    while b"\n" not in buf and len(buf) < MAX_REQUEST:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request deadline")
+        sock.settimeout(left)
+        chunk = sock.recv(min(4096, MAX_REQUEST - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf.split(b"\n", 1)[0])
 
+
+class _Handler(socketserver.BaseRequestHandler):
     def handle(self):
+        sock = self.request
         try:
-            line = self.rfile.readline(MAX_REQUEST)
+            line = _read_line(sock, time.monotonic() + READ_TIMEOUT_S)
             request = json.loads(line or b"{}")
             if not isinstance(request, dict):
                 raise ValueError("a request is a JSON object")
@@ -43,9 +61,10 @@ class _Handler(socketserver.StreamRequestHandler):
         except Exception as e:  # a bad request must never hurt the daemon
             reply = {"error": f"{type(e).__name__}: {e}"}
         try:
-            self.wfile.write(json.dumps(reply).encode() + b"\n")
+            sock.settimeout(READ_TIMEOUT_S)  # sendall: one deadline for the whole reply
+            sock.sendall(json.dumps(reply).encode() + b"\n")
         except OSError:
-            pass  # the client went away
+            pass  # the client went away, or does not read
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

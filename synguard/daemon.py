@@ -29,10 +29,12 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from synguard import config as configmod, ifwatch, kernel, status, view
+from synguard import abi, config as configmod, ifwatch, kernel, status, view
 from synguard.abi import Mode
 from synguard.control import ControlError, ControlServer
 from synguard.datapath import DataPath, DataPathError
+from synguard.datapath.netns import NetnsLocked, netns_lock
+from synguard.localaddrs import LocalAddrs
 from synguard.log import event
 from synguard.metrics import SynguardCollector
 from synguard.mitigation import Mitigation
@@ -72,6 +74,7 @@ class Daemon:
         self.keys: SlotKeys | None = None  # the parts that drive the data path: see use()
         self.mitigation: Mitigation | None = None
         self.syncookies: kernel.SyncookiesHold | None = None  # method kernel-cookie only
+        self.local: LocalAddrs | None = None  # this netns's addresses, the data path's scope
         self.started = time.time()
         self.reloads = {"success": 0, "failure": 0}
         self.last_reload_ok = True
@@ -115,6 +118,9 @@ class Daemon:
         self._apply_synack()
         dp.set_ports(cfg.protect.ports)
         dp.set_allow_cidrs(cfg.allow)
+        if self.local is None:  # scope: our own addresses only, known before the first attach
+            self.local = LocalAddrs(dp)
+            self.local.sync()
         ifwatch.attach_interfaces(dp, cfg.interfaces, cfg.xdp_mode)
         self.mitigation.configure(cfg)  # detection knobs, watched ports, deny CIDRs
         self._hold_syncookies()  # before protect mode answers its first SYN
@@ -216,6 +222,11 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         problems = host_problems(self.config, starting=True)  # before compiling or touching a crashed run's pins
+        if not problems:
+            try:  # one daemon per network namespace: the pins there are its alone
+                self._netns_lock = netns_lock()
+            except (NetnsLocked, OSError) as e:
+                problems = [str(e)]
         if problems:
             for line in problems:
                 log.error("%s", line)
@@ -258,7 +269,9 @@ class Daemon:
         last_log = last_dog = last_watch = last_tick = time.monotonic()
         logged = self.datapath.counters()
         try:
-            fault = os.environ.get("SYNGUARD_TEST_FAULT")  # tests only: an unexpected error in the loop
+            # Tests only (from a checkout): an unexpected error in the loop. An installed
+            # daemon ignores it (host.py: the environment knobs).
+            fault = os.environ.get("SYNGUARD_TEST_FAULT") if abi.FROM_CHECKOUT else None
             while not self._stop.wait(1.0):
                 if fault == "tick":
                     raise RuntimeError("SYNGUARD_TEST_FAULT=tick: injected fault")
@@ -274,6 +287,7 @@ class Daemon:
                 self.datapath.tick(wall)
                 self.keys.advance(wall)
                 self.mitigation.tick(now, wall, now - last_tick, blocks, window_s)
+                self.local.poll()
                 self._hold_syncookies()
                 counters = self.datapath.counters(blocks=blocks)
                 last_tick = now
@@ -328,6 +342,8 @@ class Daemon:
             server = self._http[0] if isinstance(self._http, tuple) else None
             if server is not None:
                 server.shutdown()
+        if self.local is not None:
+            self.local.close()
         if self.datapath is not None and detach:
             self.datapath.close(keep_state=keep_state)
             if self.syncookies is not None:  # detached: nothing answers with cookies now
@@ -335,4 +351,7 @@ class Daemon:
                     change = self.syncookies.set(False)
                     if change:
                         event("syncookies", change, tcp_syncookies_held=False)
+        lock, self._netns_lock = getattr(self, "_netns_lock", None), None
+        if lock is not None:
+            os.close(lock)
 

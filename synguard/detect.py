@@ -6,7 +6,8 @@ builds a Tick from the data path's counters once per tick, calls
 Detector.update(tick) and logs the events it returns, then enforces
 Detector.mitigation().
 
-Per tick, with c = DetectionConfig and b = the baseline before this tick:
+Per tick, with c = DetectionConfig and b = the baseline before this tick (completed
+handshakes per second, see Baseline):
 
   rate  = syns / dt                                   (SYN/s, all ports)
   norm  = max(b, c.floor_pps)
@@ -14,6 +15,10 @@ Per tick, with c = DetectionConfig and b = the baseline before this tick:
                                                        beyond a 10 % allowance)
   x     = gap / norm                                   (normalised gap)
   gate  = rate >= max(c.floor_pps, c.baseline_multiple * b)          (volume gate)
+          or the evidence is saturated: S has sat at its cap with x >= SATURATED_X
+          for SATURATED_TICKS ticks in a row (a flood under the volume gate of a
+          busy site is reported late, never not at all); during an attack also
+          x >= SATURATED_X (it stays an attack while the evidence is that strong)
   fast  = tick.fast_trigger_ports, plus, when c.fast_trigger_pps > 0, every port
           with port_syns / dt >= c.fast_trigger_pps                  (hard ceiling)
 
@@ -40,12 +45,16 @@ Alarm (no attack active): (gate and x > c.cusum_drift and S > c.cusum_threshold)
   A slow ramp alarms soon after it crosses the floor if handshakes do not
   follow it (S grows by x - drift each tick, and x grows with the ramp).
 
-Baseline: b is an EWMA of the SYN rate, b += c.ewma_alpha * (rate - b), started
-  at c.floor_pps (a warm-up: the gate is then 3 x floor until b has learnt the
-  real rate). Updated only while no attack is active and on ticks that do not
-  look suspicious (x <= drift, no fast port): neither an attack nor the slow
-  ramp before its alarm can poison it, while a healthy rise in traffic (more
-  users, a flash crowd whose handshakes complete) is learnt.
+Baseline: b is an EWMA of the rate of COMPLETED handshakes, done = min(completions,
+  syns) / dt: b += c.ewma_alpha * (done - b). SYNs that never complete (a spoofed
+  flood, a trickle under the alarm level, scans of closed ports) cannot train it,
+  so neither a long trickle nor a flood raises the gate. Warm start: the first
+  learnt tick sets b (until then b = 0 and the gate is c.floor_pps), so a daemon
+  started during a flood (a restart, a reboot) alarms like one that saw it begin.
+  Updated only while no attack is active and on ticks that do not look suspicious
+  (x <= drift, no fast port), while a healthy rise in traffic (more users, a
+  flash crowd whose handshakes complete) is learnt. Known blind spot: a botnet
+  that completes its handshakes is a flash crowd here (x = 0).
 
 Attack start: the attack "started" at the beginning of the CUSUM excursion that
   led to the alarm (the start of the first tick since S was last 0; the classic
@@ -55,12 +64,20 @@ Attack start: the attack "started" at the beginning of the CUSUM excursion that
   stretches seconds, not ticks).
 
 Classification (at the start, then on each active tick with gate open and
-  x > drift, or a fast port; a change needs 2 consecutive ticks agreeing):
-  - "spoofed": distinct / syns >= c.spoofed_distinct_ratio and
-    new_sources / distinct >= c.spoofed_new_ratio (random source addresses);
-  - "single-source": top source's estimated SYNs / syns >= c.single_source_share,
-    or distinct <= 2;
-  - otherwise "botnet": real, repeating sources that do not complete handshakes.
+  x > drift, or a fast port; a change needs 2 consecutive ticks agreeing), on the
+  tick's UNANSWERED SYNs, u = syns - completions (a busy neighbour port's real
+  clients must not change the kind), decided by what the mitigation can do:
+  - "single-source": the top source's estimated SYNs / u >= c.single_source_share,
+    or distinct <= 2: the source itself is denied (XDP drops its SYNs). The
+    daemon leaves sources that completed handshakes out of top_sources, and
+    re-reads the heavy hitters on the first tick over the floor, so this is
+    known at the alarm tick;
+  - "spoofed": too many sources to name: new_sources >= BLOCKABLE_SOURCES in the
+    tick (a random flood, or a pool of thousands of addresses), or
+    distinct / u >= c.spoofed_distinct_ratio and new_sources / distinct >=
+    c.spoofed_new_ratio. Blocking by address is pointless: cookies answer it;
+  - otherwise "botnet": fewer than BLOCKABLE_SOURCES repeating sources that do
+    not complete handshakes; sources_sample is worth blocking upstream.
 
 Ports attacked: each watched port has its own baseline (an EWMA of its SYN
   rate, updated on the same ticks as b, from 0). A port is attacked when its
@@ -82,7 +99,8 @@ Events (Detector.update's return value), JSON-ready:
      "id": int (1, 2, ...), "kind": str, "ports": [sorted ints],
      "started": t, "detected_after_s": s, "detected_after_ticks": n, "peak_pps": max SYN/s over the attack's ticks,
      "syns": SYNs of the excursion and of the attack's ticks,
-     "sources_sample": up to 5 heaviest sources of the last attack tick,
+     "sources_sample": up to 5 heaviest sources of the last attack tick (sources_sample():
+                       none for "spoofed"; those with >= 10 % of the heaviest one's SYNs),
      "ended": t or None, "duration_s": ended (or last tick) - started}}
   attack_update only when the kind or the ports change or the peak reaches
   1.5 x the peak last reported.
@@ -118,13 +136,17 @@ KINDS = ("spoofed", "single-source", "botnet")
 
 ALLOWANCE_NUM, ALLOWANCE_DEN = 9, 10  # a tick with completions >= 9/10 of its SYNs has no gap
 CUSUM_CAP = 4.0  # x cusum_threshold
+SATURATED_X = 1.0  # a tick feeds the saturation count when x >= this (unanswered SYN/s >= the normal handshake rate)
+SATURATED_TICKS = 10  # ... and S sits at its cap, this many ticks in a row: the volume gate opens
 PORT_SHARE = 0.10  # a port is attacked if it gets >= 10 % of the tick's excess SYN/s ...
 PORT_FLOOR_FRACTION = 0.10  # ... and >= floor_pps / 10 SYN/s over its own baseline
 PORT_BASELINE_DROP = 0.01  # a port baseline under this (SYN/s) is forgotten
 KIND_CONFIRM_TICKS = 2  # consecutive ticks that must agree to change an attack's kind
 PEAK_UPDATE_GROWTH = 1.5  # attack_update when the peak reaches 1.5 x the last reported peak
 SOURCES_SAMPLE = 5
+SAMPLE_REL = 0.1  # sources_sample: a source with >= this share of the heaviest source's SYNs
 FEW_SOURCES = 2.5  # distinct < this: at most two sources (HLL estimates 2 sources as ~2.002)
+BLOCKABLE_SOURCES = 1000  # new sources in one tick from this many on: too many to name and block: "spoofed"
 
 
 @dataclass(frozen=True)
@@ -166,18 +188,30 @@ class Tick:
 
 
 def classify(tick: Tick, cfg: DetectionConfig) -> str:
-    """The kind of attack this tick's sources look like (see the module docstring)."""
-    syns = tick.syns
-    if syns <= 0:
+    """The kind of attack this tick's UNANSWERED SYNs look like (see the module docstring)."""
+    unanswered = tick.syns - min(tick.completions, tick.syns)
+    if unanswered <= 0:
         return "botnet"
     distinct = tick.distinct
-    if distinct / syns >= cfg.spoofed_distinct_ratio and distinct > 0 \
-            and tick.new_sources / distinct >= cfg.spoofed_new_ratio:
-        return "spoofed"
     top = tick.top_sources[0][1] if tick.top_sources else 0
-    if top / syns >= cfg.single_source_share or distinct < FEW_SOURCES:
+    if top / unanswered >= cfg.single_source_share or distinct < FEW_SOURCES:
         return "single-source"
+    if tick.new_sources >= BLOCKABLE_SOURCES or (
+            distinct / unanswered >= cfg.spoofed_distinct_ratio and distinct > 0
+            and tick.new_sources / distinct >= cfg.spoofed_new_ratio):
+        return "spoofed"
     return "botnet"
+
+
+def sources_sample(tick: Tick, kind: str) -> list[str]:
+    """The sources worth naming for an attack of `kind`: none for "spoofed" (forged or too
+    many to block: an address there would point the operator at a bystander), else up to
+    SOURCES_SAMPLE heaviest sources sending at least SAMPLE_REL of the heaviest one's SYNs
+    (a real client among a single source's SYNs is not named)."""
+    if kind == "spoofed" or not tick.top_sources:
+        return []
+    top = tick.top_sources[0][1]
+    return [a for a, n in tick.top_sources[:SOURCES_SAMPLE] if n >= SAMPLE_REL * top]
 
 
 def _round(x: float, nd: int) -> float:
@@ -189,7 +223,9 @@ class Detector:
 
     def __init__(self, cfg: DetectionConfig | None = None):
         self.cfg = cfg if cfg is not None else DetectionConfig()
-        self.baseline = float(self.cfg.floor_pps)
+        self.baseline = 0.0  # completed handshakes/s (nothing learnt yet: the gate is floor_pps)
+        self.baseline_ticks = 0  # ticks learnt
+        self._saturated = 0  # consecutive ticks with S at its cap and x >= SATURATED_X
         self.port_baseline: dict[int, float] = {}
         self.cusum = 0.0
         self.active: dict[str, Any] | None = None
@@ -229,6 +265,8 @@ class Detector:
         gap = max(0, ALLOWANCE_NUM * tick.syns - ALLOWANCE_DEN * tick.completions) / ALLOWANCE_DEN / tick.dt
         x = gap / norm
         gate = rate >= max(float(c.floor_pps), c.baseline_multiple * self.baseline)
+        if self.active is not None and x >= SATURATED_X:
+            gate = True  # an attack under the volume gate stays an attack while the evidence is this strong
         fast = set(tick.fast_trigger_ports)
         if c.fast_trigger_pps > 0:
             fast |= {p for p, n in tick.port_syns.items() if n / tick.dt >= c.fast_trigger_pps}
@@ -240,6 +278,10 @@ class Detector:
         else:
             s = max(0.0, prev + x - c.cusum_drift)
         self.cusum = min(s, CUSUM_CAP * c.cusum_threshold)
+        cap = CUSUM_CAP * c.cusum_threshold
+        self._saturated = self._saturated + 1 if self.cusum >= cap and x >= SATURATED_X else 0
+        if not gate and self._saturated >= SATURATED_TICKS:
+            gate = self.gate_open = True
 
         self._expire(tick.t)
         if self.active is None:
@@ -276,7 +318,7 @@ class Detector:
             "detected_after_ticks": ticks,
             "peak_pps": _round(peak, 1),
             "syns": syns,
-            "sources_sample": [a for a, _ in tick.top_sources[:SOURCES_SAMPLE]],
+            "sources_sample": sources_sample(tick, kind),
             "ended": None,
             "duration_s": _round(tick.t - started, 3),
         }
@@ -312,8 +354,6 @@ class Detector:
             a["ports"] = sorted(ports)
             changed = True
         if x > c.cusum_drift or fast:
-            if tick.top_sources:
-                a["sources_sample"] = [s for s, _ in tick.top_sources[:SOURCES_SAMPLE]]
             kind = classify(tick, c)
             if kind == a["kind"]:
                 self._pending_kind, self._pending_n = None, 0
@@ -324,6 +364,8 @@ class Detector:
                     a["kind"] = kind
                     self._pending_kind, self._pending_n = None, 0
                     changed = True
+            if tick.top_sources:
+                a["sources_sample"] = sources_sample(tick, a["kind"])
             if a["kind"] == "single-source" and kind == "single-source":
                 self._deny(tick)
         if peak > self._reported_peak and peak >= PEAK_UPDATE_GROWTH * self._reported_peak:
@@ -355,9 +397,12 @@ class Detector:
     # -- helpers ---------------------------------------------------------------------------
 
     def _learn(self, tick: Tick, rate: float) -> None:
-        """One EWMA step of the baseline and of every port's baseline."""
+        """One EWMA step of the baseline (completed handshakes/s; the first step sets it)
+        and of every port's baseline (SYN/s)."""
         alpha = self.cfg.ewma_alpha
-        self.baseline += alpha * (rate - self.baseline)
+        done = min(tick.completions, tick.syns) / tick.dt
+        self.baseline = done if self.baseline_ticks == 0 else self.baseline + alpha * (done - self.baseline)
+        self.baseline_ticks += 1
         pb = self.port_baseline
         for p in set(pb) | set(tick.port_syns):
             v = pb.get(p, 0.0)

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import ipaddress
 import os
 import socket
@@ -69,7 +70,7 @@ from typing import Iterable
 
 from synguard import abi
 
-__all__ = ["Listener", "listeners", "tcp_counters", "sysctls", "synack_settings", "min_mtu",
+__all__ = ["Listener", "listeners", "peers", "tcp_counters", "sysctls", "synack_settings", "min_mtu",
            "format_listeners", "to_json", "SYSCTLS"]
 
 # linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h, net/tcp_states.h
@@ -99,6 +100,7 @@ _OFF_FAMILY = 16
 _OFF_STATE = 17
 _SPORT_SRC = struct.Struct(">4xH2x16s")        # read at +16: (sport, src16)
 _QUEUES = struct.Struct("=II")                 # read at +72: (rqueue, wqueue)
+_UID = struct.Struct("=I")                     # read at +80: idiag_uid
 _MSG_MIN = 16 + 72
 
 _RECV_BUF = 1 << 16   # the kernel fills at most ~32 KiB per dump skb
@@ -124,6 +126,7 @@ class Listener:
     syn_recv: int       # half-open request sockets (SYN queue length)
     accept_queue: int   # established, not yet accept()ed
     backlog: int        # sk_max_ack_backlog = min(listen backlog, somaxconn)
+    uid: int = 0        # owner of the socket (of the lowest uid in a SO_REUSEPORT group)
 
     @property
     def synq_pct(self) -> float:
@@ -157,7 +160,7 @@ def _collect(sock: socket.socket, family: int, port: int | None,
              listen: dict, synq: Counter, seq: int) -> None:
     """Dump LISTEN + SYN_RECV TCP sockets of `family` into listen / synq.
 
-    listen[(family, src16, port)] = [rqueue, wqueue]  (merged per address)
+    listen[(family, src16, port)] = [rqueue, wqueue, uid]  (merged per address)
     synq[(family, port, src16)] += 1                  (per local address)
 
     Why not pyroute2's DiagSocket: decoding every message into an nlmsg object
@@ -202,13 +205,15 @@ def _collect(sock: socket.socket, family: int, port: int | None,
                 elif state == TCP_LISTEN:
                     p, src = sport_src(buf, off + 16)
                     rq, wq = queues(buf, off + 72)
+                    (uid,) = _UID.unpack_from(buf, off + 80)
                     k = (buf[off + _OFF_FAMILY], src, p)
                     cur = listen.get(k)
                     if cur is None:
-                        listen[k] = [rq, wq]
+                        listen[k] = [rq, wq, uid]
                     else:            # SO_REUSEPORT group: one row
                         cur[0] += rq
                         cur[1] += wq
+                        cur[2] = min(cur[2], uid)
             elif mtype == NLMSG_DONE:
                 # Count once at the end: Counter() over a list runs in C.
                 for (p, src), c in Counter(keys).items():
@@ -232,6 +237,61 @@ def _sock() -> socket.socket:
     return s
 
 
+# Sockets past the handshake: ESTABLISHED, FIN_WAIT1/2, TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING.
+_PEER_STATES = sum(1 << s for s in (1, 4, 5, 6, 8, 9, 11))
+_OFF_DST = 16 + 4 + 4 + 16  # inet_diag_msg: family, state, timer, retrans, sport, dport, src[16], dst[16]
+
+
+def _collect_peers(sock: socket.socket, family: int, out: set, seq: int) -> None:
+    """Add the remote address (16 raw bytes) of every socket past the handshake to `out`."""
+    sock.send(_request(family, _PEER_STATES, None, seq))
+    buf = bytearray(_RECV_BUF)
+    view = memoryview(buf)
+    while True:
+        n = sock.recv_into(view)
+        if n <= 0:
+            raise OSError("sock_diag: empty read")
+        off = 0
+        while off + 16 <= n:
+            mlen, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
+            if mlen < 16 or off + mlen > n:
+                raise OSError(f"sock_diag: malformed message (len {mlen})")
+            if mseq == seq:
+                if mtype == SOCK_DIAG_BY_FAMILY and mlen >= _MSG_MIN:
+                    dst = bytes(buf[off + _OFF_DST:off + _OFF_DST + 16])
+                    out.add(dst[:4] if family == socket.AF_INET else dst)
+                elif mtype == NLMSG_DONE:
+                    return
+                elif mtype == NLMSG_ERROR:
+                    (err,) = _NLMSGERR.unpack_from(buf, off + 16)
+                    if err:
+                        raise OSError(-err, f"sock_diag: {os.strerror(-err)}")
+            off += (mlen + 3) & ~3
+
+
+def peers() -> set[str]:
+    """Remote addresses of the caller's netns' TCP sockets past the handshake (established,
+    closing or in TIME_WAIT): clients that completed a handshake. IPv4-mapped IPv6 peers
+    (a dual-stack listener's IPv4 clients) are given as IPv4."""
+    raw: set[bytes] = set()
+    with _sock() as s:
+        _collect_peers(s, socket.AF_INET, raw, 1)
+        try:
+            _collect_peers(s, socket.AF_INET6, raw, 2)
+        except OSError as e:   # no inet6 diag handler
+            if e.errno != errno.ENOENT:
+                raise
+    out = set()
+    for a in raw:
+        if len(a) == 4:
+            out.add(_ntop(4, a))
+        elif a.startswith(_V4_MAPPED):
+            out.add(_ntop(4, a[12:]))
+        else:
+            out.add(_ntop(6, a))
+    return out
+
+
 def _ntop(family: int, src: bytes) -> str:
     if family == 4:
         return socket.inet_ntop(socket.AF_INET, src[:4])
@@ -244,6 +304,36 @@ def listeners(port: int | None = None) -> list[Listener]:
     Rows come in kernel order (use format_listeners to sort). See the module
     docstring for how half-open sockets are attributed.
     """
+    listen, counts = _dump(port)
+    return [_row(k, v, counts) for k, v in listen.items()]
+
+
+def worst_listeners(limit: int) -> tuple[int, list[Listener]]:
+    """(how many listeners there are, the `limit` worst of them, worst first): fullest
+    SYN queue, then most half-open, then fullest accept queue; among equals, those a
+    local user cannot open (below 1024, or root's) and the lower port first. Rows are
+    built for those only: a local user's tens of thousands of idle listeners cost one
+    netlink dump, not a Listener object, a status line or three metric series each."""
+    listen, counts = _dump(None)
+
+    def badness(item):
+        k, (rq, wq, uid) = item
+        n = counts.get(k, 0)
+        return (n / wq if wq else 0.0, n, rq / wq if wq else 0.0, -int(k[2] >= 1024 and uid != 0), -k[2])
+
+    return len(listen), [_row(k, v, counts) for k, v in heapq.nlargest(limit, listen.items(), key=badness)]
+
+
+def _row(k, v, counts) -> Listener:
+    fam, src, p = k
+    rq, wq, uid = v
+    f = 4 if fam == socket.AF_INET else 6
+    return Listener(address=_ntop(f, src), port=p, family=f, syn_recv=counts.get(k, 0), accept_queue=rq,
+                    backlog=wq, uid=uid)
+
+
+def _dump(port: int | None):
+    """One sock_diag dump: ({listener key: [rqueue, wqueue, uid]}, {listener key: half-open})."""
     if port is not None and not 0 < int(port) < 65536:
         raise ValueError(f"bad port {port!r}")
     listen: dict[tuple[int, bytes, int], list[int]] = {}
@@ -267,15 +357,7 @@ def listeners(port: int | None = None) -> list[Listener]:
         if k is not None:
             counts[k] = counts.get(k, 0) + n
         # else: its listener closed during the dump; nothing to show.
-
-    rows = []
-    for k, (rq, wq) in listen.items():
-        fam, src, p = k
-        f = 4 if fam == socket.AF_INET else 6
-        rows.append(Listener(address=_ntop(f, src), port=p, family=f,
-                             syn_recv=counts.get(k, 0), accept_queue=rq,
-                             backlog=wq))
-    return rows
+    return listen, counts
 
 
 def _match(index: dict, fam: int, port: int, src: bytes):

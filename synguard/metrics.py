@@ -16,7 +16,10 @@ from prometheus_client.registry import Collector
 
 from synguard import __version__, kernel
 from synguard.abi import COUNTER_NAMES, CookieMethod, Counter, Mode
+from synguard.ackflood import KINDS as OOS_KINDS
 from synguard.detect import KINDS
+
+MAX_LISTENER_SERIES = 100  # listeners with their own synguard_listen_* series: the worst ones
 
 if TYPE_CHECKING:
     from synguard.daemon import Daemon
@@ -104,6 +107,10 @@ class SynguardCollector(Collector):
         for kind in KINDS:
             active.add_metric([kind], 1.0 if det and det.active and det.active["kind"] == kind else 0.0)
             total.add_metric([kind], det.attacks_total.get(kind, 0) if det else 0)
+        oos = d.mitigation.ackflood  # out-of-state floods: their own detector (synguard/ackflood.py)
+        for kind in OOS_KINDS:
+            active.add_metric([kind], 1.0 if oos and oos.active and oos.active["kind"] == kind else 0.0)
+            total.add_metric([kind], oos.attacks_total.get(kind, 0) if oos else 0)
         yield active
         yield total
         g = GaugeMetricFamily("synguard_sources_distinct", "Distinct SYN sources in the last second (HyperLogLog).")
@@ -112,7 +119,7 @@ class SynguardCollector(Collector):
         g = GaugeMetricFamily("synguard_detector_cusum", "NP-CUSUM statistic on the SYN-vs-handshake gap.")
         g.add_metric([], det.cusum if det else 0.0)
         yield g
-        g = GaugeMetricFamily("synguard_detector_baseline_syn_rate", "Learnt normal SYN rate (EWMA), SYN/s.")
+        g = GaugeMetricFamily("synguard_detector_baseline_syn_rate", "Learnt normal rate of completed handshakes (EWMA, frozen during attacks), per second.")
         g.add_metric([], det.baseline if det else 0.0)
         yield g
 
@@ -126,7 +133,13 @@ class SynguardCollector(Collector):
             g.add_metric([], syncookies)
             yield g
 
-        rows = kernel.listeners()
+        # Bounded: a local user can open tens of thousands of listeners; the series show the
+        # MAX_LISTENER_SERIES worst (kernel.worst_listeners), synguard_listeners counts them all.
+        total, rows = kernel.worst_listeners(MAX_LISTENER_SERIES)
+        g = GaugeMetricFamily("synguard_listeners", "TCP listeners in the daemon's network namespace (the "
+                              f"per-listener series show the {MAX_LISTENER_SERIES} worst).")
+        g.add_metric([], total)
+        yield g
         g_recv = GaugeMetricFamily("synguard_listen_syn_recv", "Half-open (SYN_RECV) requests per listener.",
                                    labels=["address", "port"])
         g_acc = GaugeMetricFamily("synguard_listen_accept_queue", "Accept queue length per listener.",

@@ -8,7 +8,7 @@ import os
 import time
 
 from synguard import __version__, kernel
-from synguard.abi import Counter
+from synguard.abi import Counter, Mode
 from synguard.datapath import addr_of_key
 
 
@@ -44,11 +44,10 @@ def answer(d, request: dict) -> dict:
 def document(d) -> dict:
     """The status of daemon d (synguard.daemon.Daemon)."""
     dp = d.datapath
-    rows = kernel.listeners()
+    total, rows = kernel.worst_listeners(2)  # rows for the worst two only: fast with many listeners
     m = d.config.metrics
     ours = [r for r in rows if m.enabled and r.port == m.port and r.address == m.host]  # our own /metrics
-    busy = [r for r in rows if r not in ours and r.syn_recv > 0]
-    worst = max(busy, key=lambda r: (r.synq_pct, r.syn_recv), default=None)
+    worst = next((r for r in rows if r not in ours and r.syn_recv > 0), None)
     return {
         "version": __version__,
         "pid": os.getpid(),
@@ -71,7 +70,7 @@ def document(d) -> dict:
                    "source": "file" if d.config.secret.file else "random"},
         "kernel": {"counters": kernel.tcp_counters(), "sysctls": kernel.sysctls()},
         "worst_listener": None if worst is None else kernel.to_json([worst])[0],
-        "listeners": len(rows),
+        "listeners": total,
         "config": {"path": d.config_path, "last_reload_ok": d.last_reload_ok, **d.reloads},
         "detection": detection(d),
         "top_sources": top_sources(dp, 3) if d.mitigation.detector and d.mitigation.detector.active else [],
@@ -90,6 +89,8 @@ def detection(d) -> dict:
         "protected_ports": sorted(m["protect_ports"]),
         "denied_sources": [a for a, _ in m["deny_sources"]],
         "events": list(d.mitigation.events),
+        "ack_flood": d.mitigation.ackflood.active if d.mitigation.ackflood else None,
+        "oos_dropping": d.config.mode == Mode.PROTECT or bool(d.mitigation._oos_until),
     }
 
 

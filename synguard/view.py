@@ -112,7 +112,7 @@ def format_status(st: dict, numeric: bool = False) -> str:
         else:
             out.append("|- attack:      none detected")
         prot = ",".join(map(str, det["protected_ports"])) or "-"
-        out.append(f"|  |- detector:  baseline {n(det['baseline_pps'])} SYN/s, distinct sources "
+        out.append(f"|  |- detector:  baseline {n(det['baseline_pps'])} handshakes/s, distinct sources "
                    f"{n(det['sources_distinct'])}/s, cusum {det['cusum']:.2f}")
         so_far = ", ".join(f"{k} {v}" for k, v in det["attacks_total"].items()) or "0"
         if st["mode"] == "auto":
@@ -120,6 +120,7 @@ def format_status(st: dict, numeric: bool = False) -> str:
                        f"attacks so far {so_far}")
         else:
             out.append(f"|  `- attacks so far {so_far}")
+        out.append(oos_line(st, det, n))
     if st["mode"] == "protect":
         which = "attack or not"
         out.append(f"|- protect:     every SYN to ports {','.join(map(str, st['ports'])) or 'all'} is answered "
@@ -136,6 +137,18 @@ def format_status(st: dict, numeric: bool = False) -> str:
     else:
         out.append("`- worst listener: (no TCP listeners)")
     return "\n".join(out)
+
+
+def oos_line(st: dict, det: dict, n) -> str:
+    """Out-of-state segments at protected ports (ebpf/synguard_scope.h) and the ack-flood detector."""
+    c, r = st["counters"], st["rates"]
+    kinds = ", ".join(f"{word} {n(c.get(key, 0))} ({n(r.get(key, 0))}/s)" for word, key in
+                      (("ACK", "oos_ack"), ("RST", "oos_rst"), ("FIN", "oos_fin"), ("data", "oos_data")))
+    a = det.get("ack_flood")
+    state = (f"ATTACK {a['kind']}, peak {n(a['peak_pps'])} segments/s, detected after "
+             f"{a['detected_after_s']:.1f}s; " if a else "")
+    verdict = "dropped before the TCP stack" if det.get("oos_dropping") else "counted, passed to the kernel"
+    return f"|- out of state: {state}{kinds}; {verdict} ({n(c.get('oos_dropped', 0))} dropped)"
 
 
 def ago(now_s: int | None, then_s: int) -> str:

@@ -42,6 +42,7 @@ class Path:
     mode: Mode = Mode.PROTECT
     method: CookieMethod = CookieMethod.KFUNC_COOKIE
     syncookies: int = 1  # net.ipv4.tcp_syncookies of the netns (kernel-cookie paths)
+    local_only: bool = False  # scope on: sg_local_addrs holds SERVER4/SERVER6 (synguard_scope.h)
 
 
 def _frames():
@@ -66,6 +67,13 @@ def _frames():
         Path("SYN-ACK: IPv4, Windows options (grows 8 B)", syn4(WINDOWS_OPTS), "TX", rewrites=True),
         Path("SYN-ACK: IPv4, other layout (scan)", syn4(OTHER_OPTS), "TX", rewrites=True),
         Path("cross-check: ACK via harness", ack, "PASS", rewrites=True),
+        # Scope (synguard_scope.h): the same SYNs with the local-address check on; its cost is
+        # the difference to the rows above. A SYN for another host passes.
+        Path("scope: SYN-ACK: IPv4, Linux options", syn4(LINUX_OPTS), "TX", rewrites=True, local_only=True),
+        Path("scope: SYN-ACK: IPv6, Linux options", syn6, "TX", rewrites=True, local_only=True),
+        Path("scope: pass: SYN for another host", bytes(eth / IP(src=CLIENT4, dst="203.0.113.7")
+                                                          / TCP(sport=40000, dport=80, seq=1, flags="S",
+                                                                options=LINUX_OPTS)), "PASS", local_only=True),
     ]
 
 
@@ -76,11 +84,16 @@ def _kernel_cookie_frames():
     kc = CookieMethod.KERNEL_COOKIE
     no_listener = bytearray(syn4)
     no_listener[36:38] = (81).to_bytes(2, "big")  # TCP dport (checksums are not checked)
+    forged_ack = bytearray(by_name["pass: established ACK+data"].frame)
+    forged_ack[47] = 0x10  # flags: ACK only (no socket has 40000 -> 80 in the bench netns)
     return [
         Path("kernel-cookie: IPv4 SYN -> SYN-ACK (syncookies=2)", syn4, "TX", rewrites=True, method=kc, syncookies=2),
         Path("kernel-cookie: IPv6 SYN -> SYN-ACK (syncookies=2)", syn6, "TX", rewrites=True, method=kc, syncookies=2),
         Path("kernel-cookie: SYN passed, queue has room (=1)", syn4, "PASS", method=kc, syncookies=1),
         Path("kernel-cookie: SYN passed, no listener", bytes(no_listener), "PASS", method=kc, syncookies=2),
+        # Out of state (synguard_scope.h): a forged ACK at the listener, checked as the kernel
+        # would (bpf_tcp_check_syncookie) and dropped in XDP.
+        Path("kernel-cookie: forged ACK dropped (out of state)", forged_ack, "DROP", method=kc, syncookies=2),
     ]
 
 
@@ -116,6 +129,10 @@ def _setup(dp: DataPath, path: Path):
     dp.set_ports({80, 81})
     dp.set_mode(path.mode)
     dp.set_cookie_method(path.method)
+    if path.local_only:
+        dp.set_local_addrs([SERVER4, SERVER6])
+    else:
+        dp.set_local_only(False)
     if path.method == CookieMethod.KERNEL_COOKIE:  # only ever inside _bench_netns's private netns
         with open("/proc/sys/net/ipv4/tcp_syncookies", "w") as f:  # the calling thread's netns
             f.write(str(path.syncookies))

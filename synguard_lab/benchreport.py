@@ -133,7 +133,7 @@ def tcbench_md(short: bool) -> str:
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         target = ""
-        if r["path"].startswith("established ACK, protected port, v"):
+        if r["path"].startswith("established data segment, protected port, v"):
             target = f"≤ {TC_ADDED_TARGET:.0f} ns added " + _tick(r["added_ns"] <= TC_ADDED_TARGET)
         elif r["path"].startswith("established ACK, unprotected port"):
             target = f"≤ {TC_RATIO_TARGET} × " + _tick(r["ratio"] <= TC_RATIO_TARGET)

@@ -9,6 +9,11 @@ in a fresh three-namespace Lab (synguard/lab.py):
   ``--interval 1``) written to a file, control socket per lab;
 - a background legit client in the client ns connecting every LEGIT_INTERVAL
   seconds for the whole scenario (warm-up, traffic, clear), each connect timed;
+  it sends a request and counts only once the echo is back (the listener is
+  ``Lab.tcp_server(mode="reply")``: one echo, then the server closes first and
+  keeps the TIME_WAIT socket, like an HTTP/1.0 server). A scenario may narrow
+  the client's ephemeral port range (``client_ports``) so its ports come round
+  while the server still holds them in TIME_WAIT (issue 19 item 7);
 - the scenario's traffic: spoofed floods from the attacker ns (``Lab.flood_start``,
   bounded in packets and seconds; optionally paced or ramped), or a flash crowd
   of real clients completing handshakes: CROWD_ADDRESSES extra /32s on the
@@ -32,10 +37,15 @@ sending; the crowd processes likewise):
 - ``synguard status --json`` once the attack is seen (mitigation in force) and at
   the end (attacks_total, denied sources, counters).
 
-Targets (``met`` per scenario): legit success 100 % everywhere; no attack in the
-quiet and flash-crowd scenarios; every attack detected with the right class and
-no extra alarm; the spoofed flood within SPOOFED_TTD_S; the ramp before it ends;
-the single source denied.
+Targets (``met`` per scenario): legit success 100 % everywhere (request sent,
+echo read); no valid cookie ACK without a listener (``cookies_no_listener`` 0:
+each one is a client that believes it is connected); no attack in the quiet and
+flash-crowd scenarios; every attack detected with the right class throughout
+(``kinds_seen``: the kind at the start and every change) and no extra alarm; the
+spoofed flood within SPOOFED_TTD_S; ramps and floods flagged ``before_end``
+before they end; the single source denied; ``sources_sample`` never names a real
+client (the crowd's addresses, the legit client); a busy port's clients all
+connect.
 
 Detection config: the daemon's defaults in every scenario of the full run;
 ``--short`` sets ``clear_ticks: 2`` (SHORT_DETECTION) so each attack ends ~3 s
@@ -85,6 +95,7 @@ CROWD_PROCS = 2
 CROWD_TARGET_PPS = 3000
 CROWD_LOW_FLOOR = 500
 SETTLE_S = 2.0  # after non-attack traffic: ticks in which a late false alarm would show
+FLOOD_FIRST_S = 2.0  # flood_first: the flood runs this long before the daemon starts
 DAEMON_START_TIMEOUT = 90.0
 # Keys of the status document (synguard.status.document) kept in a result, beside the detection.
 STATUS_KEPT = ("protecting", "cookie_method", "counters", "kernel")
@@ -101,6 +112,11 @@ class Scenario:
     detection: dict = field(default_factory=dict)  # detection config overrides
     ttd_target: float | None = None  # max time to detect (s)
     before_end: bool = False  # must be detected before the traffic stops
+    client_ports: tuple[int, int] | None = None  # the legit client's ip_local_port_range (None: the default)
+    flood_first: bool = False  # the flood starts FLOOD_FIRST_S before the daemon (a restart during an attack)
+    pre_flood: dict = field(default_factory=dict)  # a flood played before the scenario's own (not an attack)
+    pre_seconds: float = 0.0  # ... for this long (short run: half)
+    busy_port: int | None = None  # a crowd of real clients on this port (a second listener) during the flood
 
 
 SCENARIOS = [
@@ -111,6 +127,28 @@ SCENARIOS = [
     Scenario("flash crowd", "crowd", 10, 6),
     Scenario("slow ramp 500->50k SYN/s (exp)", "flood", 30, 12, "spoofed",
              {"seed": 14, "pps": 500, "ramp_to": 50_000, "ramp": "exp"}, before_end=True),
+    # Issue 19 item 7: the legit client's ports come round (64 of them, ~1.3 s per lap at 50
+    # connects/s) while the server still holds them in TIME_WAIT; a cookie answer to such a SYN
+    # lost the connection (the ACK met the TIME_WAIT socket: cookies_no_listener).
+    Scenario("ramp 200->12k SYN/s, client ports reused", "flood", 20, 10, "spoofed",
+             {"seed": 16, "pps": 200, "ramp_to": 12_000}, before_end=True, client_ports=(40000, 40063)),
+    # Issue 19 item 1: the flood is already running when the daemon starts (a restart, a reboot);
+    # before, the baseline started at the floor (gate 6,000 SYN/s) and 5,000 SYN/s were never reported.
+    Scenario("restart during a 5k SYN/s flood", "flood", 20, 12, "spoofed", {"seed": 17, "pps": 5000},
+             before_end=True, flood_first=True),
+    # Issue 19 item 2: a trickle under the alarm level (1,100 spoofed SYN/s) first; before, it was
+    # learnt as normal and the following 2,900 SYN/s flood was never reported.
+    Scenario("trickle 1.1k then 2.9k SYN/s", "flood", 16, 10, "spoofed", {"seed": 18, "pps": 2900},
+             before_end=True, pre_flood={"seed": 19, "pps": 1100}, pre_seconds=40),
+    # Issue 19 item 3: a random-source flood next to a busy port (a crowd of 200 real clients on
+    # PORT + 1); before, the real clients' SYNs made it a botnet and sources_sample named them.
+    Scenario("spoofed 10k SYN/s next to a busy port", "flood", 8, 6, "spoofed", {"seed": 20, "pps": 10_000},
+             busy_port=PORT + 1),
+    # Issue 19 item 3: a pool of 4,096 spoofed addresses (each repeats ~5 times a second).
+    Scenario("4k-address pool 20k SYN/s", "flood", 8, 6, "spoofed", {"seed": 21, "pps": 20_000, "pool": 4096}),
+    # Issue 19 item 4: one source while real clients (the crowd) use the same port.
+    Scenario("single source among real clients", "flood", 8, 6, "single-source",
+             {"seed": 22, "sources": 1, "pps": 30_000}, busy_port=PORT),
     # Full run only: a long random-source flood, every source new. Checks that the class holds while the
     # detector's 10-minute source history (HyperLogLog) fills up.
     Scenario("long spoofed flood 50k SYN/s", "flood", 60, None, "spoofed", {"seed": 15, "pps": 50_000}),
@@ -136,7 +174,18 @@ while True:
     t0 = time.perf_counter()
     try:
         s.connect((host, port))
-        out.append((round(ts, 4), round(time.perf_counter() - t0, 6), 0))
+        dt = time.perf_counter() - t0
+        s.sendall(b"ping")  # a request; it counts only once its echo is back
+        got = b""
+        while len(got) < 4:
+            d = s.recv(4 - len(got))
+            if not d:
+                raise ConnectionResetError(104, "closed before the echo")
+            got += d
+        if got != b"ping":
+            raise OSError(74, "wrong echo")
+        s.recv(1)  # the server closes first (it keeps the TIME_WAIT, the client's port is free at once)
+        out.append((round(ts, 4), round(dt, 6), 0))
     except OSError as e:
         out.append((round(ts, 4), None, e.errno or -1))
     finally:
@@ -205,13 +254,20 @@ class LegitClient:
         return [tuple(r) for r in json.loads(out.strip().splitlines()[-1])]
 
 
-def crowd(lab, addrs: list[str], seconds: float, procs: int = CROWD_PROCS) -> dict:
+def crowd(lab, addrs: list[str], seconds: float, procs: int = CROWD_PROCS, port: int = PORT) -> dict:
     """Real clients from `addrs`, `procs` processes connecting back to back."""
+    return crowd_result(lab, crowd_start(lab, addrs, seconds, procs, port), seconds)
+
+
+def crowd_start(lab, addrs: list[str], seconds: float, procs: int = CROWD_PROCS, port: int = PORT) -> list:
     start_at = time.time() + 0.5
-    ps = [lab.popen(lab.client_ns, [sys.executable, "-c", _CROWD_CODE, labmod.SERVER_IP4, str(PORT), str(seconds),
-                                    "3", str(start_at), ",".join(addrs[k::procs])],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for k in range(procs)]
+    return [lab.popen(lab.client_ns, [sys.executable, "-c", _CROWD_CODE, labmod.SERVER_IP4, str(port), str(seconds),
+                                      "3", str(start_at), ",".join(addrs[k::procs])],
+                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for k in range(procs)]
+
+
+def crowd_result(lab, ps: list, seconds: float) -> dict:
     rs = []
     for p in ps:
         out, err = p.communicate(timeout=seconds + 30)
@@ -240,6 +296,23 @@ def _flood_source(seed: int) -> str:
 # ---- one scenario ------------------------------------------------------------------------------
 
 
+def _flood_plan(flood: dict, seconds: float) -> tuple[int, dict]:
+    """(packet bound, Lab.flood_start keywords) of a flood of `seconds`."""
+    kw = dict(flood)
+    if "pps" in kw:
+        from synguard_lab.flood import schedule
+
+        count = int(schedule(kw["pps"], seconds, kw.get("ramp_to"), kw.get("ramp", "linear"))(seconds))
+        count += 256
+    elif kw.get("sources") is None:
+        count = int(FLOOD_MAX_PPS * seconds)
+    else:
+        count = int(FLOOD_MAX_PPS_REPEAT * seconds)
+    if kw.get("sources") is None and "pool" not in kw:
+        kw["pool"] = count  # every frame its own source: never a repeat
+    return count, kw
+
+
 def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None = None) -> dict:
     """Play one scenario in a fresh lab; returns its measurements (see analyse())."""
     seconds = sc.short_seconds if short else sc.seconds
@@ -253,9 +326,25 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
         phases[name] = round(time.monotonic() - t_begin - sum(phases.values()), 2)
 
     with labmod.Lab("sgev") as lab:
-        lab.tcp_server(PORT, backlog=LISTEN_BACKLOG)
-        addrs = lab.add_client_addresses(CROWD_ADDRESSES) if sc.traffic == "crowd" else []
+        lab.tcp_server(PORT, backlog=LISTEN_BACKLOG, mode="reply")
+        if sc.client_ports is not None:
+            with lab.netns(lab.client_ns), open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+                f.write("%d %d" % sc.client_ports)
+        addrs = lab.add_client_addresses(CROWD_ADDRESSES) if sc.traffic == "crowd" or sc.busy_port else []
+        res["crowd_addresses"] = addrs
+        if sc.busy_port is not None and sc.busy_port != PORT:
+            lab.tcp_server(sc.busy_port, backlog=LISTEN_BACKLOG, mode="reply")
         mark("lab")
+        early = None
+        if sc.flood_first:
+            # Already running when the daemon starts, for however long the daemon takes to start (a
+            # BCC compile on a loaded box): this first flood is bounded by the start timeout and is
+            # stopped once the scenario's own flood (same rate) has begun.
+            first_s = FLOOD_FIRST_S + DAEMON_START_TIMEOUT
+            count, kw = _flood_plan({**sc.flood, "seed": sc.flood.get("seed", 0) + 1000, "pool": 50_000}, first_s)
+            t_first = time.time()
+            early = lab.flood_start(count, first_s, dport=PORT, **kw)
+            time.sleep(FLOOD_FIRST_S)
         det = "".join(f"  {k}: {v}\n" for k, v in detection.items())
         d = LabDaemon(lab, f"interfaces: [{lab.server_client_if}, {lab.server_attacker_if}]\nmode: auto\n"
                            f"protect:\n  ports: [{PORT}]\n" + (f"detection:\n{det}" if det else ""),
@@ -265,10 +354,18 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
             if d.wait_event(lambda e: e.get("event") == "metrics", DAEMON_START_TIMEOUT, "daemon start") is None:
                 raise TimeoutError(f"daemon not ready within {DAEMON_START_TIMEOUT:.0f} s:\n{d.tail()}")
             mark("daemon start")
+            t_ready = time.time()
             legit = LegitClient(lab)
-            d.ticks_after(time.time(), WARMUP_TICKS)  # baseline ticks with the legit client only
+            if early is None:
+                d.ticks_after(time.time(), WARMUP_TICKS)  # baseline ticks with the legit client only
             mark("warm-up")
             mid_status = None
+            if sc.pre_flood:  # e.g. a trickle under the alarm level: must not alarm, must not blind
+                pre_s = sc.pre_seconds / 2 if short else sc.pre_seconds
+                count, kw = _flood_plan(sc.pre_flood, pre_s)
+                pre = lab.flood(count, pre_s, dport=PORT, **kw)
+                res["pre_traffic"] = {"params": kw, **{k: pre[k] for k in ("sent", "pps", "seconds")}}
+                mark("pre-flood")
             if sc.traffic == "quiet":
                 t0 = time.time()
                 time.sleep(seconds)
@@ -281,20 +378,16 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
                 t0, t1 = c["started_at"], c["ended_at"]
                 res["traffic"] = {"kind": f"{len(addrs)} real clients, {CROWD_PROCS} procs", **c}
             else:
-                kw = dict(sc.flood)
-                if "pps" in kw:
-                    from synguard_lab.flood import schedule
-
-                    count = int(schedule(kw["pps"], seconds, kw.get("ramp_to"), kw.get("ramp", "linear"))(seconds))
-                    count += 256
-                elif kw.get("sources") is None:
-                    count = int(FLOOD_MAX_PPS * seconds)
-                else:
-                    count = int(FLOOD_MAX_PPS_REPEAT * seconds)
-                if kw.get("sources") is None:
-                    kw["pool"] = count  # every frame its own source: never a repeat
+                count, kw = _flood_plan(sc.flood, seconds)
+                busy = None
+                if sc.busy_port is not None:  # real clients on a busy port next to the flood
+                    busy = crowd_start(lab, addrs, seconds + 2, port=sc.busy_port)
+                    time.sleep(1.5)  # the crowd runs (and is learnt) before the flood
                 p = lab.flood_start(count, seconds, dport=PORT, **kw)
-                t_launch = time.time()
+                t_launch = time.time() if early is None else 0.0
+                if early is not None:
+                    time.sleep(0.3)  # the second flood has built its frames
+                    lab.stop(early)
                 # Status while the mitigation is in force, if the attack is seen before the flood ends.
                 while p.poll() is None:
                     if d.wait_event(lambda e: e.get("event") == "attack_start" and e["ts"] > t_launch, 0.5,
@@ -302,7 +395,12 @@ def run_scenario(sc: Scenario, short: bool, workdir: Path, variant: dict | None 
                         mid_status = d.status()
                         break
                 f = lab.flood_result(p, timeout=seconds + 60)
+                if busy is not None:
+                    res["busy"] = crowd_result(lab, busy, seconds + 2)
                 t0, t1 = f["started_at"], f["ended_at"]
+                if early is not None:  # the traffic started with the first flood, before the daemon
+                    t0 = t_first
+                    res["daemon_ready_after_flood_s"] = round(t_ready - t_first, 2)
                 res["traffic"] = {"kind": "spoofed SYN flood", "params": kw,
                                   **{k: f[k] for k in ("sent", "pps", "seconds", "errors", "build_seconds")}}
                 if kw.get("sources") == 1:
@@ -363,6 +461,9 @@ def analyse(sc: Scenario, res: dict) -> dict:
         res["kind_final"] = mine[-1]["attack"]["kind"]
         seq = [e["attack"]["kind"] for e in mine]
         res["kinds_seen"] = [k for i, k in enumerate(seq) if i == 0 or seq[i - 1] != k]  # in order, no repeats
+        # ... and when each was first reported, s after the traffic started
+        res["kinds_timeline"] = [(e["attack"]["kind"], round(e["ts"] - t0, 2)) for i, e in enumerate(mine)
+                                 if i == 0 or mine[i - 1]["attack"]["kind"] != e["attack"]["kind"]]
         res["ports"] = mine[-1]["attack"]["ports"]
         res["time_to_clear_s"] = round(end["ts"] - t1, 2) if end else None
         res["detected_before_stop"] = match["ts"] <= t1
@@ -386,9 +487,13 @@ def analyse(sc: Scenario, res: dict) -> dict:
     res["legit_p99_during_ms"] = round(percentile(during, 0.99) * 1e3, 2) if during else None
     res["legit"] = None  # raw samples dropped from the result
 
+    # Valid cookie ACKs the tc program found no listener for (a TIME_WAIT 4-tuple): each one is a
+    # client that believed it was connected while the server had no connection.
+    res["cookies_no_listener"] = ((res.get("status_end") or {}).get("counters") or {}).get("cookie_no_listener")
     targets = []
     targets.append(("legit success 100%", bool(legit) and res["legit_failed"] == 0,
                     f"{res['legit_success_pct']}% of {len(legit)}"))
+    targets.append(("cookies_no_listener 0", not res["cookies_no_listener"], f"{res['cookies_no_listener']}"))
     if sc.expect is None:
         targets.append(("never an attack", not starts, f"{len(starts)} attack_start"))
     else:
@@ -400,7 +505,7 @@ def analyse(sc: Scenario, res: dict) -> dict:
             targets.append((f"detected <= {sc.ttd_target:g} s", res["detected"]
                             and res["time_to_detect_s"] <= sc.ttd_target, f"{res['time_to_detect_s']}"))
         if sc.before_end:
-            targets.append(("detected before the ramp ends", bool(res.get("detected_before_stop")), ""))
+            targets.append(("detected before the flood ends", bool(res.get("detected_before_stop")), ""))
         if sc.expect == "single-source":
             src = res.get("flood_source")
             denied = []
@@ -412,6 +517,16 @@ def analyse(sc: Scenario, res: dict) -> dict:
             res["syn_dropped_deny"] = dropped
             targets.append(("source denied", src in denied and dropped > 0, f"{src} in {sorted(set(denied))}, "
                                                                             f"{dropped} SYNs dropped"))
+    if res.get("busy") is not None:
+        b = res["busy"]
+        targets.append(("busy port's clients all connect", b["ok"] > 0 and b["fail"] == 0,
+                        f"{b['ok']} ok, {b['fail']} failed, {b['pps']} conn/s"))
+    if sc.expect is not None:
+        named = sorted({a for e in res["attack_events"] for a in (e.get("sources_sample") or [])})
+        real = set(res.get("crowd_addresses") or []) | {labmod.CLIENT_IP4}
+        res["real_clients_named"] = sorted(real & set(named))
+        targets.append(("sources_sample names no real client", not res["real_clients_named"],
+                        ", ".join(res["real_clients_named"][:5])))
     if res.get("daemon_exit") not in (0, None):
         targets.append(("daemon exits 0", False, f"exit {res['daemon_exit']}"))
     res["targets"] = [{"target": n, "met": bool(m), "detail": d} for n, m, d in targets]
@@ -487,8 +602,10 @@ def _traffic(r: dict) -> str:
 
 
 def _class(r: dict) -> str:
+    if r.get("kinds_timeline"):  # every change of kind during the attack, and when (s after the traffic started)
+        return " -> ".join(f"{k} @{t:.1f}s" for k, t in r["kinds_timeline"])
     if r.get("kinds_seen"):
-        return " -> ".join(r["kinds_seen"])  # every change of kind during the attack
+        return " -> ".join(r["kinds_seen"])
     return r.get("kind") or "-"
 
 
@@ -503,7 +620,7 @@ def summary_line(r: dict) -> str:
 
 
 def table(results: list[dict]) -> str:
-    head = ["scenario", "traffic (rate x s)", "detected", "time to detect (s) [detector]", "class",
+    head = ["scenario", "traffic (rate x s)", "detected", "time to detect (s) [detector]", "class over time",
             "time to clear (s)", "false alarms", "legit success %", "legit p99 (ms)", "targets"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in results:
@@ -532,7 +649,7 @@ def table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m synguard_lab.evaluate",
                                 description="Detection evaluation: the real daemon (auto mode) against lab traffic")
-    p.add_argument("--short", action="store_true", help="shorter scenarios (whole run <= 2 min)")
+    p.add_argument("--short", action="store_true", help="shorter scenarios (whole run <= 4 min)")
     p.add_argument("--only", action="append", default=None, metavar="TEXT",
                    help="only scenarios whose name contains TEXT (repeatable)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -542,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("evaluate: needs root (network namespaces, XDP)", file=sys.stderr)
         return 2
-    limit = a.timeout or (240 if a.short else 900)
+    limit = a.timeout or (480 if a.short else 1200)
 
     def boom(signum, frame):
         raise TimeoutError(f"evaluation exceeded its hard limit of {limit:.0f} s")

@@ -232,10 +232,13 @@ _ACK_TCP_LEN = 32
 _TCP_TS = struct.Struct("!HHIIBBHHHBBBBII")
 
 
+TCP_FLAG_RST = 0x04
+
+
 def build_ack_frames(*, dst: str, dport: int, dst_mac: str, src_mac: str, n: int,
                      seed: int, sources: int | None = None,
-                     ipv6: bool | None = None) -> tuple[bytearray, int]:
-    """n forged ACK frames in one buffer; returns (buffer, frame_length)."""
+                     ipv6: bool | None = None, flags: int = TCP_FLAG_ACK) -> tuple[bytearray, int]:
+    """n forged ACK frames (RSTs with flags=TCP_FLAG_RST) in one buffer; returns (buffer, frame_length)."""
     dst_ip = ipaddress.ip_address(dst)
     ipv6 = dst_ip.version == 6 if ipv6 is None else ipv6
     if ipv6 != (dst_ip.version == 6) or not 0 < dport < 65536 or n <= 0:
@@ -259,7 +262,7 @@ def build_ack_frames(*, dst: str, dport: int, dst_mac: str, src_mac: str, n: int
             hdr = _IP4.pack(0x45, 0, 20 + _ACK_TCP_LEN, ipid, 0x4000, 64, IPPROTO_TCP, 0, saddr, daddr)
             buf[off + 14:off + 34] = hdr[:10] + struct.pack("!H", 0xFFFF - _fold(_words(hdr))) + hdr[12:]
         tcp = _TCP_TS.pack(1024 + rng.randrange(64512), dport, rng.getrandbits(32), rng.getrandbits(32),
-                           8 << 4, TCP_FLAG_ACK, 502, 0, 0, 1, 1, 8, 10, rng.getrandbits(32), rng.getrandbits(32))
+                           8 << 4, flags, 502, 0, 0, 1, 1, 8, 10, rng.getrandbits(32), rng.getrandbits(32))
         pseudo = _words(saddr) + _words(daddr) + IPPROTO_TCP + _ACK_TCP_LEN
         csum = 0xFFFF - _fold(pseudo + _words(tcp))
         t = off + 14 + ip_len
@@ -443,8 +446,9 @@ def flood(iface: str, *, dst: str, dst_mac: str, src_mac: str, dport: int = 80,
           ipv6: bool | None = None, pool: int = DEFAULT_POOL,
           method: str = "auto", allow_non_lab: bool = False,
           pps: float | None = None, ramp_to: float | None = None,
-          ramp: str = "linear", ack: bool = False) -> dict:
-    """Send at most `count` SYNs (forged ACKs with ack=True) for at most `seconds` on `iface`.
+          ramp: str = "linear", ack: bool = False, rst: bool = False) -> dict:
+    """Send at most `count` SYNs (forged ACKs with ack=True, RSTs with rst=True) for at most
+    `seconds` on `iface`.
 
     Run in the netns that owns `iface`. Returns {"sent", "seconds", "pps",
     "errors", "pool", "build_seconds", "method", "started_at", "ended_at"};
@@ -461,10 +465,13 @@ def flood(iface: str, *, dst: str, dst_mac: str, src_mac: str, dport: int = 80,
         check_lab_target(dst)
     t0 = time.monotonic()
     n = max(1, min(int(count), int(pool)))
-    build_fn = build_ack_frames if ack else build_frames
-    buf, flen = build_fn(dst=dst, dport=dport, dst_mac=dst_mac,
-                         src_mac=src_mac, n=n, seed=seed, sources=sources,
-                         ipv6=ipv6)
+    if ack or rst:
+        buf, flen = build_ack_frames(dst=dst, dport=dport, dst_mac=dst_mac, src_mac=src_mac, n=n, seed=seed,
+                                     sources=sources, ipv6=ipv6, flags=TCP_FLAG_RST if rst else TCP_FLAG_ACK)
+    else:
+        buf, flen = build_frames(dst=dst, dport=dport, dst_mac=dst_mac,
+                                 src_mac=src_mac, n=n, seed=seed, sources=sources,
+                                 ipv6=ipv6)
     build = time.monotonic() - t0
     proto = ETH_P_IPV6 if buf[12:14] == b"\x86\xdd" else ETH_P_IP
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto)) as s:
@@ -527,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ramp shape (default linear; exp: same factor every second)")
     p.add_argument("--ack", action="store_true",
                    help="forged handshake ACKs (random seq/ack/timestamps) instead of SYNs")
+    p.add_argument("--rst", action="store_true",
+                   help="forged RSTs (random seq) instead of SYNs")
     p.add_argument("--allow-non-lab", action="store_true",
                    help="allow targets outside 10.77/16, fd77::/16 and outside ip netns")
     a = p.parse_args(argv)
@@ -536,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
                     dport=a.dport, count=a.count, seconds=a.seconds, seed=a.seed,
                     sources=a.sources, ipv6=ipv6, pool=a.pool, method=a.method,
                     allow_non_lab=a.allow_non_lab, pps=a.pps,
-                    ramp_to=a.ramp_to, ramp=a.ramp, ack=a.ack)
+                    ramp_to=a.ramp_to, ramp=a.ramp, ack=a.ack, rst=a.rst)
     except (ValueError, OSError) as e:
         print(f"flood: {e}", file=sys.stderr)
         return 2

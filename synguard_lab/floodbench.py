@@ -704,11 +704,82 @@ def run(seconds: float = 10.0, short: bool = False, senders: int | None = None,
     res["synguard"] = run_one("synguard", pps=max(1, int(res["kernel"]["offered_pps"] / senders)), **kw)
     if not short:
         res["synguard_unpaced"] = run_one("synguard", **kw)
+    ack = dict(seconds=min(seconds, 5.0), senders=1, log=log)
+    res["ack_flood"] = {"kernel": run_ack_flood("kernel", **ack), "synguard": run_ack_flood("synguard", **ack)}
     res["compare"] = compare(res)
     res["seconds_total"] = round(time.monotonic() - t_start, 1)
     if out is not None:
         print(markdown(res), file=out, flush=True)
     return res
+
+
+# ---- the forged ACK flood (issue 18): the kernel alone vs synguard, same offered rate ---------------
+
+ACK_PPS = 20_000  # per sender: a rate both sides take in full on a 2-vCPU VM
+
+
+def run_ack_flood(mode: str, *, seconds: float, senders: int, pps: int = ACK_PPS, seed: int = 23, log=None) -> dict:
+    """Forged ACKs (random sources, seq, ack, timestamps) at the listener's port, paced (the
+    same offered rate in both modes). mode "kernel": no program, the kernel answers each
+    with a RST; "synguard": a `synguard run` daemon in protect mode drops them as out of
+    state. Measured: sent, the kernel's RSTs (Tcp OutRsts), host-wide system+irq+softirq
+    CPU per forged ACK over the flood (µs), the daemon's out-of-state counters."""
+    if mode not in ("kernel", "synguard"):
+        raise ValueError(f"bad mode {mode!r}")
+    say = (lambda *a: print(*a, file=log, flush=True)) if log else (lambda *a: None)
+    hz = os.sysconf("SC_CLK_TCK")
+    with Lab("fback") as lab:
+        server = lab.tcp_server(PORT, backlog=BACKLOG)
+        daemon = start_daemon(lab) if mode == "synguard" else None
+        procs: list[subprocess.Popen] = []
+        sampler = Sampler(lab.server_ns).start()
+        try:
+            ns0 = lab.netstat(lab.server_ns)
+            st0 = daemon.status() if daemon else None
+            for k in range(senders):
+                argv = lab._flood_argv(int(seconds * pps), seconds, PORT, seed + 1000 * k, None, False, None,
+                                       65536, pps=pps) + ["--ack"]
+                procs.append(lab.popen(lab.attacker_ns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, env=lab._flood_env()))
+            sent = [reap_sender(lab, p) for p in procs]
+            time.sleep(0.3)
+            ns1 = lab.netstat(lab.server_ns)
+            st1 = daemon.status() if daemon else None
+            samples = sampler.snapshot()
+        finally:
+            sampler.stop()
+            for p in procs:
+                lab.stop(p)
+            if daemon is not None:
+                daemon.stop()
+            lab.stop(server)
+    n = sum(r["sent"] for r in sent)
+    # Host-wide kernel CPU, interpolated at the first and the last frame (as run_one): it
+    # holds the sender's own send path too (the same in both runs) and other jobs' work.
+    t0, t1 = min(r["started_at"] for r in sent), max(r["ended_at"] for r in sent)
+    kernel_ticks = sum(delta_at(samples, t0, t1, lambda x, f=f: x["cpu"][f]) for f in ("system", "irq", "softirq"))
+    res = {"mode": mode, "senders": senders, "sender_pps": pps, "sent": n,
+           "offered_pps": round(sum(r["pps"] for r in sent), 1), "window_s": round(t1 - t0, 2),
+           "rsts_sent": ns1["Tcp"]["OutRsts"] - ns0["Tcp"]["OutRsts"],
+           "tcp_in_segs": ns1["Tcp"]["InSegs"] - ns0["Tcp"]["InSegs"],
+           "us_per_ack": round(kernel_ticks / hz * 1e6 / n, 3) if n else None}
+    if st0 is not None:
+        res["oos_dropped"] = st1["counters"]["oos_dropped"] - st0["counters"]["oos_dropped"]
+        res["oos_acks"] = st1["counters"]["oos_ack"] - st0["counters"]["oos_ack"]
+    say(f"ack flood, {mode}: {res}")
+    return res
+
+
+def ack_markdown(k: dict, s: dict) -> str:
+    rows = ["| forged ACK flood (same offered rate) | A: kernel alone | B: synguard (protect) |", "|---|---:|---:|",
+            f"| forged ACKs sent | {k['sent']:,} at {k['offered_pps']:,.0f}/s | {s['sent']:,} at "
+            f"{s['offered_pps']:,.0f}/s |",
+            f"| RSTs the kernel sent (Tcp OutRsts) | {k['rsts_sent']:,} | {s['rsts_sent']:,} |",
+            f"| segments into the TCP stack (Tcp InSegs) | {k['tcp_in_segs']:,} | {s['tcp_in_segs']:,} |",
+            f"| kernel CPU per forged ACK incl. the sender's own send path (system+irq+softirq, host-wide, µs) "
+            f"| {_n(k['us_per_ack'], '{:.2f}')} | {_n(s['us_per_ack'], '{:.2f}')} |",
+            f"| dropped as out of state (synguard) | — | {s.get('oos_dropped', 0):,} |"]
+    return "\n".join(rows) + "\n"
 
 
 def compare(res: dict) -> dict:
@@ -895,7 +966,13 @@ def markdown(res: dict) -> str:
                  "not, and equals the host-wide one on a quiet host.")
     if s.get("daemon_exit") not in (0, None):
         notes.append(f"- WARNING: synguard run exited with status {s['daemon_exit']}.")
-    return "\n".join(head + rows) + "\n\n" + "\n".join(notes) + "\n"
+    ack = ""
+    if res.get("ack_flood"):
+        ack = ("\n" + ack_markdown(res["ack_flood"]["kernel"], res["ack_flood"]["synguard"])
+               + "\nForged ACKs (random sources, seq, ack and timestamps) at :8080, one paced sender, the same "
+               "rate in both runs: the kernel answers each with a RST; synguard drops them before the TCP "
+               "stack (out of state: no socket, no cookie of ours or the kernel's).\n")
+    return "\n".join(head + rows) + "\n\n" + "\n".join(notes) + "\n" + ack
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -153,6 +153,30 @@ def echo(c):
             pass
 if mode == "hold":
     threading.Event().wait()
+if mode == "reply":  # one request, its echo, then the server closes first (HTTP/1.0-like)
+    import selectors
+    sel = selectors.DefaultSelector()
+    s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ)
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is s:
+                try:
+                    c, _ = s.accept()
+                except OSError:
+                    continue
+                c.setblocking(False)
+                sel.register(c, selectors.EVENT_READ)
+                continue
+            c = key.fileobj
+            sel.unregister(c)
+            try:
+                d = c.recv(65536)
+                if d:
+                    c.send(d)
+            except OSError:
+                pass
+            c.close()
 while True:
     c, _ = s.accept()
     if mode == "echo":
@@ -429,10 +453,12 @@ class Lab:
         """Dual-stack listener on [::]:port in `ns` (default: server).
 
         mode: "close" accepts and closes, "echo" echoes each connection,
-        "hold" listens and never accepts (fills the accept queue).
+        "reply" echoes one request and closes (the server closes first, so it
+        keeps the TIME_WAIT socket), "hold" listens and never accepts (fills
+        the accept queue).
         Returns once the socket is listening.
         """
-        if mode not in ("close", "echo", "hold"):
+        if mode not in ("close", "echo", "reply", "hold"):
             raise ValueError(f"bad mode {mode!r}")
         p = self.popen(ns or self.server_ns,
                        [sys.executable, "-c", _SERVER_CODE, str(port),

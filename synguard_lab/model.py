@@ -42,7 +42,6 @@ IPPROTO_HOPOPTS, IPPROTO_TCP, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_AH, IPP
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK, TCP_ECE, TCP_CWR = 0x01, 0x02, 0x04, 0x10, 0x40, 0x80
 
 SYNACK_TCP_LEN = 40  # 20 + 20 option bytes (COOKIE.md)
-_NO_PORT = (0, 0, 0)  # sg_ports entry never written: not protected, not watched, not armed
 
 # Why a frame is not a TCP segment the program reads further.
 NOT_OURS, MALFORMED, FRAGMENT, EXT_LIMIT = "not ours", "malformed", "fragment", "ext limit"
@@ -213,6 +212,7 @@ class Model:
         self.synack_mss4 = self.synack_mss6 = self.synack_wscale = self.tcp_opts = 0
         self.fast_trigger_syns = 0
         self.fast_hold_s = 0
+        self.all_until_s = 0  # auto mode: every protected port armed until then ("protect all")
         # port -> [protect, watch_slot, auto_until_s]; absent = all zero.
         self.ports: dict[int, list[int]] = {}
         self.allow = _CidrList()
@@ -261,6 +261,9 @@ class Model:
     def arm_port(self, port: int, until_s: int) -> None:
         self._port(port)[2] = until_s & _U32
 
+    def arm_all(self, until_s: int) -> None:
+        self.all_until_s = until_s & _U32
+
     def set_fast_trigger(self, syns_per_cpu_second: int, hold_s: int) -> None:
         self.fast_trigger_syns = syns_per_cpu_second & _U32
         self.fast_hold_s = hold_s & _U32
@@ -278,7 +281,8 @@ class Model:
             "allow_cidrs": self.allow.count, "deny_cidrs": self.deny.count,
             "fast_trigger_syns": self.fast_trigger_syns, "fast_hold_s": self.fast_hold_s,
             "synack_mss4": self.synack_mss4, "synack_mss6": self.synack_mss6,
-            "synack_wscale": self.synack_wscale, "tcp_opts": self.tcp_opts, "method": 0, "reserved": 0,
+            "synack_wscale": self.synack_wscale, "tcp_opts": self.tcp_opts, "method": 0, "local_only": 0,
+            "all_until_s": self.all_until_s, "oos_until_s": 0,
         }
 
     def port_table(self) -> dict[int, tuple[int, int, int]]:
@@ -288,19 +292,19 @@ class Model:
     # ---- the verdict table ----------------------------------------------------
 
     def protected_now(self, state) -> bool:
-        """Listed (or every port when the list is empty); in auto mode, also armed."""
+        """Listed (or every port when the list is empty); in auto mode, also armed (the
+        port itself, or every port: all_until_s)."""
         if not (self.all_ports or state[0]):
             return False
         if self.mode == Mode.PROTECT:
             return True
-        return self.mode == Mode.AUTO and s32(state[2] - self.now_s) > 0
+        return self.mode == Mode.AUTO and (s32(state[2] - self.now_s) > 0 or s32(self.all_until_s - self.now_s) > 0)
 
     def _count_port(self, state, cnt: dict) -> None:
         """SYNs per watched port, one-second window per CPU; auto mode: the fast trigger
         arms the port for fast_hold_s when the window reaches fast_trigger_syns, unless
-        it is armed for more than half of that already."""
-        if not state[1]:
-            return
+        it is armed for more than half of that already. Unwatched ports count together in
+        slot 0; the SYN that takes them across arms its own port."""
         ps = self.port_syns.setdefault(state[1] & (abi.PORT_SLOTS - 1), [0, None, 0])
         ps[0] += 1
         if ps[1] != self.now_s:
@@ -324,7 +328,7 @@ class Model:
         if seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN:
             return XDP_PASS, cnt, None
         cnt[Counter.SYN_RECEIVED] = 1
-        state = self.ports.get(seg.dport, _NO_PORT)  # the live entry: the fast trigger writes it
+        state = self._port(seg.dport)  # the live entry: the fast trigger writes it (port_table skips zeros)
         self._count_port(state, cnt)
         src = mapped(seg.saddr)
         if self.mode != Mode.OBSERVE:

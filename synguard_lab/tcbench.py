@@ -4,7 +4,10 @@
 The program never rewrites a packet, so every path is timed directly. It shares the
 XDP program's maps (DataPath), configured as the daemon would. Test runs happen in
 a private network namespace with a listener on the protected port, so the valid
-cookie path goes through the socket lookup to the kfunc; under BPF_PROG_TEST_RUN
+cookie path goes through the socket lookup to the kfunc, and real loopback connections
+give the established rows a socket (the lookup finds it and the segment passes: no
+cookie check); an ACK without a socket is out of state (the listener is found, our
+cookie and the kernel's fail, the segment is dropped). Under BPF_PROG_TEST_RUN
 the kfunc returns -EINVAL at its first checks (not at tc ingress), so its real cost
 (allocating the request socket) is not in these figures.
 
@@ -32,7 +35,8 @@ SLOT = 0x1234567
 ALL_OPTS = OPT_TS | OPT_SACK | OPT_WSCALE | OPT_ECN
 
 
-def _frames() -> list[tuple[str, bytes]]:
+def _frames(est_ports: dict[int, int] | None = None) -> list[tuple[str, bytes]]:
+    """est_ports: family (4, 6) -> client port of a real loopback connection to PORT."""
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
@@ -53,15 +57,24 @@ def _frames() -> list[tuple[str, bytes]]:
         return eth / l3 / TCP(sport=40000, dport=PORT, seq=100, ack=(seq + 1) & 0xFFFFFFFF, flags="A", window=502,
                               options=[("NOP", None), ("NOP", None), ("Timestamp", (1000, tsval))])
 
+    def data(family):
+        lo = IP(src="127.0.0.1", dst="127.0.0.1") if family == 4 else IPv6(src="::1", dst="::1")
+        return eth / lo / TCP(sport=est_ports[family], dport=PORT, seq=123456, ack=654321, flags="PA", window=502,
+                              options=ts) / (b"x" * 100)
+
     ip4, ip6 = IP(src=CLIENT4, dst=SERVER4), IPv6(src=CLIENT6, dst=SERVER6)
-    return [
+    est_rows = [] if not est_ports else [
+        ("established data segment, protected port, v4 (socket lookup, pass)", bytes(data(4))),
+        ("established data segment, protected port, v6 (socket lookup, pass)", bytes(data(6))),
+    ]
+    return est_rows + [
         ("UDP (not TCP)", bytes(eth / ip4 / UDP(dport=53) / (b"x" * 32))),
         ("established ACK, unprotected port, v4", bytes(est(ip4, OTHER_PORT))),
         ("established ACK, unprotected port, v6", bytes(est(ip6, OTHER_PORT))),
-        ("established ACK, protected port, v4 (TS fast path + SipHash)", bytes(est(ip4, PORT))),
-        ("established ACK, protected port, v6", bytes(est(ip6, PORT))),
-        ("established ACK, protected port, v4, SACK then TS (option walk)", bytes(est(ip4, PORT, sack_ts))),
-        ("established ACK, protected port, v4, no options", bytes(est(ip4, PORT, []))),
+        ("forged ACK (no socket), protected port, v4: lookup, SipHash, kernel cookie, drop", bytes(est(ip4, PORT))),
+        ("forged ACK (no socket), protected port, v6", bytes(est(ip6, PORT))),
+        ("forged ACK (no socket), protected port, v4, SACK then TS (option walk)", bytes(est(ip4, PORT, sack_ts))),
+        ("forged ACK (no socket), protected port, v4, no options", bytes(est(ip4, PORT, []))),
         ("valid cookie ACK, v4 (+ socket lookup + kfunc entry)", bytes(valid(False))),
         ("valid cookie ACK, v6", bytes(valid(True))),
     ]
@@ -71,6 +84,7 @@ def _netns_with_listener():
     """A private namespace (name, fd) with listeners on PORT; caller deletes it."""
     name = f"sgtcb-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
     return name, os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
 
 
@@ -99,12 +113,19 @@ def run(repeat: int = 200_000, rounds: int = 7, out=sys.stdout) -> list[dict]:
                 s.bind((addr, PORT))
                 s.listen(8)
                 socks.append(s)
-            frames = _frames()
+            est_ports = {}
+            for family, host in ((4, "127.0.0.1"), (6, "::1")):
+                c = socket.create_connection((host, PORT))
+                socks.append(c)
+                socks.append(socks[family // 6].accept()[0])  # listeners: [0] v4, [1] v6
+                est_ports[family] = c.getsockname()[1]
+            frames = _frames(est_ports)
+            floor_frame = dict(frames)["established ACK, unprotected port, v4"]
             floor: list[float] = []
             times: dict[str, list[float]] = {n: [] for n, _ in frames}
 
             def one_round():  # a new thread shares the netns of the thread that starts it
-                floor.append(empty.test_run(frames[1][1], repeat).duration_ns)
+                floor.append(empty.test_run(floor_frame, repeat).duration_ns)
                 for n, f in frames:
                     times[n].append(tc.test_run(f, repeat).duration_ns)
 

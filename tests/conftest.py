@@ -44,6 +44,7 @@ def dp(datapath):
     d.set_synack(SYNACK_MSS4, SYNACK_MSS6, SYNACK_WSCALE, TCP_OPTS_ALL)
     d.set_ports({80})
     d.arm_port(80, 0)
+    d.arm_all(0)
     d.set_allow_cidrs([])
     d.set_deny_cidrs([])
     d.set_mode(Mode.PROTECT)

@@ -53,7 +53,7 @@ def test_cookie_methods_match():
 
 
 @pytest.mark.parametrize("name", ["ABI_VERSION", "CIDR_SIZE", "SLOT_SHIFT", "PORTS",
-                                  "IPV6_EXT_MAX", "VLAN_MAX", "PORT_SLOTS", "HLL_BITS", "IFACE_SLOTS", "IFINDEX_MAX",
+                                  "IPV6_EXT_MAX", "VLAN_MAX", "LOCAL_ADDRS", "PORT_SLOTS", "HLL_BITS", "IFACE_SLOTS", "IFINDEX_MAX",
                                   "SRC_SIZE", "SRC_SAMPLE", "OPT_TS", "OPT_SACK", "OPT_WSCALE", "OPT_ECN",
                                   "OPT_TS_NO_OFFSET", "COOKIE_WSCALE_NONE"])
 def test_defines_match(name):
@@ -71,13 +71,14 @@ def test_struct_fields_match_header(struct, fields):
 
 
 @pytest.mark.parametrize("map_name, kind, fields, size", [
-    ("sg_config", "Leaf", abi.CONFIG_FIELDS, 40),
+    ("sg_config", "Leaf", abi.CONFIG_FIELDS, 48),
     ("sg_ports", "Leaf", abi.PORT_FIELDS, 8),
     ("sg_secrets", "Leaf", abi.SECRET_FIELDS, 16),
     ("sg_src_syns", "Key", abi.ADDR_FIELDS, 16),
     ("sg_src_syns", "Leaf", abi.SRC_STAT_FIELDS, 16),
     ("sg_allow_cidrs", "Key", abi.CIDR_KEY_FIELDS, 20),
     ("sg_deny_cidrs", "Key", abi.CIDR_KEY_FIELDS, 20),
+    ("sg_local_addrs", "Key", abi.ADDR_FIELDS, 16),
 ])
 def test_compiled_map_types_match(datapath, map_name, kind, fields, size):
     cls = getattr(datapath.map(map_name), kind)

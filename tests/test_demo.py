@@ -132,7 +132,9 @@ def test_demo_holds_and_its_report_is_what_the_counters_say(auto_run):
     assert protected <= validated <= protected + 1  # each connect made under protection: one valid cookie ACK
 
     starts = [x for x in ev if x.get("event") == "attack_start"]
-    spoofed = bool(starts) and starts[0]["attack"]["kind"] == "spoofed"
+    kinds = [x["attack"]["kind"] for x in ev if x.get("event", "").startswith("attack_")
+             and starts and x["attack"]["id"] == starts[0]["attack"]["id"]]
+    spoofed = bool(starts) and set(kinds) == {"spoofed"}
     held = (after == 0 and kernel_after == 0 and ok == tried == SHORT["connects"] and retrans == 0
             and engaged <= demo.ENGAGE_WITHIN_S and spoofed)
     verdict = line(text, "verdict")
@@ -194,6 +196,11 @@ def test_judge_holds_on_good_counters():
     (lambda t, l, p, rt, a: (t, l, p, rt, []), "did not report the attack"),
     (lambda t, l, p, rt, a: (t, l, p, rt, [{"ts": 101.0, "attack": {"kind": "botnet", "ports": []}}]),
      "classified botnet"),
+    (lambda t, l, p, rt, a: (t, l, p, rt, [{"event": "attack_start", "ts": 101.0,
+                                            "attack": {"id": 1, "kind": "spoofed", "ports": [8080]}},
+                                           {"event": "attack_update", "ts": 103.0,
+                                            "attack": {"id": 1, "kind": "botnet", "ports": [8080]}}]),
+     "classified spoofed -> botnet"),
     (lambda t, l, p, rt, a: ([(x[0], x[1], 0, x[1], 0) for x in t], l, p, rt, a), "protection never engaged"),
     (lambda t, l, p, rt, a: (t[:2] + [(102.0, 150_000, 0, 150_000, 0), (103.0, 250_000, 25_000, 225_000, 0),
                                       (104.0, 300_000, 75_000, 225_000, 0)], l, p, rt, a),
@@ -204,3 +211,22 @@ def test_judge_reports_each_failure(change, why):
     r = demo.judge(_ticks(t), FLOOD, lg, 10, polls, rt, a)
     assert not r["held"]
     assert any(why in f for f in r["failures"]), r["failures"]
+
+
+@needs_lab
+@needs_tc
+@pytest.mark.netns
+@hard_timeout(300)
+def test_demo_flood_stays_spoofed_and_the_live_line_agrees_with_the_report(tmp_path):
+    """Issue 19 item 5: a 6-s demo flood from the sender's default pool (262,144 frames: its
+    sources repeat after about a second). On 2c83b26 the live line showed "ATTACK spoofed",
+    then "ATTACK botnet" (the alarm tick's sources were learnt as normal, then seen again)."""
+    out = io.StringIO()
+    rc = demo.run(flood=1_200_000, seconds=6.0, connects=10, quiet=1.0, mode="auto", out=out,
+                  json_out=str(tmp_path / "demo.json"))
+    text = out.getvalue()
+    res = json.loads((tmp_path / "demo.json").read_text())
+    live = set(re.findall(r"ATTACK (\S+)", text))
+    assert res["attack"] is not None and res["attack"]["kinds"] == ["spoofed"], text
+    assert live == {"spoofed"}, text
+    assert "reported a spoofed attack" in line(text, "detector") and rc == 0, text

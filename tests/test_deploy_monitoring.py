@@ -42,7 +42,8 @@ DASHBOARD = REPO / "deploy" / "grafana" / "synguard.json"
 
 ALERTS = {"SynguardDown", "SynguardAttackActive", "SynguardNotProtecting", "SynguardCookiesUnavailable",
           "SynguardCookieValidationCollapse", "SynguardCookiesRefused", "SynguardSyncookiesOff",
-          "SynguardSynQueueHigh", "SynguardAcceptQueueOverflow", "SynguardConfigReloadFailed"}
+          "SynguardSynQueueHigh", "SynguardAcceptQueueOverflow", "SynguardConfigReloadFailed",
+          "SynguardOutOfStateFlood"}
 SEVERITIES = {"critical", "warning"}
 SYNQ_PORT = 8080      # backlog 64, filled with spoofed half-open requests
 ACCEPTQ_PORT = 8081   # backlog 8, never accept()s: the accept queue fills

@@ -162,6 +162,7 @@ class Scenario:
     arm: dict = field(default_factory=dict)  # port -> seconds from the start (auto mode)
     watched: tuple = ()
     fast_trigger: tuple = (0, 0)  # (SYNs per CPU second, hold seconds)
+    arm_all: int | None = None  # "protect all" (sg_config.all_until_s), seconds from the start
     now_s: int = 1_000_000
     slot: int = 5_000
     tcp_opts: int = 0xF
@@ -177,6 +178,8 @@ SCENARIOS = [
     # Deadlines and the fast trigger's arming across the 2^32 wrap too.
     Scenario("auto-fast-trigger", Mode.AUTO, ports=(), arm={8080: 40, 80: 5}, watched=(80, 443, 22),
              fast_trigger=(6, 20), now_s=2**32 - 300),
+    # "Protect all" (one switch) covers listed ports, watched or not, until it expires mid-run.
+    Scenario("auto-all", Mode.AUTO, ports=(80, 443, 8080), watched=(80,), arm_all=60),
 ]
 
 
@@ -476,7 +479,7 @@ def load_port_windows(dp, model: Model) -> None:
     slot = int(dp.map("sg_ifaces")[ct.c_int(lo)].value) if lo < abi.IFINDEX_MAX else 0
     block = dp.map("sg_counters")[ct.c_int(slot if slot < abi.IFACE_SLOTS else 0)][min(cpu)]
     model.port_syns = {w: [int(block.ports[w].syns), int(block.ports[w].window_s), int(block.ports[w].window_syns)]
-                       for w in range(1, abi.PORT_SLOTS)}
+                       for w in range(abi.PORT_SLOTS)}  # slot 0: every unwatched port together
 
 
 def run_scenario(dp, sc: Scenario, frames: int, seed: int, batch: int) -> Stats:
@@ -502,6 +505,7 @@ def run_scenario(dp, sc: Scenario, frames: int, seed: int, batch: int) -> Stats:
         pair("set_allow_cidrs", list(sc.allow))
         pair("set_deny_cidrs", list(sc.deny))
         pair("set_fast_trigger", *sc.fast_trigger)
+        pair("arm_all", base + sc.arm_all if sc.arm_all is not None else 0)
         model.set_watched(dp.set_watched(list(sc.watched)))
         for port in armed:
             pair("arm_port", port, base + sc.arm[port] if port in sc.arm else 0)

@@ -73,16 +73,17 @@ def netns_dir(bpffs: Path, lab) -> Path:
 class Daemon:
     """`synguard run` in the lab's server namespace; log in a private directory."""
 
-    def __init__(self, lab, workdir: Path, *args: str, env: dict | None = None, control: Path | None = None):
+    def __init__(self, lab, workdir: Path, *args: str, env: dict | None = None, control: Path | None = None,
+                 command: list[str] = SYNGUARD, cwd: Path | None = None):
         from synguard_lab.common import repo_env
 
         self.lab = lab
         self.socket = str(control or workdir / "control.sock")
         self.log_path = workdir / f"daemon.{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w")
-        self.proc = lab.popen(lab.server_ns, [*SYNGUARD, "run", "--metrics-listen", "", "--control-socket",
+        self.proc = lab.popen(lab.server_ns, [*command, "run", "--metrics-listen", "", "--control-socket",
                                               self.socket, *args], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=self._log, env=repo_env(env))
+                              stdout=subprocess.DEVNULL, stderr=self._log, env=repo_env(env), cwd=cwd)
 
     def text(self) -> str:
         return self.log_path.read_text()

@@ -420,3 +420,24 @@ def test_counters_and_sysctls_keys():
     assert all(isinstance(v, int) for v in s.values())
     assert s["net.ipv4.tcp_synack_retries"] == 3
     assert s["net.ipv4.tcp_max_syn_backlog"] == 333
+
+
+@hard_timeout(60)
+@needs_lab
+def test_peers_names_clients_past_the_handshake_only():
+    """kernel.peers(): remote addresses of sockets past the handshake (established, closing,
+    TIME_WAIT), IPv4 clients of a dual-stack listener as IPv4; a listener is not a peer."""
+    with labmod.Lab("sgpe") as lab:
+        with lab.netns(lab.server_ns):
+            ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        with ls:
+            ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            ls.bind(("::", 8080))
+            ls.listen(8)
+            with lab.netns(lab.server_ns):
+                assert kernel.peers() == set()
+            lab.connect_times(1, 8080, family=4)  # connects, closes: the server keeps it (CLOSE_WAIT/TW)
+            lab.connect_times(1, 8080, family=6)
+            with lab.netns(lab.server_ns):
+                got = kernel.peers()
+            assert got == {labmod.CLIENT_IP4, labmod.CLIENT_IP6}, got

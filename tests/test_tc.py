@@ -31,7 +31,9 @@ from synguard.abi import Counter, Mode
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, network namespaces)")
 
-TC_ACT_UNSPEC = 0xFFFFFFFF  # -1: "not decided here", the program's only verdict
+TC_ACT_UNSPEC = 0xFFFFFFFF  # -1: "not decided here", the program's verdict for all it does not drop
+TC_ACT_SHOT = 2  # an out-of-state segment while they are dropped (synguard_scope.h)
+OOS_ACK_DROPPED = {Counter.OOS_ACK: 1, Counter.OOS_DROPPED: 1}
 CLIENT4, SERVER4 = "192.0.2.10", "198.51.100.1"
 CLIENT6, SERVER6 = "2001:db8::10", "2001:db8:1::1"
 PORT = 80
@@ -46,11 +48,12 @@ ALL_OPTS = abi.OPT_TS | abi.OPT_SACK | abi.OPT_WSCALE | abi.OPT_ECN
 
 
 class Config(ct.Structure):
-    """struct sg_config (ABI 2); its size is checked against the map."""
+    """struct sg_config; its size is checked against the map."""
 
     _fields_ = [(n, ct.c_uint32) for n in abi.CONFIG_FIELDS[:8]] + [
         ("synack_mss4", ct.c_uint16), ("synack_mss6", ct.c_uint16), ("synack_wscale", ct.c_uint8),
-        ("tcp_opts", ct.c_uint8), ("reserved", ct.c_uint16)]
+        ("tcp_opts", ct.c_uint8), ("method", ct.c_uint8), ("local_only", ct.c_uint8), ("all_until_s", ct.c_uint32),
+        ("oos_until_s", ct.c_uint32)]
 
 
 class Port(ct.Structure):
@@ -87,12 +90,13 @@ class Maps:
         k = ct.c_int(key)
         assert _bpf().bpf_map_update_elem(self.fd[name], ct.byref(k), ct.byref(value), 0) == 0
 
-    def config(self, mode=Mode.PROTECT, all_ports=0, slot=SLOT):
+    def config(self, mode=Mode.PROTECT, all_ports=0, slot=SLOT, now_s=0, all_until_s=0):
         self._put("sg_config", 0, Config(mode=int(mode), all_ports=all_ports, slot=slot, synack_mss4=1460,
-                                         synack_mss6=1440, synack_wscale=SYNACK_WSCALE, tcp_opts=ALL_OPTS))
+                                         synack_mss6=1440, synack_wscale=SYNACK_WSCALE, tcp_opts=ALL_OPTS,
+                                         now_s=now_s, all_until_s=all_until_s))
 
-    def port(self, port, protect):
-        self._put("sg_ports", port, Port(protect=protect))
+    def port(self, port, protect, auto_until_s=0):
+        self._put("sg_ports", port, Port(protect=protect, auto_until_s=auto_until_s))
 
     def secrets(self, by_parity):
         for i, key in enumerate(by_parity):
@@ -241,11 +245,13 @@ def delta(maps, before):
 
 
 def run(tc, maps, fd, frame):
+    """Counters the frame moved; the verdict is SHOT exactly when OOS_DROPPED counted one."""
     before = maps.counters()
     res = run_in(fd, tc, frame)
-    assert res.retval == TC_ACT_UNSPEC
+    got = delta(maps, before)
+    assert res.retval == (TC_ACT_SHOT if got.get(Counter.OOS_DROPPED) else TC_ACT_UNSPEC), (res.retval, got)
     assert res.data == bytes(frame), "the program never changes a packet"
-    return delta(maps, before)
+    return got
 
 
 # ---- layer 1: BPF_PROG_TEST_RUN ----------------------------------------------------
@@ -253,7 +259,7 @@ def run(tc, maps, fd, frame):
 
 def test_map_shapes_match_abi(tc):
     """The libbpf declarations hold the ABI structs (the XDP maps they reuse have these sizes)."""
-    assert map_value_size(tc.map_fd("sg_config")) == ct.sizeof(Config) == 40
+    assert map_value_size(tc.map_fd("sg_config")) == ct.sizeof(Config) == 48
     assert map_value_size(tc.map_fd("sg_ports")) == ct.sizeof(Port)
     assert map_value_size(tc.map_fd("sg_secrets")) == ct.sizeof(Secret)
     assert map_value_size(tc.map_fd("sg_counters")) == COUNTER_BLOCK_SIZE
@@ -298,8 +304,9 @@ def test_valid_cookie_without_listener(tc, maps, empty_ns, ipv6):
 ])
 @pytest.mark.parametrize("ipv6", [False, True], ids=["v4", "v6"])
 def test_forged_cookie_no_lookup(tc, maps, listen_ns, ipv6, variant):
-    """Every field the cookie authenticates: change it and the ACK is checked, then
-    passed without a socket lookup (a lookup would count REFUSED: listeners exist)."""
+    """Every field the cookie authenticates: change it and the ACK is checked, never
+    handed to the kfunc (that would count REFUSED: listeners exist), and dropped as out
+    of state (protect mode: no socket owns it, no kernel cookie either)."""
     ts = variant != "ts-on-no-ts-cookie"
     frame, neg = cookie_ack(ipv6=ipv6, ts=ts, key=KEY_OTHER if variant == "other-key" else KEY)
     t = frame[TCP]
@@ -328,7 +335,7 @@ def test_forged_cookie_no_lookup(tc, maps, listen_ns, ipv6, variant):
     elif variant == "slot-bit":
         t.ack = ((((t.ack - 1) ^ 4) + 1) & 0xFFFFFFFF)
     frame = Ether(bytes(frame))
-    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1}
+    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1, **OOS_ACK_DROPPED}
 
 
 def test_previous_slot_accepted_older_refused(tc, maps, listen_ns):
@@ -336,12 +343,12 @@ def test_previous_slot_accepted_older_refused(tc, maps, listen_ns):
     assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}
     # SLOT - 2 had its own key (secret.slot_key), no longer installed: same parity as SLOT, refused.
     frame, _ = cookie_ack(key=bytes(range(200, 216)), slot=SLOT - 2)
-    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1}
+    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1, **OOS_ACK_DROPPED}
     # Two slots later the same ACK is stale: the daemon has replaced both keys.
     frame, _ = cookie_ack()
     maps.config(slot=SLOT + 2)
     maps.secrets([bytes(range(50, 66)), bytes(range(70, 86))])
-    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1}
+    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1, **OOS_ACK_DROPPED}
 
 
 def test_decoded_options_all_combinations(tc, maps, listen_ns):
@@ -363,8 +370,42 @@ def test_unlisted_port_and_observe_untouched(tc, maps, listen_ns):
     assert run(tc, maps, listen_ns, frame) == {}
     frame, _ = cookie_ack()
     assert run(tc, maps, listen_ns, frame) == {}
-    maps.config(mode=Mode.AUTO)  # auto: ACKs are checked on every listed port
-    assert run(tc, maps, listen_ns, frame) == {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}
+    maps.config(mode=Mode.AUTO)  # auto, never armed: XDP issued no cookie, none is checked
+    assert run(tc, maps, listen_ns, frame) == {}
+
+
+# Issue 20 item 3: in auto mode a cookie ACK is a blind guess unless XDP issued cookies
+# for its port lately: checked only while the port (or "protect all") is armed, and for
+# SG_ACK_GRACE_S after (a cookie's lifetime: the current and the previous slot).
+@pytest.mark.parametrize("switch", ["port", "all"])
+def test_auto_mode_checks_only_while_armed_and_a_grace_after(tc, maps, listen_ns, switch):
+    frame, _ = cookie_ack()
+    checked = {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}
+    now = 100000
+    grace = abi.ACK_GRACE_S
+
+    def arm(until):
+        if switch == "port":
+            maps.config(mode=Mode.AUTO, now_s=now)
+            maps.port(PORT, 1, auto_until_s=until)
+        else:
+            maps.config(mode=Mode.AUTO, now_s=now, all_until_s=until)
+            maps.port(PORT, 1)
+
+    try:
+        arm(0)
+        assert run(tc, maps, listen_ns, frame) == {}  # never armed
+        arm(now + 5)
+        assert run(tc, maps, listen_ns, frame) == checked  # armed
+        arm(now - grace + 1)
+        assert run(tc, maps, listen_ns, frame) == checked  # disarmed, within the grace
+        arm(now - grace)
+        assert run(tc, maps, listen_ns, frame) == {}  # past it
+        maps.config(mode=Mode.PROTECT, now_s=now)
+        assert run(tc, maps, listen_ns, frame) == checked  # protect mode: always
+    finally:
+        maps.config()
+        maps.port(PORT, 1)
 
 
 def _others():
@@ -372,9 +413,6 @@ def _others():
     ip = good[IP]
     yield "syn", eth() / IP(src=CLIENT4, dst=SERVER4) / TCP(dport=PORT, flags="S")
     yield "synack", eth() / IP(src=CLIENT4, dst=SERVER4) / TCP(dport=PORT, flags="SA", ack=good[TCP].ack)
-    yield "rst-ack", eth() / IP(src=CLIENT4, dst=SERVER4) / TCP(dport=PORT, flags="RA", seq=good[TCP].seq,
-                                                                 ack=good[TCP].ack)
-    yield "rst", eth() / IP(src=CLIENT4, dst=SERVER4) / TCP(dport=PORT, flags="R")
     yield "udp", eth() / IP(src=CLIENT4, dst=SERVER4) / UDP(dport=PORT)
     yield "arp", eth() / ARP()
     yield "fragment", eth() / IP(src=CLIENT4, dst=SERVER4, flags="MF", proto=6) / bytes(ip[TCP])
@@ -442,12 +480,12 @@ def test_garbage_options_never_crash(tc, maps, listen_ns):
         frame = bytes(raw[:tcp_off]) + bytes(hdr) + opts
         frame = frame[:16] + (len(frame) - 14).to_bytes(2, "big") + frame[18:]  # IPv4 total length
         got = run(tc, maps, listen_ns, frame)
-        assert got.get(Counter.ACK_CHECKED) == 1 and set(got) <= {Counter.ACK_CHECKED}, got
+        assert got == {Counter.ACK_CHECKED: 1, **OOS_ACK_DROPPED}, got
 
 
 def test_established_socket_not_counted(tc, maps):
     """A valid-looking cookie on a 4-tuple that has a connection: the lookup finds an
-    established socket, the program releases it and counts nothing else."""
+    established socket, the program releases it and counts nothing (no cookie check)."""
     from synguard.datapath import in_netns
 
     with new_netns("est") as (name, fd):
@@ -465,7 +503,7 @@ def test_established_socket_not_counted(tc, maps):
             seq, tsval = cookie.synack_fields(KEY, src, dst, sport, PORT, 5, SLOT, neg)
             frame = eth() / IP(src=src, dst=dst) / TCP(sport=sport, dport=PORT, seq=6, ack=seq + 1, flags="A",
                                                          options=ts_option(1, tsval))
-            assert run(tc, maps, fd, frame) == {Counter.ACK_CHECKED: 1}
+            assert run(tc, maps, fd, frame) == {}
         finally:
             for s in (cli, conn, srv):
                 s.close()
@@ -482,10 +520,10 @@ def test_shares_the_xdp_programs_maps(dp, listen_ns):
     with TcProgram({name: dp.map(name).map_fd for name in SHARED_MAPS}) as shared:
         frame, _ = cookie_ack(key=conftest.SECRET, slot=conftest.SLOT, dport=80)
         forged, _ = cookie_ack(key=KEY_OTHER, slot=conftest.SLOT, dport=80)
-        for f, want in ((frame, {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}),
-                        (forged, {Counter.ACK_CHECKED: 1})):
+        for f, want, verdict in ((frame, {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}, TC_ACT_UNSPEC),
+                                 (forged, {Counter.ACK_CHECKED: 1, **OOS_ACK_DROPPED}, TC_ACT_SHOT)):
             before = dp.counters()
-            assert run_in(listen_ns, shared, f).retval == TC_ACT_UNSPEC
+            assert run_in(listen_ns, shared, f).retval == verdict
             after = dp.counters()
             assert {c: after[c] - before[c] for c in Counter if after[c] != before[c]} == want
         dp.set_mode(Mode.OBSERVE)

@@ -29,7 +29,7 @@ from synguard.datapath.maps import (Map, MapLayoutError, addr_key, addr_of_key, 
                                     write_struct)
 from synguard.datapath.netns import current_netns_fd, in_netns
 from synguard.datapath.pins import (adopt_state, forget_state, kept_map_names, pin, pin_path, pinned_prog_id,
-                                    state_dir, unpin)
+                                    pinned_table_fd, state_dir, unpin)
 from synguard.datapath.xdp import (PROG_NAME, XDP_MODES, attach_fd, attached_prog, detach_fd, detach_orphan, fd_of,
                                    is_ours, mode_of)
 
@@ -72,7 +72,7 @@ class DataPath:
         cookie_method is None (tests, benchmarks: set_cookie_method() picks the XDP path).
         BCC compiles and loads in a short-lived child (datapath/loader.py): this process
         keeps only fds, never BCC's compiler."""
-        from synguard.datapath import loader  # not at import: `python -m synguard.datapath.loader`
+        from synguard.datapath import loader  # not at import: the loader child imports this package
 
         check_privileges()
         check_kernel_headers()
@@ -88,7 +88,7 @@ class DataPath:
         self.adopted: list[str] = []  # kept maps found pinned by an earlier run
         self.state_note: str | None = None
         self._maps: dict[str, Map] = {}
-        self.prog_fd = self.optscan_fd = self.kcookie_fd = -1
+        self.prog_fd = self.optscan_fd = self.kcookie_fd = self.oos_fd = -1
         loaded = loader.load(self.src_file, self.cflags, self.log_path)
         try:
             self.prog_fd = loaded.progs.pop(PROG_NAME)
@@ -97,6 +97,8 @@ class DataPath:
             self.optscan_fd = loaded.progs.pop("xdp_synguard_optscan")
             # Tail-called too (sg_progs[1]): a SYN to answer with the kernel-cookie method.
             self.kcookie_fd = loaded.progs.pop("xdp_synguard_kcookie")
+            # And (sg_progs[2]): the out-of-state check of method kernel-cookie (no tc program).
+            self.oos_fd = loaded.progs.pop("xdp_synguard_oos")
             missing = sorted(set(abi.MAPS) - set(loaded.maps))
             unknown = sorted(set(loaded.maps) - set(abi.MAPS))
             if missing or unknown:
@@ -126,6 +128,10 @@ class DataPath:
         self.pin_error: str | None = None  # why the program could not be pinned, if so
         self._pins: set[Path] = set()
         self._orphan_ids: set[int] = set()  # pinned ids of dead daemons' programs we replace
+        # fds of dead daemons' tail-call tables (their pins are replaced by ours): held while
+        # their programs may still sit on interfaces we have not reached yet.
+        self._orphan_tables: list[int] = []
+        self._keepers: dict[int, object] = {}  # netns inode -> keeper process (sg_progs not pinned)
         self._config = {name: 0 for name in abi.CONFIG_FIELDS}
         if self.state_dir is not None:
             self.adopted, note = adopt_state(self.state_dir, {n: self.map(n) for n in self.kept_maps()})
@@ -301,6 +307,15 @@ class DataPath:
         """Auto mode: challenge SYNs to port until the clock reaches until_s (0 disarms)."""
         self._set_port(port, auto_until_s=until_s)
 
+    def arm_all(self, until_s: int) -> None:
+        """Auto mode: challenge SYNs to every protected port until the clock reaches
+        until_s (sg_config.all_until_s, one switch; 0 disarms)."""
+        if self._config.get("all_until_s") != until_s:
+            self._write_config(all_until_s=until_s)
+
+    def all_until(self) -> int:
+        return self._config.get("all_until_s", 0)
+
     def port_auto_until(self, port: int) -> int:
         """The program's current deadline for port (the fast trigger writes it too)."""
         leaf = self.map("sg_ports")[ct.c_int(port)]
@@ -354,14 +369,35 @@ class DataPath:
         self._write_config(synack_mss4=mss4, synack_mss6=mss6, synack_wscale=wscale, tcp_opts=tcp_opts)
 
     def _set_cidrs(self, trie_name: str, count_field: str, nets) -> None:
+        """Make the trie hold exactly nets, with no moment in which an entry that is in
+        both the old and the new set is missing: the new entries go in first, then the
+        old ones that are gone come out (a reload or a temporary deny never opens a
+        window without the static deny list). The first call clears what it finds."""
         table = self.map(trie_name)
-        table.clear()
         nets = {ipaddress.ip_network(net, strict=False) for net in nets}
-        for net in nets:
+        cidrs = getattr(self, "_cidrs", None)
+        if cidrs is None:
+            cidrs = self._cidrs = {}
+        if trie_name not in cidrs:
+            table.clear()
+            cidrs[trie_name] = set()
+        old = cidrs[trie_name]
+
+        def key_of(net):
             key = table.Key()
             key.prefixlen, addr = cidr_key(net)
             ct.memmove(key.addr, addr, 16)
-            table[key] = ct.c_uint8(1)
+            return key
+
+        for net in nets - old:
+            table[key_of(net)] = ct.c_uint8(1)
+            old.add(net)
+        if nets:
+            self._write_config(**{count_field: len(nets)})
+        for net in old - nets:
+            with contextlib.suppress(KeyError):
+                del table[key_of(net)]
+            old.discard(net)
         self._write_config(**{count_field: len(nets)})
 
     def set_allow_cidrs(self, nets) -> None:
@@ -369,6 +405,42 @@ class DataPath:
 
     def set_deny_cidrs(self, nets) -> None:
         self._set_cidrs("sg_deny_cidrs", "deny_cidrs", nets)
+
+    def set_local_addrs(self, addrs) -> list:
+        """Scope (synguard_scope.h): from now on act only on segments to these addresses,
+        this netns's own (the daemon keeps them current, synguard/localaddrs.py). New ones
+        are added before gone ones are removed, so an address present in both sets never
+        drops out. Returns the addresses that did not fit (SG_LOCAL_ADDRS): those pass
+        unprotected."""
+        table = self.map("sg_local_addrs")
+        wanted = sorted({ipaddress.ip_address(a) for a in addrs}, key=lambda a: (a.version, a))
+        kept, left_out = wanted[: abi.LOCAL_ADDRS], wanted[abi.LOCAL_ADDRS:]
+        keys = {addr_key(a) for a in kept}
+        have = {bytes(k) for k in table.keys()}
+        for raw in keys - have:
+            key = table.Key()
+            ct.memmove(key.addr, raw, 16)
+            table[key] = ct.c_uint8(1)
+        for raw in have - keys:
+            key = table.Key()
+            ct.memmove(key.addr, raw, 16)
+            with contextlib.suppress(KeyError):
+                del table[key]
+        self._write_config(local_only=1)
+        return left_out
+
+    def set_local_only(self, on: bool) -> None:
+        """Scope on (act only for sg_local_addrs) or off (any destination: tests, benchmarks)."""
+        self._write_config(local_only=int(bool(on)))
+
+    def local_addrs(self) -> set:
+        """The addresses the program acts for (sg_local_addrs)."""
+        return {addr_of_key(bytes(k)) for k in self.map("sg_local_addrs").keys()}
+
+    def set_oos_until(self, until_s: int) -> None:
+        """Auto mode: drop out-of-state segments at protected ports until the clock
+        (sg_config.now_s) reaches until_s (0: count them only). Protect mode always drops."""
+        self._write_config(oos_until_s=int(until_s))
 
     def entries(self, name: str):
         """(key, leaf) of every entry of a hash map, copied out by the caller at once.
@@ -447,16 +519,31 @@ class DataPath:
         self._netns[ifname] = current_netns_fd()
         self._map_interface(ifname)
         if pinned_prog_id() != self.prog_id:
+            old_table = pinned_table_fd("sg_progs")
+            if old_table is not None:
+                self._orphan_tables.append(old_table)
             err = pin(self.prog_fd, self.map("sg_progs").map_fd)
             if err:
                 self.pin_error = err
             else:
                 self._pins.add(pin_path())
+        if self.pin_error:
+            self._keep_tail_calls()
         if self.tc is not None:
             self.tc_problem = self.tc.attach(ifname, strict=False)
         elif self.cookie_method == CookieMethod.KERNEL_COOKIE.label:
             self.tc_problem = kernel_cookie_problem()
         return mode
+
+    def _keep_tail_calls(self) -> None:
+        """sg_progs could not be pinned: a keeper process holds it while our program is
+        attached in this namespace, so that a SIGKILL never empties it (datapath/keeper.py)."""
+        from synguard.datapath import keeper
+
+        ns = os.stat("/proc/thread-self/ns/net").st_ino
+        proc = self._keepers.get(ns)
+        if proc is None or proc.poll() is not None:
+            self._keepers[ns] = keeper.start(self.map("sg_progs").map_fd, self.prog_id)
 
     def _kernel_message(self) -> str | None:
         """The kernel's last netlink error text (extack) libbpf logged during attach."""
@@ -519,6 +606,15 @@ class DataPath:
         """Idempotent: detach everywhere, unpin, then free the program and maps.
         keep_state (a failed start): the kept maps stay pinned for the next start."""
         self.detach_all()
+        for proc in getattr(self, "_keepers", {}).values():
+            with contextlib.suppress(OSError):
+                proc.kill()  # our own child, by its handle: our program is detached
+                proc.wait()
+        self._keepers = {}
+        for fd in getattr(self, "_orphan_tables", ()):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._orphan_tables = []
         tc, self.tc = getattr(self, "tc", None), None
         if tc is not None:
             tc.close()
@@ -531,7 +627,7 @@ class DataPath:
         maps, self._maps = getattr(self, "_maps", {}), {}
         for table in maps.values():
             table.close()
-        for attr in ("prog_fd", "optscan_fd", "kcookie_fd"):
+        for attr in ("prog_fd", "optscan_fd", "kcookie_fd", "oos_fd"):
             fd = getattr(self, attr, -1)
             setattr(self, attr, -1)
             if fd >= 0:

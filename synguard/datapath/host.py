@@ -24,12 +24,48 @@ class DataPathError(RuntimeError):
     """A failure with a one-line explanation for the operator."""
 
 
+# Environment knobs (README "Security"): SYNGUARD_EBPF_DIR, SYNGUARD_CLANG, SYNGUARD_PIN_DIR
+# and SYNGUARD_COOKIE_METHOD are root-only knobs: whoever sets a root daemon's environment
+# is root. Still, a directory of C the daemon compiles or a compiler it runs must not be
+# one another user can change: such a path is refused in one line (the pin directory has
+# its own trust check, pins.py). SYNGUARD_TEST_FAULT is a test hook, honoured only when
+# synguard runs from a checkout (abi.FROM_CHECKOUT), never by an installed daemon.
+
+
+def untrusted_path(path: Path) -> str | None:
+    """Why another user could change path (after resolving links), or None: the file and
+    every directory above it must be owned by root (or our euid) and closed to
+    group/other writes (a sticky directory, like /tmp, may be world-writable)."""
+    try:
+        real = Path(path).resolve(strict=True)
+    except OSError as e:
+        return f"{path}: {e.strerror}"
+    for p in (real, *real.parents):
+        st = os.stat(p)
+        if st.st_uid not in (0, os.geteuid()):
+            return f"{p} is owned by uid {st.st_uid}"
+        if st.st_mode & 0o022 and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+            return f"{p} has mode {stat.S_IMODE(st.st_mode):04o}: group/other may write it"
+    return None
+
+
+def env_path(name: str) -> Path | None:
+    """A path from the root-only knob `name`, if set and trusted; DataPathError if untrusted."""
+    value = os.environ.get(name)
+    if not value:
+        return None
+    why = untrusted_path(Path(value))
+    if why:
+        raise DataPathError(f"{name}={value}: {why}; synguard compiles or runs nothing another user could change")
+    return Path(value)
+
+
 def ebpf_dir() -> Path:
-    return Path(os.environ.get("SYNGUARD_EBPF_DIR", abi.EBPF_DIR_DEFAULT))
+    return env_path("SYNGUARD_EBPF_DIR") or abi.EBPF_DIR_DEFAULT
 
 
 # The C the XDP program is compiled from (BCC), headers first, and the tc program's own file.
-XDP_SOURCES = ("synguard_abi.h", "synguard_siphash.h", "synguard_parse.h", "synguard.bpf.c")
+XDP_SOURCES = ("synguard_abi.h", "synguard_siphash.h", "synguard_parse.h", "synguard_scope.h", "synguard.bpf.c")
 TC_SOURCE = "synguard_tc.bpf.c"
 
 

@@ -3,7 +3,7 @@
 BCC compiles ebpf/synguard.bpf.c with its in-process clang/LLVM. Once imported, that
 compiler stays mapped (libLLVM, libclang-cpp) with a large heap: ~140 MiB resident in
 a daemon that needs it for two seconds at start. So the daemon never imports BCC: it
-runs this module as a child (``python -m synguard.datapath.loader FD``), which
+runs this module as a child (isolated: child_argv(), cwd /, CHILD_ENV), which
 
 1. reads the request (source, cflags, verifier log path) from the Unix socket FD,
 2. compiles with BCC, loads the programs, fills the tail-call array,
@@ -35,8 +35,9 @@ from pathlib import Path
 from synguard.datapath.host import DataPathError
 
 # What to load, in order; the tail calls to wire: (prog array, index, program).
-PROGRAMS = ("xdp_synguard", "xdp_synguard_optscan", "xdp_synguard_kcookie")
-TAIL_CALLS = (("sg_progs", 0, "xdp_synguard_optscan"), ("sg_progs", 1, "xdp_synguard_kcookie"))
+PROGRAMS = ("xdp_synguard", "xdp_synguard_optscan", "xdp_synguard_kcookie", "xdp_synguard_oos")
+TAIL_CALLS = (("sg_progs", 0, "xdp_synguard_optscan"), ("sg_progs", 1, "xdp_synguard_kcookie"),
+              ("sg_progs", 2, "xdp_synguard_oos"))
 LOAD_TIMEOUT = 180.0  # seconds for compile + verifier (a few seconds on an idle 2-vCPU box)
 MAX_FDS = 64
 _MSG_MAX = 1 << 16
@@ -60,12 +61,21 @@ class Loaded:
         self.progs, self.maps = {}, {}
 
 
-def _child_env() -> dict[str, str]:
-    """The child imports this very synguard (a checkout, or the package's directory)."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
+# The child's environment: nothing of the caller's but a fixed PATH and locale. A root
+# daemon started by hand from a directory another user owns (or with their PYTHON*
+# variables) must not import code from there: the child runs isolated (-I: no working
+# directory or script directory on sys.path, no PYTHON* variables, no user site) in
+# cwd /, and finds synguard at the package root this very module was imported from.
+CHILD_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding synguard/
+
+
+def child_argv(module: str, *args: str) -> list[str]:
+    """argv to run module's main(args) in an isolated interpreter importing synguard from
+    PACKAGE_ROOT (a checkout, or the installed package's site directory)."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import importlib; "
+            "raise SystemExit(importlib.import_module(sys.argv[2]).main(sys.argv[3:]))")
+    return [sys.executable, "-I", "-c", code, PACKAGE_ROOT, module, *args]
 
 
 def _recv_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -87,8 +97,8 @@ def load(src_file: Path, cflags: list[str], log_path: Path, timeout: float = LOA
     """Compile and load src_file in a child process; returns the fds it loaded."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "synguard.datapath.loader", str(theirs.fileno())],
-                                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=_child_env())
+        proc = subprocess.Popen(child_argv("synguard.datapath.loader", str(theirs.fileno())),
+                                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=dict(CHILD_ENV), cwd="/")
     except OSError as e:
         ours.close()
         raise DataPathError(f"cannot start the loader ({sys.executable}): {e.strerror}") from None

@@ -166,6 +166,26 @@ def pin(prog_fd: int, progs_fd: int | None = None) -> str | None:
     return pin_named(prog_fd, "xdp_synguard") or (pin_named(progs_fd, "sg_progs") if progs_fd is not None else None)
 
 
+PROG_ARRAY_MAP_TYPE = 3  # BPF_MAP_TYPE_PROG_ARRAY
+
+
+def pinned_table_fd(name: str) -> int | None:
+    """An fd of the tail-call table pinned as `name` in this namespace's trusted directory
+    (a dead daemon's, about to be replaced by ours): holding it keeps that table filled
+    while its program still sits on an interface. None if none, foreign or not a prog array."""
+    with contextlib.suppress(ForeignPin, OSError):
+        d = trusted_pin_dir()
+        if d is None or not check_pin(d / name):
+            return None
+        fd = _lib().bpf_obj_get(str(d / name).encode())
+        if fd < 0:
+            return None
+        if _fd_kind(fd).get("map_type") == str(PROG_ARRAY_MAP_TYPE):
+            return fd
+        os.close(fd)
+    return None
+
+
 def unpin(path: Path | None = None, expected_id: int | None = None) -> None:
     """Remove our pin (only if it still holds expected_id, when given); a foreign pin
     or directory is left alone."""

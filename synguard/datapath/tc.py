@@ -41,7 +41,7 @@ from synguard.datapath.pins import (SCHED_CLS_PROG_TYPE, pin_named, pin_path, pi
 
 PROG_NAME = "tc_synguard"
 SRC_NAME = "synguard_tc.bpf.c"
-SHARED_MAPS = ("sg_config", "sg_ports", "sg_secrets", "sg_counters", "sg_ifaces", "sg_sip_cache")
+SHARED_MAPS = ("sg_config", "sg_ports", "sg_secrets", "sg_counters", "sg_ifaces", "sg_sip_cache", "sg_local_addrs")
 KFUNC = "bpf_sk_assign_tcp_reqsk"
 TC_HANDLE = 0x5347  # "SG"
 TC_PRIORITY = 1  # first on the hook: the program returns TC_ACT_UNSPEC, so later filters still run
@@ -58,7 +58,10 @@ def _errno_of(ret: int) -> int:
 
 
 def find_clang() -> str:
-    for name in (os.environ.get("SYNGUARD_CLANG"), "clang", "clang-14"):
+    from synguard.datapath.host import env_path
+
+    forced = env_path("SYNGUARD_CLANG")  # a trusted path, or DataPathError
+    for name in (str(forced) if forced else None, "clang", "clang-14"):
         if name and shutil.which(name):
             return shutil.which(name)
     raise DataPathError("clang not found: the tc program is compiled with clang (apt-get install clang-14 libbpf-dev)")
