@@ -143,7 +143,8 @@ boot() {
     local rc
     set +e
     # Through a pipe: QEMU reopens /dev/stdout, which would truncate a log file we write to.
-    PATH="$VENV/bin:$PATH" timeout --foreground -k 10 "${KMX_TIMEOUT:-1500}" "$VENV/bin/vng" \
+    # timeout without --foreground: at the limit it signals vng's whole process group (QEMU too).
+    PATH="$VENV/bin:$PATH" timeout -k 10 "${KMX_TIMEOUT:-1500}" "$VENV/bin/vng" \
         --busybox "$BB" --run "$KCACHE/$kver/root/boot/vmlinuz-$kver" \
         --memory "${KMX_MEM:-3G}" --cpus "${KMX_CPUS:-2}" "${opts[@]}" \
         --rodir "$KCACHE=$KCACHE" --overlay-rwdir "$ROOT" --rwdir "$OUT=$OUT" --cwd "$ROOT" \

@@ -96,7 +96,7 @@ def _fmt_opts(bits) -> str:
 
 
 TESTS = ("programs", "flood", "clients", "clients_ts2", "forged_acks_v4", "forged_acks_v6", "sigkill")
-PROGRAM_COLUMNS = ("xdp_synguard", "xdp_synguard_optscan", "xdp_synguard_kcookie", "tc:tc_synguard")
+PROGRAM_COLUMNS = ("xdp_synguard", "xdp_synguard_optscan", "xdp_synguard_kcookie", "xdp_synguard_oos", "tc:tc_synguard")
 
 
 def report(out_dir: Path, say=print) -> int:
@@ -108,7 +108,7 @@ def report(out_dir: Path, say=print) -> int:
     say("")
     say("kernel matrix (tests/test_kernel_matrix.py; timings in TCG guests mean little, verdicts and counters do)")
     say(f"{'kernel':<32} {'exit':>4} {'wall s':>6} {'start s':>7}  {'method':<13} "
-        f"{'verified insns: main optscan kcookie tc':<41} {'flood: sent XDP-answered to-kernel SYN_RECV':<44}"
+        f"{'verified insns: main optscan kcookie oos tc':<50} {'flood: sent XDP-answered to-kernel SYN_RECV':<44}"
         f" first contacts")
     for r in runs:
         kver = r["kernel"]
@@ -130,7 +130,7 @@ def report(out_dir: Path, say=print) -> int:
                                       f"max {worst if worst is None else round(worst, 1)} ms, {' '.join(opts)}")
         start = d.get("start_s")
         say(f"{name:<32} {r.get('exit', '?'):>4} {r.get('wall_s', 0):>6} {start if start is not None else '-':>7}  "
-            f"{d.get('method') or '-':<13} {insns:<41} {flood:<44} {clients}")
+            f"{d.get('method') or '-':<13} {insns:<50} {flood:<44} {clients}")
         tests = d.get("tests") or {}
         for t in TESTS:
             v = tests.get(t, "FAILED (or not run)")

@@ -58,7 +58,7 @@ ACKS, ACKS_PPS = 3_000, 2_000
 CONTACTS = 2                 # fresh first contacts per client kind and family
 ONE_ROUND_TRIP_MS = 1000.0   # a SYN retransmission comes after the 1 s initial RTO
 CONNECT_TIMEOUT = 5.0
-PROGRAMS = ("xdp_synguard", "xdp_synguard_optscan", "xdp_synguard_kcookie")
+PROGRAMS = ("xdp_synguard", "xdp_synguard_optscan", "xdp_synguard_kcookie", "xdp_synguard_oos")
 
 RESULTS: dict = {"kver": KVER, "release": platform.release(), "accel": os.environ.get("KMX_ACCEL"), "tests": {}}
 
