@@ -326,3 +326,66 @@ def test_mutated_frames(dp, base, flips):
     verdict, cnt, out = m.step(data)
     assert result.retval == verdict and deltas == cnt
     assert result.data == (out if out is not None else data)
+
+
+# ---- The fast path's option layouts (ebpf/synguard.bpf.c synopts_fast) -----------------
+# Option bytes as sent; each answered by xdp_synguard itself, without the option-scan tail call.
+FAST_LAYOUTS = {
+    "none": "",
+    "mss only": "020405b4",
+    "mss, nop ws": "020405b4" "01030307",
+    "mss, nop nop sack": "020405b4" "01010402",
+    "mss, sack nop nop": "020405b4" "04020101",
+    "mss, sack eol eol": "020405b4" "04020000",
+    "windows": "020405b4" "01030308" "01010402",
+    "linux without timestamps": "020405b4" "01010402" "01030307",
+    "mss, sack ts": "020405b4" "0402080a1122334400000000",
+    "mss, nop nop ts": "020405b4" "0101080a1122334400000000",
+    "linux (android)": "020405b4" "0402080a1122334400000000" "01030307",
+    "linux, ts without sack": "020405b4" "0101080a1122334400000000" "01030307",
+    "freebsd": "020405b4" "01030306" "0402080a1122334400000000",
+    "macos/ios": "020405b4" "01030306" "0101080a1122334400000000" "04020000",
+    "macos, sack padded with nops": "020405b4" "01030306" "0101080a1122334400000000" "01010402",
+    "wscale 15 clamped": "020405b4" "0402080a1122334400000000" "0103030f",
+}
+
+
+@pytest.fixture
+def no_optscan(dp):
+    """sg_progs[SG_PROG_OPTSCAN] emptied for the test (a SYN needing the scan then passes)."""
+    import ctypes as ct
+
+    progs = dp.map("sg_progs")
+    del progs[ct.c_int(0)]
+    try:
+        yield dp
+    finally:
+        progs[ct.c_int(0)] = ct.c_int(dp.optscan_fd)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("layout", FAST_LAYOUTS, ids=list(FAST_LAYOUTS))
+def test_fast_layouts_need_no_scan(no_optscan, layout, family):
+    dp = no_optscan
+    opts = bytes.fromhex(FAST_LAYOUTS[layout])
+    frame = (syn4 if family == 4 else syn6)(options=opts, flags="SEC")
+    result, deltas = run_case(dp, frame)
+    assert result.retval == XDP_TX and deltas == CHALLENGED, layout
+    check(dp, result.data, frame)
+    # the scan's layouts really are left to the scan: with the slot empty, they pass
+    other = (syn4 if family == 4 else syn6)(options=bytes.fromhex("0101020405b4"))
+    assert dp.test_run(bytes(other)).retval == XDP_PASS
+
+
+@pytest.mark.parametrize("layout", FAST_LAYOUTS, ids=list(FAST_LAYOUTS))
+def test_fast_layouts_mutated(dp, layout):
+    """Every option byte of every fast layout overwritten with values that matter to the
+    layout checks: the answer is always the reference's (fast path or scan alike)."""
+    opts = bytes.fromhex(FAST_LAYOUTS[layout])
+    for pos in range(len(opts)):
+        for value in (0x00, 0x01, 0x02, 0x03, 0x04, 0x08, 0x0a, 0x0e, 0x0f, 0xff, opts[pos] ^ 0x80):
+            mutated = opts[:pos] + bytes([value]) + opts[pos + 1:]
+            frame = syn4(options=mutated, seq=pos * 256 + value)
+            result = dp.test_run(bytes(frame))
+            assert result.retval == XDP_TX, (layout, pos, value)
+            check(dp, result.data, frame)
