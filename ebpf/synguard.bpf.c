@@ -79,6 +79,8 @@ BPF_TABLE("percpu_array", int, struct sg_sip_cache_entry, sg_sip_cache, SG_SIP_C
 BPF_ARRAY(sg_ports, struct sg_port, SG_PORTS);
 /* Sampled SYN counts per source address, for top-K (synguard top). */
 SG_KEPT("lru_hash", struct sg_addr, struct sg_src_stat, sg_src_syns, SG_SRC_SIZE);
+/* Doorkeeper of sg_src_syns (synguard_abi.h struct sg_src_door). */
+BPF_TABLE("percpu_array", int, struct sg_src_door, sg_src_door, 1);
 /* Programs xdp_synguard tail-calls, filled by the loader: [SG_PROG_OPTSCAN] answers
  * a SYN whose options need the bounded scan, [SG_PROG_KCOOKIE] a SYN to answer
  * with the kernel-cookie method. */
@@ -482,11 +484,23 @@ static __always_inline int cidr_denied(const struct sg_addr *a)
 	return sg_deny_cidrs.lookup(&key) != NULL;
 }
 
-static __always_inline void src_sample(const struct sg_addr *a, __u32 now_s, __u16 dport)
+/* A sampled SYN of source a (z: its HyperLogLog hash). A source not in the
+ * table enters it only on its second sample on this CPU (struct sg_src_door). */
+static __always_inline void src_sample(const struct sg_addr *a, __u64 z, __u32 now_s, __u16 dport)
 {
-	struct sg_src_stat *st = sg_src_syns.lookup((struct sg_addr *)a);
-	struct sg_src_stat fresh = { .syns = SG_SRC_SAMPLE, .last_seen_s = now_s, .last_dport = dport };
+	__u32 zero = 0, fp = z >> 32, *slot;
+	struct sg_src_door *door = sg_src_door.lookup(&zero);
+	struct sg_src_stat *st;
+	struct sg_src_stat fresh = { .syns = 2 * SG_SRC_SAMPLE, .last_seen_s = now_s, .last_dport = dport };
 
+	if (!door)
+		return;
+	slot = &door->fp[z & (SG_SRC_DOOR - 1)];
+	if (*slot != fp) { /* first sample (or the slot's last was another source) */
+		*slot = fp;
+		return;
+	}
+	st = sg_src_syns.lookup((struct sg_addr *)a);
 	if (st) {
 		__sync_fetch_and_add(&st->syns, SG_SRC_SAMPLE);
 		st->last_seen_s = now_s;
@@ -716,11 +730,16 @@ static __always_inline __u32 sg_clz64(__u64 x)
 	return n + SG_TOP_ZERO(x, 1);
 }
 
-static __always_inline void hll_add(struct sg_counter_block *cnt, const struct sg_addr *a, __u32 now_s)
+/* The source's hash: HyperLogLog's, and the sample doorkeeper's. */
+static __always_inline __u64 src_hash(const struct sg_addr *a)
+{
+	return sg_mix64((__u64)(a->addr[0] ^ a->addr[2]) << 32 | (a->addr[1] ^ a->addr[3]));
+}
+
+static __always_inline void hll_add(struct sg_counter_block *cnt, __u64 z, __u32 now_s)
 {
 	__u32 bank = now_s & 1;
 	struct sg_hll *hll = &cnt->hll[bank];
-	__u64 z = sg_mix64((__u64)(a->addr[0] ^ a->addr[2]) << 32 | (a->addr[1] ^ a->addr[3]));
 	__u32 idx = z >> (64 - SG_HLL_BITS);
 	/* The rank of the bits after the index: leading zeros + 1, at most
 	 * 64 - SG_HLL_BITS + 1 (all zero), which the guard bit gives without a branch. */
@@ -947,6 +966,7 @@ static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config
 	struct sg_syn syn = {};
 	struct sg_addr src;
 	struct sg_port *port;
+	__u64 z;
 
 	syn_load(pkt, &syn);
 	addr_from_syn(&syn, &src);
@@ -954,10 +974,11 @@ static __always_inline int handle_syn(struct xdp_md *ctx, const struct sg_config
 	/* Detection signals: distinct sources (HLL), SYNs per watched port, and
 	 * every SG_SRC_SAMPLE-th SYN per CPU into the per-source table (a hash
 	 * update on every SYN would cost more than the whole SYN-ACK). */
-	hll_add(pkt->cnt, &src, cfg->now_s);
+	z = src_hash(&src);
+	hll_add(pkt->cnt, z, cfg->now_s);
 	port_count(cfg, port, pkt->cnt);
 	if ((count(pkt->cnt, SG_CNT_SYN_RECEIVED) & (SG_SRC_SAMPLE - 1)) == 0)
-		src_sample(&src, cfg->now_s, bpf_ntohs(syn.dport));
+		src_sample(&src, z, cfg->now_s, bpf_ntohs(syn.dport));
 	if (cfg->mode == SG_MODE_OBSERVE)
 		goto pass;
 	if (cfg->deny_cidrs && cidr_denied(&src)) {

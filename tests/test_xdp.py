@@ -389,3 +389,44 @@ def test_fast_layouts_mutated(dp, layout):
             result = dp.test_run(bytes(frame))
             assert result.retval == XDP_TX, (layout, pos, value)
             check(dp, result.data, frame)
+
+
+def _src_syns(dp, addr: str) -> int | None:
+    """sg_src_syns' estimate for an IPv4 source, None when not in the table."""
+    import ctypes as ct
+    import ipaddress
+
+    table = dp.map("sg_src_syns")
+    key = table.Key()
+    ct.memmove(key.addr, b"\0" * 10 + b"\xff\xff" + ipaddress.IPv4Address(addr).packed, 16)
+    try:
+        return int(table[key].syns)
+    except KeyError:
+        return None
+
+
+def test_source_sample_enters_on_the_second_sample(dp):
+    """One SYN in SG_SRC_SAMPLE per CPU is sampled; a source enters sg_src_syns on its
+    second sample on the CPU (counted as both), so sources sampled once (a random-source
+    flood) never cost an LRU insert."""
+    import os
+    import random
+
+    n = abi.SRC_SAMPLE
+    base = random.Random().randrange(1 << 16)  # sources no earlier test used (door slots hold fingerprints)
+    heavy = f"198.18.{base >> 8}.{base & 0xFF}"
+    once = [f"198.19.{(base + i) >> 8 & 0xFF}.{(base + i) & 0xFF}" for i in range(1, 65)]
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(old)})  # one CPU: its own sample counter and doorkeeper
+    try:
+        for k in range(1, 4):
+            for _ in range(n):
+                assert dp.test_run(bytes(syn4(src=heavy))).retval == XDP_TX
+            assert _src_syns(dp, heavy) == (None if k == 1 else k * n), k  # 16 SYNs: exactly one sample
+        for src in once:  # each source: one sampled SYN (its 16th), in n SYNs
+            for _ in range(n):
+                assert dp.test_run(bytes(syn4(src=src))).retval == XDP_TX
+        assert [s for s in once if _src_syns(dp, s) is not None] == []
+        assert _src_syns(dp, heavy) == 3 * n
+    finally:
+        os.sched_setaffinity(0, old)
