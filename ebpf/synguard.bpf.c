@@ -327,6 +327,13 @@ static __always_inline int synopts_fast(struct xdp_md *ctx, const struct sg_pkt 
 	 * verifier's, with a constant. */
 	if ((void *)(w + 1) > data_end || (w[0] & SG_OW(0xffff0000)) != SG_OW(0x02040000))
 		return 0; /* every fast layout starts with the MSS */
+	/* Linux's (and Android's) first: the most common, and the one to beat. */
+	if (optlen == 20 && (void *)(w + 5) <= data_end && w[1] == SG_OW(0x0402080a) && sg_ow_ws(w[4])) {
+		ts = 2;
+		tsval = w[2];
+		ws = w[4];
+		goto found;
+	}
 	switch (optlen) {
 	case 4:
 		break;
@@ -387,6 +394,7 @@ static __always_inline int synopts_fast(struct xdp_md *ctx, const struct sg_pkt 
 	}
 	if (optlen >= 16 && !ts)
 		return 0;
+found:
 	syn->mss = bpf_ntohl(w[0]) & 0xffff; /* 0: none, as in the kernel */
 	syn->ts = ts != 0;
 	syn->tsval = tsval;
