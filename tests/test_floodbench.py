@@ -114,3 +114,18 @@ def test_synguard_run_offers_the_kernel_runs_rate(result):
     assert s["sender_pps"] == max(1, int(k["offered_pps"] / s["senders"]))
     assert 0.8 * k["offered_pps"] <= s["offered_pps"] <= 1.1 * k["offered_pps"], (k["offered_pps"], s["offered_pps"])
     assert "synguard_unpaced" not in result  # the capacity run C is full mode only
+
+
+def test_reflector_run_answers_the_flood_and_synguard_is_compared_with_it(result):
+    """The reflector (on s1: MACs swapped, XDP_TX) sends back what the same senders offer:
+    the most any answering program can do here; synguard's answered rate over its rate is
+    in the comparison and the report."""
+    r, f = result["reflector"], result["floor"]
+    assert r["sent"] > 50_000
+    assert r["answered"] >= 0.95 * r["sent"], (r["answered"], r["sent"], r["links"])
+    assert f["answered"] == 0  # XDP_DROP: nothing comes back
+    ratio = result["compare"]["answered_vs_reflector"]
+    assert ratio == result["synguard"]["answered_pps"] / r["answered_pps"]
+    assert f"{ratio:.2f} × the reflector's" in result["_markdown"]
+    print(f"\nanswered: synguard {result['synguard']['answered_pps']:,.0f} pps (paced), reflector "
+          f"{r['answered_pps']:,.0f} pps (unpaced) = {ratio:.2f}")
