@@ -538,6 +538,7 @@ static __always_inline __u16 sg_fold64(__u64 sum)
 #define SG_SYNACK_TCP_LEN 40       /* 20 + 20 bytes of options: doff 10 */
 #define SG_SYNACK_TCP_LEN_SHORT 24 /* 20 + MSS only: doff 6 (no timestamps negotiated) */
 #define SG_NOP4 0x01010101         /* four NOPs (byte-order neutral) */
+#define SG_SYNACK_PAD_MAX 16       /* NOP bytes that may end the options instead of a shrink */
 
 /* The SYN-ACK's options, in Linux's order (COOKIE.md): 20 bytes, or the MSS
  * alone (tcp_len SG_SYNACK_TCP_LEN_SHORT; w[1..4] are 0 then, which the
@@ -588,6 +589,8 @@ static __always_inline int synack_send(struct xdp_md *ctx, __u32 l3_off, const s
 	__u32 l3_len = (syn->ipv6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr)) + tcp_len;
 	__u64 l2[3]; /* Ethernet header + up to 2 VLAN tags (22 bytes), read as 3 words */
 	int delta;
+	__u32 len = tcp_len; /* the TCP header on the wire: + NOP padding */
+	__u64 nops = 0;      /* the padding's sum */
 
 	/* The parsed SYN has >= 54 bytes, so 24 can always be read. Explicit word
 	 * loads and stores here and below: memcpy to or from the packet (alignment
@@ -604,8 +607,16 @@ static __always_inline int synack_send(struct xdp_md *ctx, __u32 l3_off, const s
 		if (bpf_xdp_adjust_head(ctx, -delta))
 			return XDP_PASS;
 	} else if (delta < 0) {
-		if (bpf_xdp_adjust_tail(ctx, delta))
+		/* A SYN longer than the reply by whole words, up to SG_SYNACK_PAD_MAX bytes
+		 * (its options were: MSS+WS, MSS+SACK, Windows, macOS), keeps its length:
+		 * the reply's options end with that many NOPs instead of a shrink. */
+		if (delta >= -SG_SYNACK_PAD_MAX && !(delta & 3)) {
+			len += -delta;
+			nops = (__u64)(-delta / 4) * SG_NOP4;
+			delta = 0;
+		} else if (bpf_xdp_adjust_tail(ctx, delta)) {
 			return XDP_PASS;
+		}
 	}
 	if (delta) {
 		data = (void *)(long)ctx->data; /* every packet pointer is void after either */
@@ -636,7 +647,7 @@ static __always_inline int synack_send(struct xdp_md *ctx, __u32 l3_off, const s
 			return XDP_ABORTED;
 		th = (void *)(ip6h + 1);
 		*(__be32 *)ip6h = bpf_htonl(0x60000000); /* version 6, no class/flow */
-		ip6h->payload_len = bpf_htons(tcp_len);
+		ip6h->payload_len = bpf_htons(len);
 		ip6h->nexthdr = IPPROTO_TCP;
 		ip6h->hop_limit = 64;
 		((__u64 *)&ip6h->saddr)[0] = syn->daddr[0];
@@ -648,7 +659,7 @@ static __always_inline int synack_send(struct xdp_md *ctx, __u32 l3_off, const s
 		      (syn->daddr[1] & 0xffffffff) + (syn->daddr[1] >> 32);
 	} else {
 		struct iphdr *iph = l3;
-		__u32 w0 = bpf_htonl(0x45000000 | (sizeof(*iph) + tcp_len));            /* v4, ihl 5, tos 0, length */
+		__u32 w0 = bpf_htonl(0x45000000 | (sizeof(*iph) + len));                /* v4, ihl 5, tos 0, length */
 		__u32 w1 = bpf_htonl(0x00004000);                                      /* id 0, DF */
 		__u32 w2 = bpf_htonl(64 << 24 | IPPROTO_TCP << 16);                     /* ttl, protocol */
 
@@ -667,7 +678,7 @@ static __always_inline int synack_send(struct xdp_md *ctx, __u32 l3_off, const s
 	__u32 ports = (__u32)syn->dport | (__u32)syn->sport << 16;
 	__u32 seq_raw = bpf_htonl(seq);
 	__u32 ack_raw = bpf_htonl(bpf_ntohl(syn->isn) + 1);
-	__u32 w3 = bpf_htonl((tcp_len / 4) << 28 | (__u32)flags << 16 | 65535);
+	__u32 w3 = bpf_htonl((len / 4) << 28 | (__u32)flags << 16 | 65535);
 
 	th[0] = ports;
 	th[1] = seq_raw;
@@ -682,10 +693,22 @@ static __always_inline int synack_send(struct xdp_md *ctx, __u32 l3_off, const s
 		th[8] = o->w[3];
 		th[9] = o->w[4];
 	}
+	if (len != tcp_len) {
+		__u32 *p = th + (tcp_len == SG_SYNACK_TCP_LEN ? SG_SYNACK_TCP_LEN / 4 : SG_SYNACK_TCP_LEN_SHORT / 4);
+
+#pragma unroll
+		for (int k = 0; k < SG_SYNACK_PAD_MAX / 4; k++) {
+			if (k * 4 >= len - tcp_len)
+				break;
+			if ((void *)(p + k + 1) > data_end)
+				return XDP_ABORTED;
+			p[k] = SG_NOP4;
+		}
+	}
 	/* Pseudo-header (addresses above, protocol, length) + header + options
-	 * (w[1..4] are 0 in a short reply). */
-	sum += (__u64)bpf_htons(IPPROTO_TCP) + bpf_htons(tcp_len) + ports + seq_raw + ack_raw + w3 +
-	       o->w[0] + o->w[1] + o->w[2] + o->w[3] + o->w[4]; /* 64-bit adds: no carry lost */
+	 * (w[1..4] are 0 in a short reply) + the NOP words. */
+	sum += (__u64)bpf_htons(IPPROTO_TCP) + bpf_htons(len) + ports + seq_raw + ack_raw + w3 +
+	       o->w[0] + o->w[1] + o->w[2] + o->w[3] + o->w[4] + nops; /* 64-bit adds: no carry lost */
 	th[4] = sg_fold64(sum); /* checksum, urgent pointer 0 */
 	return XDP_TX;
 }

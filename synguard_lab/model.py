@@ -42,6 +42,7 @@ IPPROTO_HOPOPTS, IPPROTO_TCP, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_AH, IPP
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK, TCP_ECE, TCP_CWR = 0x01, 0x02, 0x04, 0x10, 0x40, 0x80
 
 SYNACK_TCP_LEN = 40  # 20 + 20 option bytes (COOKIE.md); 24 when no timestamps are negotiated
+SYNACK_PAD_MAX = 16  # NOP bytes that may end the options instead of shrinking the frame
 _NO_PORT = (0, 0, 0)  # sg_ports entry never written: not protected, not watched, not armed
 
 # Why a frame is not a TCP segment the program reads further.
@@ -188,7 +189,12 @@ def synack(frame: bytes, seg: Segment, key: bytes, slot: int, mss4: int, mss6: i
     seq, tsval = cookie.synack_fields(key, seg.saddr, seg.daddr, seg.sport, seg.dport, seg.seq, slot, neg)
     options = cookie.synack_options(neg, mss6 if seg.ipv6 else mss4, wscale, tsval, opts.tsval)
     flags = TCP_SYN | TCP_ACK | (TCP_ECE if neg.ecn else 0)
-    tcp_len = 20 + len(options)  # SYNACK_TCP_LEN, or 24 without timestamps (MSS only)
+    # A SYN longer than the reply by whole words, up to SYNACK_PAD_MAX bytes, keeps its
+    # length: the options end with that many NOPs (the frame is not shrunk).
+    slack = len(frame) - (seg.l3 + (40 if seg.ipv6 else 20) + 20 + len(options))
+    if 0 < slack <= SYNACK_PAD_MAX and slack % 4 == 0:
+        options += bytes([cookie.OPT_NOP]) * slack
+    tcp_len = 20 + len(options)  # SYNACK_TCP_LEN, or 24 without timestamps (MSS only), + NOP padding
     tcp = struct.pack("!HHIIBBHHH", seg.dport, seg.sport, seq, (seg.seq + 1) & _U32, tcp_len // 4 << 4,
                       flags, 65535, 0, 0) + options
     if seg.ipv6:
