@@ -733,9 +733,9 @@ def compare(res: dict) -> dict:
         ratio = c["cpu_ratio_net"]
     c["cpu_ratio_checked"] = ratio
     r, u = res.get("reflector"), res.get("synguard_unpaced")
-    if r and r["answered_pps"]:
-        # the same unpaced senders: synguard's answered rate over the reflector's
-        c["answered_vs_reflector"] = (u or s)["answered_pps"] / r["answered_pps"]
+    if r and u and r["answered_pps"]:
+        # the same unpaced senders (C, not B: B is paced at A's rate)
+        c["answered_vs_reflector"] = u["answered_pps"] / r["answered_pps"]
     legit = s.get("legit", {})
     c["checks"] = {
         "answered": s["answered_pct"] >= TARGETS["answered_pct"],
@@ -876,13 +876,13 @@ def markdown(res: dict) -> str:
                      f"kernel alone does not: the kernel's net figure is slightly low, the ratio errs in its favour).")
     r = res.get("reflector")
     if r:
-        u_or_s = u or s
+        vs = (f"synguard (C, unpaced) answered {u['answered_pps']:,.0f} pps = {c['answered_vs_reflector']:.2f} "
+              f"× the reflector's." if "answered_vs_reflector" in c else
+              "No unpaced synguard run (B is paced at A's rate): no ratio.")
         notes.append(f"- Reflector run (same senders, unpaced; on s1 an XDP program that only swaps the MACs and "
                      f"returns XDP_TX: the most any answering program can send back here): offered "
                      f"{r['offered_pps']:,.0f} pps, answered {r['answered_pps']:,.0f} pps ({r['answered_pct']:.0f} %). "
-                     f"XDP_DROP on s1 (floor): offered {f['offered_pps']:,.0f} pps. synguard "
-                     f"({'C, unpaced' if u else 'B, paced'}) answered {u_or_s['answered_pps']:,.0f} pps = "
-                     f"{c['answered_vs_reflector']:.2f} × the reflector's.")
+                     f"XDP_DROP on s1 (floor): offered {f['offered_pps']:,.0f} pps. " + vs)
     ka = k["links"]
     notes.append(f"- Counters: answered = a0 rx_packets Δ; s1 tx_packets Δ (kernel {ka['s1']['tx_packets']:,}, "
                  f"synguard {s['links']['s1']['tx_packets']:,}) is the same figure (veth computes it from the "
