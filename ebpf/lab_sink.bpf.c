@@ -45,3 +45,19 @@ int xdp_sink(struct xdp_md *ctx)
     }
     return XDP_PASS;
 }
+
+/* floodbench's reflector run (on s1): the most any answering XDP program can do on
+ * this path. Swaps the MACs and sends every frame back with XDP_TX; reads nothing else. */
+int xdp_reflect(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    __u16 *m = data;
+    __u16 t0, t1, t2;
+
+    if ((void *)(m + 6) > end)
+        return XDP_PASS;
+    t0 = m[0]; t1 = m[1]; t2 = m[2];
+    m[0] = m[3]; m[1] = m[4]; m[2] = m[5];
+    m[3] = t0; m[4] = t1; m[5] = t2;
+    return XDP_TX;
+}

@@ -20,6 +20,7 @@ SLOT_SHIFT = 4
 ACK_GRACE_S = 2 << SLOT_SHIFT  # auto mode: tc checks cookie ACKs this long after a port is disarmed
 SRC_SIZE = 65536
 SRC_SAMPLE = 16
+SRC_DOOR = 4096
 PORTS = 65536
 PORT_SLOTS = 64
 HLL_BITS = 10
@@ -287,6 +288,12 @@ class SrcStat(ct.Structure):
                 ("reserved", ct.c_uint16)]
 
 
+class SrcDoor(ct.Structure):
+    """struct sg_src_door: value of sg_src_door (per CPU; the XDP program's own)."""
+
+    _fields_ = [("fp", ct.c_uint32 * SRC_DOOR)]
+
+
 class CidrKey(ct.Structure):
     """struct sg_cidr_key: key of the LPM tries sg_allow_cidrs / sg_deny_cidrs."""
 
@@ -316,6 +323,7 @@ MAPS: dict[str, tuple[type, type]] = {
     "sg_sip_cache": (ct.c_int, SipCacheEntry),
     "sg_ports": (ct.c_int, Port),
     "sg_src_syns": (Addr, SrcStat),
+    "sg_src_door": (ct.c_int, SrcDoor),
     "sg_progs": (ct.c_int, ct.c_int),
     "sg_allow_cidrs": (CidrKey, ct.c_uint8),
     "sg_deny_cidrs": (CidrKey, ct.c_uint8),

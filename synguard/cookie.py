@@ -229,13 +229,13 @@ def synack_fields(key: bytes, saddr, daddr, sport: int, dport: int, isn: int, sl
 
 def synack_options(neg: Negotiated, synack_mss: int, synack_wscale: int, tsval: int | None,
                    tsecr: int | None) -> bytes:
-    """The SYN-ACK's 20 option bytes (COOKIE.md, "SYN-ACK")."""
+    """The SYN-ACK's option bytes (COOKIE.md, "SYN-ACK"): 20 with timestamps, else the
+    MSS alone (4: window scaling, SACK and ECN ride on timestamps)."""
     out = struct.pack("!BBH", OPT_MSS, 4, synack_mss)
+    if not neg.ts:
+        return out
     out += bytes([OPT_SACK_PERM, 2]) if neg.sack else bytes([OPT_NOP, OPT_NOP])
-    if neg.ts:
-        out += struct.pack("!BBII", OPT_TS, 10, tsval & _U32, (tsecr or 0) & _U32)
-    else:
-        out += bytes([OPT_NOP]) * 10
+    out += struct.pack("!BBII", OPT_TS, 10, tsval & _U32, (tsecr or 0) & _U32)
     if neg.wscale != WSCALE_NONE:
         out += bytes([OPT_NOP, OPT_WSCALE, 3, synack_wscale])
     else:

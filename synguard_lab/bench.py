@@ -8,6 +8,12 @@ ebpf/bench.bpf.c: cost = T(rearm -> synguard) - T(rearm -> empty) + T(empty).
 The same harness is also applied to one non-rewriting path as a cross-check.
 Paths whose reply is longer than the SYN (grows) also carry the harness's undoing
 of the growth (one bpf_xdp_adjust_head), which the empty baseline does not.
+
+SYN-ACK rows of the common SYN option layouts also print their cost as a multiple of
+the Linux layout's (IPv4), and, when the kernel's XDP SYN proxy of the peer directory
+(../shared/peers/xdp-synproxy next to the checkout, built with its build.sh) is
+there, synguard's cost as a fraction of that program's on the same frame, timed the
+same way in the same rounds.
 """
 
 from __future__ import annotations
@@ -28,8 +34,23 @@ SLOT, NOW_S = 0x1234567, 50_000
 CLIENT4, SERVER4, CLIENT6, SERVER6 = "192.0.2.10", "198.51.100.1", "2001:db8::10", "2001:db8:1::1"
 LINUX_OPTS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)]
 WINDOWS_OPTS = [("MSS", 1460), ("NOP", None), ("WScale", 8), ("NOP", None), ("NOP", None), ("SAckOK", b"")]
+# The common layouts of the fast path (ebpf/synguard.bpf.c synopts_fast); Android sends Linux's.
+LAYOUTS = {
+    "Linux options": LINUX_OPTS,
+    "MSS only": [("MSS", 1460)],
+    "no options": [],
+    "MSS+WS": [("MSS", 1460), ("NOP", None), ("WScale", 7)],
+    "MSS+SACK": [("MSS", 1460), ("NOP", None), ("NOP", None), ("SAckOK", b"")],
+    "Windows options": WINDOWS_OPTS,
+    "macOS/iOS options": [("MSS", 1460), ("NOP", None), ("WScale", 6), ("NOP", None), ("NOP", None),
+                          ("Timestamp", (1, 0)), ("SAckOK", b""), ("EOL", None), ("EOL", None)],
+    "TS without SACK": [("MSS", 1460), ("NOP", None), ("NOP", None), ("Timestamp", (1, 0)), ("NOP", None),
+                        ("WScale", 7)],
+}
 # 20 bytes in no fast-path layout: the tail-called option scan, no resize.
-OTHER_OPTS = [("MSS", 1460), ("NOP", None), ("NOP", None), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)]
+OTHER_OPTS = [("MSS", 1460), ("WScale", 7), ("NOP", None), ("SAckOK", b""), ("Timestamp", (1, 0))]
+LINUX_ROW = "SYN-ACK: IPv4, Linux options"
+PEER_DIR = REPO_ROOT.parent / "shared" / "peers" / "xdp-synproxy"
 
 
 @dataclass
@@ -39,6 +60,7 @@ class Path:
     verdict: str
     rewrites: bool = False
     target: float | None = None
+    layout: bool = False  # a common SYN layout: compared with the Linux one and the peer
     mode: Mode = Mode.PROTECT
     method: CookieMethod = CookieMethod.KFUNC_COOKIE
     syncookies: int = 1  # net.ipv4.tcp_syncookies of the netns (kernel-cookie paths)
@@ -52,19 +74,25 @@ def _frames():
 
     eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 
+    # DF and valid checksums (scapy's): the peer (xdp_synproxy) drops IPv4 SYNs without DF.
     def syn4(opts, dport=80):
-        return bytes(eth / IP(src=CLIENT4, dst=SERVER4) / TCP(sport=40000, dport=dport, seq=1, flags="S", options=opts))
+        return bytes(eth / IP(src=CLIENT4, dst=SERVER4, flags="DF") / TCP(sport=40000, dport=dport, seq=1, flags="S",
+                                                                          window=64240, options=opts))
 
-    syn6 = bytes(eth / IPv6(src=CLIENT6, dst=SERVER6) / TCP(sport=40000, dport=80, seq=1, flags="S", options=LINUX_OPTS))
+    def syn6(opts):
+        return bytes(eth / IPv6(src=CLIENT6, dst=SERVER6) / TCP(sport=40000, dport=80, seq=1, flags="S", window=64240,
+                                                              options=opts))
+
     ack = bytes(eth / IP(src=CLIENT4, dst=SERVER4) / TCP(sport=40000, dport=80, seq=2, ack=2, flags="PA") / (b"x" * 64))
+    layouts = [Path(f"SYN-ACK: IPv4, {name}", syn4(opts), "TX", rewrites=True, layout=True,
+                    target=3.0 if name == "Linux options" else None) for name, opts in LAYOUTS.items()]
+    layouts[2:2] = [Path(f"SYN-ACK: IPv6, {name}", syn6(LAYOUTS[name]), "TX", rewrites=True, layout=True,
+                         target=3.0 if name == "Linux options" else None) for name in ("Linux options", "MSS only")]
     return [
         Path("pass: established ACK+data", ack, "PASS", target=1.5),
         Path("pass: SYN, observe mode", syn4(LINUX_OPTS), "PASS", mode=Mode.OBSERVE),
         Path("pass: SYN, unprotected port", syn4(LINUX_OPTS, dport=22), "PASS"),
-        Path("SYN-ACK: IPv4, Linux options", syn4(LINUX_OPTS), "TX", rewrites=True, target=3.0),
-        Path("SYN-ACK: IPv6, Linux options", syn6, "TX", rewrites=True, target=3.0),
-        Path("SYN-ACK: IPv4, no options (grows 20 B)", syn4([]), "TX", rewrites=True),
-        Path("SYN-ACK: IPv4, Windows options (grows 8 B)", syn4(WINDOWS_OPTS), "TX", rewrites=True),
+        *layouts,
         Path("SYN-ACK: IPv4, other layout (scan)", syn4(OTHER_OPTS), "TX", rewrites=True),
         Path("cross-check: ACK via harness", ack, "PASS", rewrites=True),
         # Scope (synguard_scope.h): the same SYNs with the local-address check on; its cost is
@@ -187,9 +215,31 @@ def in_fresh_thread(fn) -> None:
         raise err[0]
 
 
+class Peer:
+    """The kernel's XDP SYN proxy (xdp_synproxy_kern.c, syncookie_xdp) of the peer
+    directory, loaded by that directory's own loader (xsp_bench.SynProxy: ports [80],
+    MSS 1460/1440, wscale 10, TTL 64, as synguard's _setup). None when absent."""
+
+    @staticmethod
+    def load(out):
+        import importlib.util
+
+        obj = PEER_DIR / "build" / "xdp_synproxy_kern.bpf.o"
+        if not (PEER_DIR / "xsp_bench.py").is_file():
+            return None
+        if not obj.is_file():
+            print(f"peer: {obj} not built (run {PEER_DIR / 'build.sh'}): no ratio to xdp_synproxy", file=out)
+            return None
+        spec = importlib.util.spec_from_file_location("xsp_bench", PEER_DIR / "xsp_bench.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.SynProxy(str(obj))
+
+
 def _run(repeat: int, rounds: int, out, kernel_cookie: bool) -> list[dict]:
     dp = DataPath()
     h = Harness(dp)
+    peer = Peer.load(out)
     try:
         paths = _frames() + (_kernel_cookie_frames() if kernel_cookie else [])
         floor_samples, rows = [], []
@@ -199,6 +249,16 @@ def _run(repeat: int, rounds: int, out, kernel_cookie: bool) -> list[dict]:
             got = VERDICTS[dp.test_run(p.frame).retval]
             if got != p.verdict:
                 raise RuntimeError(f"bench path {p.name!r}: verdict {got}, expected {p.verdict}")
+        # the peer on the same frames: only where it answers (TX directly and via the harness)
+        peer_paths = set()
+        if peer is not None:
+            for p in paths:
+                if p.layout and p.method == CookieMethod.KFUNC_COOKIE:
+                    h.load(p.frame, peer.fd)
+                    if (prog_test_run(peer.fd, p.frame, 1).retval == 3
+                            and prog_test_run(h.rearm.fd, p.frame, 3).retval == 3):
+                        peer_paths.add(p.name)
+        peer_samples = {n: [] for n in peer_paths}
         samples = {p.name: [] for p in paths}
         # References, not paths of the program: the cookie's SipHash alone (ebpf/bench.bpf.c).
         by_name = {p.name: p for p in paths}
@@ -217,6 +277,9 @@ def _run(repeat: int, rounds: int, out, kernel_cookie: bool) -> list[dict]:
                     h.load(p.frame, h.empty.fd)
                     with_empty = prog_test_run(h.rearm.fd, p.frame, repeat).duration_ns
                     samples[p.name].append((with_prog, with_empty))
+                    if p.name in peer_paths:
+                        h.load(p.frame, peer.fd)
+                        peer_samples[p.name].append(prog_test_run(h.rearm.fd, p.frame, repeat).duration_ns)
                 else:
                     samples[p.name].append((dp.test_run(p.frame, repeat).duration_ns, None))
 
@@ -236,8 +299,17 @@ def _run(repeat: int, rounds: int, out, kernel_cookie: bool) -> list[dict]:
                 ns = statistics.median(s[0] for s in samples[p.name])
                 ns_min = min(s[0] for s in samples[p.name])
                 how = "direct"
-            rows.append({"path": p.name, "verdict": p.verdict, "ns": ns, "ratio": ns / floor,
-                         "min_ns": ns_min, "min_ratio": ns_min / floor_min, "target": p.target, "how": how})
+            row = {"path": p.name, "verdict": p.verdict, "ns": ns, "ratio": ns / floor,
+                   "min_ns": ns_min, "min_ratio": ns_min / floor_min, "target": p.target, "how": how}
+            if p.name in peer_paths:
+                harness = statistics.median(s[1] for s in samples[p.name])
+                row["peer_ns"] = statistics.median(peer_samples[p.name]) - harness + floor
+                row["peer_ratio"] = ns / row["peer_ns"]
+            rows.append(row)
+        linux = next((r for r in rows if r["path"] == LINUX_ROW), None)
+        for p, r in zip(paths, rows):
+            if p.layout and linux is not None:
+                r["x_linux"] = r["ns"] / linux["ns"]
         for n, got in ref_samples.items():
             ns, ns_min = statistics.median(got), min(got)
             rows.append({"path": n, "verdict": "PASS", "ns": ns, "ratio": ns / floor, "min_ns": ns_min,
@@ -246,16 +318,25 @@ def _run(repeat: int, rounds: int, out, kernel_cookie: bool) -> list[dict]:
               file=out)
         print(f"floor (empty XDP program): {floor:.0f} ns/packet (minimum {floor_min:.0f})", file=out)
         print(f"{'path':44} {'verdict':8} {'ns/pkt':>7} {'x floor':>8} {'target':>7}        {'min':>5} {'x min':>6}"
-              f"  method", file=out)
+              f" {'x linux':>7} {'xdp_synproxy ns':>16} {'/xsp':>5}  method", file=out)
         for r in rows:
             target = f"<= {r['target']}" if r["target"] else ""
             ok = "" if not r["target"] else ("  ok" if r["ratio"] <= r["target"] else "  MISSED")
+            xl = f"{r['x_linux']:7.2f}" if "x_linux" in r else " " * 7
+            px = f"{r['peer_ns']:16.1f} {r['peer_ratio']:5.2f}" if "peer_ns" in r else " " * 22
             print(f"{r['path']:44} {r['verdict']:8} {r['ns']:7.1f} {r['ratio']:8.2f} {target:>7}{ok:8} "
-                  f"{r['min_ns']:5.0f} {r['min_ratio']:6.2f}  {r['how']}", file=out)
+                  f"{r['min_ns']:5.0f} {r['min_ratio']:6.2f} {xl} {px}  {r['how']}", file=out)
+        if peer is None:
+            print(f"(no peer at {PEER_DIR}: no ratio to the kernel's XDP SYN proxy)", file=out)
+        else:
+            print("xdp_synproxy: the kernel selftest's syncookie_xdp (conntrack lookup + bpf_tcp_raw_gen_syncookie), "
+                  "same frames, same harness, same rounds; /xsp = synguard ns / its ns", file=out)
         rows.insert(0, {"path": "floor", "ns": floor, "ratio": 1.0, "min_ns": floor_min, "min_ratio": 1.0,
                         "spread_ns": max(floor_samples) - min(floor_samples)})
         return rows
     finally:
+        if peer is not None:
+            peer.close()
         h.close()
         dp.close()
 

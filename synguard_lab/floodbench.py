@@ -231,7 +231,7 @@ def _sink_prog():
         if _sink is None:
             from bcc import BPF
             b = BPF(src_file=str(REPO_ROOT / "ebpf" / "lab_sink.bpf.c").encode(), cflags=["-w"])
-            _sink = (b, b.load_func(b"xdp_sink", BPF.XDP), b[b"sink_cnt"])
+            _sink = (b, b.load_func(b"xdp_sink", BPF.XDP), b[b"sink_cnt"], b.load_func(b"xdp_reflect", BPF.XDP))
         return _sink
 
 
@@ -242,9 +242,11 @@ class Sink:
         self.lab = lab
         self.attached: list[tuple[str, str]] = []
 
-    def attach(self, ns: str, ifname: str, replace_lab_pass: bool = False) -> None:
+    def attach(self, ns: str, ifname: str, replace_lab_pass: bool = False, reflect: bool = False) -> None:
+        """reflect: the reflector (xdp_reflect: MACs swapped, XDP_TX) instead of the sink."""
         from bcc import BPF
-        _, fn, _ = _sink_prog()
+        _, fn, _, reflector = _sink_prog()
+        fn = reflector if reflect else fn
         if replace_lab_pass:
             self.lab.detach_xdp(ns, ifname)
         with labmod.netns(ns):
@@ -254,7 +256,7 @@ class Sink:
     @staticmethod
     def counts() -> dict[str, int]:
         """Process-wide totals (one program, shared by every attachment): use deltas."""
-        _, _, table = _sink_prog()
+        _, _, table, _ = _sink_prog()
         vals = [sum(table[table.Key(i)]) for i in range(2)]
         return {"synack": vals[0], "other_tcp": vals[1]}
 
@@ -448,16 +450,17 @@ def _iface_counters(status: dict, name: str) -> dict:
 
 def run_one(mode: str, *, seconds: float, senders: int, seed: int = 7, idle_s: float = 10.0,
             quiet_wait: float = 0.0, pps: int | None = None, log=None) -> dict:
-    """One lab, one flood. mode: "kernel" (A), "synguard" (B, C) or "floor"
-    (XDP_DROP on s1, no client). pps: each sender paced at this rate (None: unpaced)."""
-    if mode not in ("kernel", "synguard", "floor"):
+    """One lab, one flood. mode: "kernel" (A), "synguard" (B, C), "floor"
+    (XDP_DROP on s1, no client) or "reflector" (XDP_TX of every frame, MACs swapped,
+    on s1, no client). pps: each sender paced at this rate (None: unpaced)."""
+    if mode not in ("kernel", "synguard", "floor", "reflector"):
         raise ValueError(f"bad mode {mode!r}")
     if seconds <= 0 or senders < 1:
         raise ValueError("seconds and senders must be positive")
     say = (lambda *a: print(*a, file=log, flush=True)) if log else (lambda *a: None)
     res: dict = {"mode": mode, "senders": senders, "sender_pps": pps, "flood_seconds_bound": seconds,
                  "flood_count_bound": senders * int(seconds * PER_SENDER_PPS_BOUND)}
-    client_on = mode != "floor"
+    client_on = mode not in ("floor", "reflector")
     t_run = time.monotonic()
     with Lab("fbench") as lab:
         sink = Sink(lab)
@@ -472,8 +475,8 @@ def run_one(mode: str, *, seconds: float, senders: int, seed: int = 7, idle_s: f
             listener = lab.tcp_server(PORT, backlog=BACKLOG)
             sources = lab.add_client_addresses(CLIENT_SOURCES) if client_on else []
             sink.attach(lab.attacker_ns, lab.attacker_if, replace_lab_pass=True)
-            if mode == "floor":
-                sink.attach(lab.server_ns, lab.server_attacker_if)
+            if mode in ("floor", "reflector"):
+                sink.attach(lab.server_ns, lab.server_attacker_if, reflect=mode == "reflector")
             sampler.add_pid("listener", listener.pid)
             for name, pid in ksoftirqd_pids().items():
                 sampler.add_pid(name, pid)
@@ -697,6 +700,7 @@ def run(seconds: float = 10.0, short: bool = False, senders: int | None = None,
     kw = dict(seconds=seconds, senders=senders, idle_s=idle_s, quiet_wait=quiet_wait, log=log)
     if floor:
         res["floor"] = run_one("floor", **kw)
+        res["reflector"] = run_one("reflector", **kw)
     res["kernel"] = run_one("kernel", **kw)
     # The senders share the lab's CPUs with the server: unpaced, they push more SYNs into
     # the cheaper receiver until both CPUs are saturated, and the legit client's connects
@@ -799,6 +803,10 @@ def compare(res: dict) -> dict:
                   "cpu_ratio_net": (max(sn, 0.0) / kn) if kn > 0 else None})
         ratio = c["cpu_ratio_net"]
     c["cpu_ratio_checked"] = ratio
+    r, u = res.get("reflector"), res.get("synguard_unpaced")
+    if r and u and r["answered_pps"]:
+        # the same unpaced senders (C, not B: B is paced at A's rate)
+        c["answered_vs_reflector"] = u["answered_pps"] / r["answered_pps"]
     legit = s.get("legit", {})
     c["checks"] = {
         "answered": s["answered_pct"] >= TARGETS["answered_pct"],
@@ -937,6 +945,15 @@ def markdown(res: dict) -> str:
                      f"host-wide, foreign user CPU {f['cpu']['foreign_user_pct']:.0f} %): the senders' syscalls, "
                      f"skbs and veth hand-off (incl. veth's skb-to-XDP copy, which synguard pays too but the "
                      f"kernel alone does not: the kernel's net figure is slightly low, the ratio errs in its favour).")
+    r = res.get("reflector")
+    if r:
+        vs = (f"synguard (C, unpaced) answered {u['answered_pps']:,.0f} pps = {c['answered_vs_reflector']:.2f} "
+              f"× the reflector's." if "answered_vs_reflector" in c else
+              "No unpaced synguard run (B is paced at A's rate): no ratio.")
+        notes.append(f"- Reflector run (same senders, unpaced; on s1 an XDP program that only swaps the MACs and "
+                     f"returns XDP_TX: the most any answering program can send back here): offered "
+                     f"{r['offered_pps']:,.0f} pps, answered {r['answered_pps']:,.0f} pps ({r['answered_pct']:.0f} %). "
+                     f"XDP_DROP on s1 (floor): offered {f['offered_pps']:,.0f} pps. " + vs)
     ka = k["links"]
     notes.append(f"- Counters: answered = a0 rx_packets Δ; s1 tx_packets Δ (kernel {ka['s1']['tx_packets']:,}, "
                  f"synguard {s['links']['s1']['tx_packets']:,}) is the same figure (veth computes it from the "

@@ -41,7 +41,9 @@ ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
 IPPROTO_HOPOPTS, IPPROTO_TCP, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_AH, IPPROTO_DSTOPTS = 0, 6, 43, 44, 51, 60
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK, TCP_ECE, TCP_CWR = 0x01, 0x02, 0x04, 0x10, 0x40, 0x80
 
-SYNACK_TCP_LEN = 40  # 20 + 20 option bytes (COOKIE.md)
+SYNACK_TCP_LEN = 40  # 20 + 20 option bytes (COOKIE.md); 24 when no timestamps are negotiated
+SYNACK_PAD_MAX = 16  # NOP bytes that may end the options instead of shrinking the frame
+_NO_PORT = (0, 0, 0)  # sg_ports entry never written: not protected, not watched, not armed
 
 # Why a frame is not a TCP segment the program reads further.
 NOT_OURS, MALFORMED, FRAGMENT, EXT_LIMIT = "not ours", "malformed", "fragment", "ext limit"
@@ -180,21 +182,27 @@ def parse(frame: bytes) -> Segment | str:
 def synack(frame: bytes, seg: Segment, key: bytes, slot: int, mss4: int, mss6: int, wscale: int,
            tcp_opts: int) -> bytes:
     """The cookie SYN-ACK answering a SYN (COOKIE.md): the SYN's Ethernet header with
-    the MACs swapped and its VLAN tags, a fresh IP header, 40 bytes of TCP."""
+    the MACs swapped and its VLAN tags, a fresh IP header, 40 bytes of TCP (24: MSS only, without timestamps)."""
     opts = cookie.parse_syn_options(seg.options)
     ecn = seg.flags & (TCP_ECE | TCP_CWR) == (TCP_ECE | TCP_CWR)
     neg = cookie.negotiate_syn(seg.ipv6, opts, ecn, tcp_opts)
     seq, tsval = cookie.synack_fields(key, seg.saddr, seg.daddr, seg.sport, seg.dport, seg.seq, slot, neg)
     options = cookie.synack_options(neg, mss6 if seg.ipv6 else mss4, wscale, tsval, opts.tsval)
     flags = TCP_SYN | TCP_ACK | (TCP_ECE if neg.ecn else 0)
-    tcp = struct.pack("!HHIIBBHHH", seg.dport, seg.sport, seq, (seg.seq + 1) & _U32, SYNACK_TCP_LEN // 4 << 4,
+    # A SYN longer than the reply by whole words, up to SYNACK_PAD_MAX bytes, keeps its
+    # length: the options end with that many NOPs (the frame is not shrunk).
+    slack = len(frame) - (seg.l3 + (40 if seg.ipv6 else 20) + 20 + len(options))
+    if 0 < slack <= SYNACK_PAD_MAX and slack % 4 == 0:
+        options += bytes([cookie.OPT_NOP]) * slack
+    tcp_len = 20 + len(options)  # SYNACK_TCP_LEN, or 24 without timestamps (MSS only), + NOP padding
+    tcp = struct.pack("!HHIIBBHHH", seg.dport, seg.sport, seq, (seg.seq + 1) & _U32, tcp_len // 4 << 4,
                       flags, 65535, 0, 0) + options
     if seg.ipv6:
-        pseudo = seg.daddr + seg.saddr + struct.pack("!I3xB", SYNACK_TCP_LEN, IPPROTO_TCP)
-        ip = struct.pack("!IHBB", 0x60000000, SYNACK_TCP_LEN, IPPROTO_TCP, 64) + seg.daddr + seg.saddr
+        pseudo = seg.daddr + seg.saddr + struct.pack("!I3xB", tcp_len, IPPROTO_TCP)
+        ip = struct.pack("!IHBB", 0x60000000, tcp_len, IPPROTO_TCP, 64) + seg.daddr + seg.saddr
     else:
-        pseudo = seg.daddr + seg.saddr + struct.pack("!BBH", 0, IPPROTO_TCP, SYNACK_TCP_LEN)
-        ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + SYNACK_TCP_LEN, 0, 0x4000, 64, IPPROTO_TCP, 0) + seg.daddr + seg.saddr
+        pseudo = seg.daddr + seg.saddr + struct.pack("!BBH", 0, IPPROTO_TCP, tcp_len)
+        ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + tcp_len, 0, 0x4000, 64, IPPROTO_TCP, 0) + seg.daddr + seg.saddr
         ip = ip[:10] + struct.pack("!H", ones_complement_checksum(ip)) + ip[12:]
     tcp = tcp[:16] + struct.pack("!H", ones_complement_checksum(pseudo + tcp)) + tcp[18:]
     return frame[6:12] + frame[0:6] + frame[12:seg.l3] + ip + tcp

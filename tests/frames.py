@@ -61,15 +61,21 @@ def check_synack(out: bytes, syn: bytes, key: bytes, slot: int, mss4: int, mss6:
     assert out == want, f"kernel SYN-ACK differs from the reference:\n{out.hex()}\n{want.hex()}"
 
     reply, request = Ether(out), Ether(syn)
+    # 20 option bytes with timestamps, else the MSS alone (COOKIE.md, "SYN-ACK"), then
+    # NOPs up to the SYN's length when it was longer by 4-16 bytes (no shrink)
+    base = 40 if any(o[0] == "Timestamp" for o in reply[TCP].options) else 24
+    slack = len(syn) - (seg.l3 + (40 if seg.ipv6 else 20) + base)
+    tcp_len = base + (slack if 0 < slack <= 16 and slack % 4 == 0 else 0)
+    assert bytes(reply[TCP])[base:tcp_len] == b"\x01" * (tcp_len - base), "padding: NOPs only"
     assert reply.src == request.dst and reply.dst == request.src
     assert [(l.vlan, l.type) for l in _tags(reply)] == [(l.vlan, l.type) for l in _tags(request)]
     if seg.ipv6:
         ip = reply[IPv6]
-        assert (ip.version, ip.tc, ip.fl, ip.plen, ip.nh, ip.hlim) == (6, 0, 0, 40, 6, 64)
+        assert (ip.version, ip.tc, ip.fl, ip.plen, ip.nh, ip.hlim) == (6, 0, 0, tcp_len, 6, 64)
     else:
         ip = reply[IP]
         assert (ip.version, ip.ihl, ip.tos, ip.len, ip.id, int(ip.flags), ip.frag, ip.ttl, ip.proto) == (
-            4, 5, 0, 60, 0, 2, 0, 64, 6)
+            4, 5, 0, 20 + tcp_len, 0, 2, 0, 64, 6)
         rebuilt = IP(bytes(ip))
         del rebuilt.chksum
         assert IP(bytes(rebuilt)).chksum == ip.chksum, "IPv4 header checksum"
@@ -77,14 +83,16 @@ def check_synack(out: bytes, syn: bytes, key: bytes, slot: int, mss4: int, mss6:
     tcp = reply[TCP]
     assert (tcp.sport, tcp.dport) == (seg.dport, seg.sport)
     assert tcp.ack == (seg.seq + 1) & 0xFFFFFFFF, "a real SYN-ACK: ack = ISN + 1"
-    assert tcp.dataofs == 10 and tcp.window == 65535 and tcp.urgptr == 0 and tcp.reserved == 0
+    assert tcp.dataofs == tcp_len // 4 and tcp.window == 65535 and tcp.urgptr == 0 and tcp.reserved == 0
     assert str(tcp.flags) in ("SA", "SAE")
-    assert not bytes(tcp.payload) and len(out) == seg.l3 + (80 if seg.ipv6 else 60), "frame sized to the reply"
+    assert not bytes(tcp.payload) and len(out) == seg.l3 + (40 if seg.ipv6 else 20) + tcp_len, "frame sized to the reply"
     rebuilt = reply.copy()
     del rebuilt[TCP].chksum
     assert Ether(bytes(rebuilt))[TCP].chksum == tcp.chksum, "TCP checksum"
     names = [o[0] for o in tcp.options if o[0] != "NOP"]
     assert names[0] == "MSS" and dict(tcp.options)["MSS"] == (mss6 if seg.ipv6 else mss4)
+    if base == 24:
+        assert [o for o in tcp.options if o[0] != "NOP"] == [("MSS", mss6 if seg.ipv6 else mss4)], "the MSS alone"
 
 
 def _tags(frame):

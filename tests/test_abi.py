@@ -53,8 +53,9 @@ def test_cookie_methods_match():
 
 
 @pytest.mark.parametrize("name", ["ABI_VERSION", "CIDR_SIZE", "SLOT_SHIFT", "PORTS",
-                                  "IPV6_EXT_MAX", "VLAN_MAX", "LOCAL_ADDRS", "PORT_SLOTS", "HLL_BITS", "IFACE_SLOTS", "IFINDEX_MAX",
-                                  "SRC_SIZE", "SRC_SAMPLE", "OPT_TS", "OPT_SACK", "OPT_WSCALE", "OPT_ECN",
+                                  "IPV6_EXT_MAX", "VLAN_MAX", "LOCAL_ADDRS", "PORT_SLOTS", "HLL_BITS", "IFACE_SLOTS",
+                                  "IFINDEX_MAX", "SRC_SIZE", "SRC_SAMPLE", "SRC_DOOR", "OPT_TS", "OPT_SACK", "OPT_WSCALE",
+                                  "OPT_ECN",
                                   "OPT_TS_NO_OFFSET", "COOKIE_WSCALE_NONE"])
 def test_defines_match(name):
     assert _define(f"SG_{name}") == getattr(abi, name)

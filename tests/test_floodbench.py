@@ -114,3 +114,28 @@ def test_synguard_run_offers_the_kernel_runs_rate(result):
     assert s["sender_pps"] == max(1, int(k["offered_pps"] / s["senders"]))
     assert 0.8 * k["offered_pps"] <= s["offered_pps"] <= 1.1 * k["offered_pps"], (k["offered_pps"], s["offered_pps"])
     assert "synguard_unpaced" not in result  # the capacity run C is full mode only
+
+
+def test_reflector_run_answers_the_flood_and_synguard_is_compared_with_it(result):
+    """The reflector (on s1: MACs swapped, XDP_TX) sends back what the same senders offer:
+    the most any answering program can do here. synguard's answered rate over its rate
+    needs the unpaced run C (full mode); the short run says there is none."""
+    r, f = result["reflector"], result["floor"]
+    assert r["sent"] > 50_000
+    assert r["answered"] >= 0.95 * r["sent"], (r["answered"], r["sent"], r["links"])
+    assert f["answered"] == 0  # XDP_DROP: nothing comes back
+    assert "synguard_unpaced" not in result and "answered_vs_reflector" not in result["compare"]
+    assert "Reflector run" in result["_markdown"] and "no ratio" in result["_markdown"]
+    print(f"\nreflector answered {r['answered_pps']:,.0f} pps (unpaced), XDP_DROP floor offered "
+          f"{f['offered_pps']:,.0f} pps")
+
+
+def test_answered_ratio_to_the_reflector_uses_the_unpaced_run():
+    from synguard_lab.floodbench import compare
+
+    def run(pps):
+        return {"cpu": {"us_per_syn": 1.0, "lab_us_per_syn": 1.0}, "answered_pct": 100.0, "answered_pps": pps,
+                "reached_kernel": 0, "syncookies_sent": 0, "half_open_peak": 0, "legit": {}}
+
+    res = {"kernel": run(100.0), "synguard": run(100.0), "synguard_unpaced": run(300.0), "reflector": run(400.0)}
+    assert compare(res)["answered_vs_reflector"] == 0.75

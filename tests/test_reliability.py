@@ -477,7 +477,9 @@ def _spoofed_sources(d: _Daemon, phases: list[int], settle_s: float):
         assert dc["challenge_sent"] == n
         assert dc["cookie_validated"] == 0
         assert max(before["src"], peak_src, after["src"]) <= abi.SRC_SIZE
-        assert after["src"] >= min(n // abi.SRC_SAMPLE, abi.SRC_SIZE) // 2  # the table did fill
+        # Random sources are each sampled about once: the doorkeeper (sg_src_door) admits a
+        # source on its second sample only, so the flood costs no LRU inserts (issue 21).
+        assert after["src"] - before["src"] <= n // abi.SRC_SAMPLE // 1000
         assert len(top) == after["src"]
         assert after["memlock"] == before["memlock"]  # same maps, same kernel memory
         # Memory follows the table's size, not the number of sources: the total stays within

@@ -326,3 +326,107 @@ def test_mutated_frames(dp, base, flips):
     verdict, cnt, out = m.step(data)
     assert result.retval == verdict and deltas == cnt
     assert result.data == (out if out is not None else data)
+
+
+# ---- The fast path's option layouts (ebpf/synguard.bpf.c synopts_fast) -----------------
+# Option bytes as sent; each answered by xdp_synguard itself, without the option-scan tail call.
+FAST_LAYOUTS = {
+    "none": "",
+    "mss only": "020405b4",
+    "mss, nop ws": "020405b4" "01030307",
+    "mss, nop nop sack": "020405b4" "01010402",
+    "mss, sack nop nop": "020405b4" "04020101",
+    "mss, sack eol eol": "020405b4" "04020000",
+    "windows": "020405b4" "01030308" "01010402",
+    "linux without timestamps": "020405b4" "01010402" "01030307",
+    "mss, sack ts": "020405b4" "0402080a1122334400000000",
+    "mss, nop nop ts": "020405b4" "0101080a1122334400000000",
+    "linux (android)": "020405b4" "0402080a1122334400000000" "01030307",
+    "linux, ts without sack": "020405b4" "0101080a1122334400000000" "01030307",
+    "freebsd": "020405b4" "01030306" "0402080a1122334400000000",
+    "macos/ios": "020405b4" "01030306" "0101080a1122334400000000" "04020000",
+    "macos, sack padded with nops": "020405b4" "01030306" "0101080a1122334400000000" "01010402",
+    "wscale 15 clamped": "020405b4" "0402080a1122334400000000" "0103030f",
+}
+
+
+@pytest.fixture
+def no_optscan(dp):
+    """sg_progs[SG_PROG_OPTSCAN] emptied for the test (a SYN needing the scan then passes)."""
+    import ctypes as ct
+
+    progs = dp.map("sg_progs")
+    del progs[ct.c_int(0)]
+    try:
+        yield dp
+    finally:
+        progs[ct.c_int(0)] = ct.c_int(dp.optscan_fd)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("layout", FAST_LAYOUTS, ids=list(FAST_LAYOUTS))
+def test_fast_layouts_need_no_scan(no_optscan, layout, family):
+    dp = no_optscan
+    opts = bytes.fromhex(FAST_LAYOUTS[layout])
+    frame = (syn4 if family == 4 else syn6)(options=opts, flags="SEC")
+    result, deltas = run_case(dp, frame)
+    assert result.retval == XDP_TX and deltas == CHALLENGED, layout
+    check(dp, result.data, frame)
+    # the scan's layouts really are left to the scan: with the slot empty, they pass
+    other = (syn4 if family == 4 else syn6)(options=bytes.fromhex("0101020405b4"))
+    assert dp.test_run(bytes(other)).retval == XDP_PASS
+
+
+@pytest.mark.parametrize("layout", FAST_LAYOUTS, ids=list(FAST_LAYOUTS))
+def test_fast_layouts_mutated(dp, layout):
+    """Every option byte of every fast layout overwritten with values that matter to the
+    layout checks: the answer is always the reference's (fast path or scan alike)."""
+    opts = bytes.fromhex(FAST_LAYOUTS[layout])
+    for pos in range(len(opts)):
+        for value in (0x00, 0x01, 0x02, 0x03, 0x04, 0x08, 0x0a, 0x0e, 0x0f, 0xff, opts[pos] ^ 0x80):
+            mutated = opts[:pos] + bytes([value]) + opts[pos + 1:]
+            frame = syn4(options=mutated, seq=pos * 256 + value)
+            result = dp.test_run(bytes(frame))
+            assert result.retval == XDP_TX, (layout, pos, value)
+            check(dp, result.data, frame)
+
+
+def _src_syns(dp, addr: str) -> int | None:
+    """sg_src_syns' estimate for an IPv4 source, None when not in the table."""
+    import ctypes as ct
+    import ipaddress
+
+    table = dp.map("sg_src_syns")
+    key = table.Key()
+    ct.memmove(key.addr, b"\0" * 10 + b"\xff\xff" + ipaddress.IPv4Address(addr).packed, 16)
+    try:
+        return int(table[key].syns)
+    except KeyError:
+        return None
+
+
+def test_source_sample_enters_on_the_second_sample(dp):
+    """One SYN in SG_SRC_SAMPLE per CPU is sampled; a source enters sg_src_syns on its
+    second sample on the CPU (counted as both), so sources sampled once (a random-source
+    flood) never cost an LRU insert."""
+    import os
+    import random
+
+    n = abi.SRC_SAMPLE
+    base = random.Random().randrange(1 << 16)  # sources no earlier test used (door slots hold fingerprints)
+    heavy = f"198.18.{base >> 8}.{base & 0xFF}"
+    once = [f"198.19.{(base + i) >> 8 & 0xFF}.{(base + i) & 0xFF}" for i in range(1, 65)]
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(old)})  # one CPU: its own sample counter and doorkeeper
+    try:
+        for k in range(1, 4):
+            for _ in range(n):
+                assert dp.test_run(bytes(syn4(src=heavy))).retval == XDP_TX
+            assert _src_syns(dp, heavy) == (None if k == 1 else k * n), k  # 16 SYNs: exactly one sample
+        for src in once:  # each source: one sampled SYN (its 16th), in n SYNs
+            for _ in range(n):
+                assert dp.test_run(bytes(syn4(src=src))).retval == XDP_TX
+        assert [s for s in once if _src_syns(dp, s) is not None] == []
+        assert _src_syns(dp, heavy) == 3 * n
+    finally:
+        os.sched_setaffinity(0, old)
