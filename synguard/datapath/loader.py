@@ -38,7 +38,7 @@ from synguard.datapath.host import DataPathError
 PROGRAMS = ("xdp_synguard", "xdp_synguard_optscan", "xdp_synguard_kcookie", "xdp_synguard_oos")
 TAIL_CALLS = (("sg_progs", 0, "xdp_synguard_optscan"), ("sg_progs", 1, "xdp_synguard_kcookie"),
               ("sg_progs", 2, "xdp_synguard_oos"))
-LOAD_TIMEOUT = 180.0  # seconds for compile + verifier (a few seconds on an idle 2-vCPU box)
+LOAD_TIMEOUT = 600.0  # seconds for compile + verifier: a few seconds on an idle 2-vCPU box, 2-5 min in a TCG guest
 MAX_FDS = 64
 _MSG_MAX = 1 << 16
 
