@@ -98,7 +98,7 @@ def _frames():
         # Scope (synguard_scope.h): the same SYNs with the local-address check on; its cost is
         # the difference to the rows above. A SYN for another host passes.
         Path("scope: SYN-ACK: IPv4, Linux options", syn4(LINUX_OPTS), "TX", rewrites=True, local_only=True),
-        Path("scope: SYN-ACK: IPv6, Linux options", syn6, "TX", rewrites=True, local_only=True),
+        Path("scope: SYN-ACK: IPv6, Linux options", syn6(LINUX_OPTS), "TX", rewrites=True, local_only=True),
         Path("scope: pass: SYN for another host", bytes(eth / IP(src=CLIENT4, dst="203.0.113.7")
                                                           / TCP(sport=40000, dport=80, seq=1, flags="S",
                                                                 options=LINUX_OPTS)), "PASS", local_only=True),
