@@ -88,7 +88,7 @@ def checked(d, ns_fd, frame) -> dict:
 
 
 VALID = {Counter.ACK_CHECKED: 1, Counter.COOKIE_REFUSED: 1}  # reached the kfunc (test-run: -EINVAL)
-INVALID = {Counter.ACK_CHECKED: 1}
+INVALID = {Counter.ACK_CHECKED: 1, Counter.OOS_ACK: 1, Counter.OOS_DROPPED: 1}  # not ours: out of state, dropped (protect)
 
 
 def test_fleet_members_take_each_others_cookies_across_a_rotation(fleet, listen_ns):
