@@ -123,7 +123,9 @@ def test_reflector_run_answers_the_flood_and_synguard_is_compared_with_it(result
     r, f = result["reflector"], result["floor"]
     assert r["sent"] > 50_000
     assert r["answered"] >= 0.95 * r["sent"], (r["answered"], r["sent"], r["links"])
-    assert f["answered"] == 0  # XDP_DROP: nothing comes back
+    # XDP_DROP: nothing comes back. answered is a0's rx_packets delta, which also counts the
+    # server's own ARP/ND chatter on that link (1 frame seen in a clean-clone CI run).
+    assert f["answered"] <= 10, f["answered"]
     assert "synguard_unpaced" not in result and "answered_vs_reflector" not in result["compare"]
     assert "Reflector run" in result["_markdown"] and "no ratio" in result["_markdown"]
     print(f"\nreflector answered {r['answered_pps']:,.0f} pps (unpaced), XDP_DROP floor offered "
