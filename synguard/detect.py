@@ -420,13 +420,16 @@ class Detector:
 
     def _deny(self, tick: Tick) -> None:
         c = self.cfg
-        if not tick.top_sources or tick.syns <= 0:
+        # Shares of the unanswered SYNs, as the kind is decided (classify): a busy port's real
+        # clients complete their handshakes and must not dilute the flooder's share.
+        unanswered = tick.syns - min(tick.completions, tick.syns)
+        if not tick.top_sources or unanswered <= 0:
             return
-        heavy = [a for a, n in tick.top_sources if n > 0 and n / tick.syns >= c.single_source_share]
+        heavy = [a for a, n in tick.top_sources if n > 0 and n / unanswered >= c.single_source_share]
         if tick.distinct < FEW_SOURCES:
             # Few sources: deny the heavy ones only (>= a quarter of the SYNs each), never a
             # light source that merely shares the tick with the attacker (a real client).
-            heavy += [a for a, n in tick.top_sources[:2] if n > 0 and n / tick.syns >= 0.25 and a not in heavy]
+            heavy += [a for a, n in tick.top_sources[:2] if n > 0 and n / unanswered >= 0.25 and a not in heavy]
         for addr in heavy:
             self._denied[addr] = tick.t + c.source_deny
 
